@@ -1,0 +1,1 @@
+"""The careshare core: hook specifications, models, limits, ingest pipeline, storage and database."""

@@ -1,0 +1,222 @@
+"""Tables on the shared metadata, the async engine, and the Alembic migrations that create them.
+
+Plugins define their own tables on :data:`metadata` and ship migrations for them
+(``careshare_migrations``); the schema is only ever created by migrations.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+__all__ = [
+    "attachments",
+    "audit_events",
+    "blobs",
+    "create_engine",
+    "files",
+    "metadata",
+    "migrate",
+    "notifications",
+    "organisations",
+    "patients",
+    "renditions",
+    "utcnow",
+]
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every database (SQLite keeps no zone)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+ID = sa.String(26)
+SHA256 = sa.String(64)
+
+organisations = sa.Table(
+    "organisations",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+patients = sa.Table(
+    "patients",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("org_id", sa.String(200), sa.ForeignKey("organisations.id"), nullable=False),
+    sa.Column("name", sa.String(500), nullable=False),
+    sa.Column("external_id", sa.String(200), nullable=False),
+    sa.Column("email", sa.String(320)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("org_id", "external_id", name="uq_patients_org_external_id"),
+)
+
+blobs = sa.Table(
+    "blobs",
+    metadata,
+    sa.Column("sha256", SHA256, primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+files = sa.Table(
+    "files",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("org_id", sa.String(200), sa.ForeignKey("organisations.id"), nullable=False),
+    sa.Column("owner_type", sa.String(16), nullable=False),  # patient | library
+    sa.Column("patient_id", ID, sa.ForeignKey("patients.id")),
+    sa.Column("filename", sa.String(1024), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("media_type", sa.String(200), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", SHA256, sa.ForeignKey("blobs.sha256"), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),  # clinic | patient
+    sa.Column("metadata", sa.JSON, nullable=False),
+    sa.Column("check", sa.JSON, nullable=False),
+    sa.Column("uploaded_by", sa.String(200), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("deleted_at", UTCDateTime),
+    sa.Index("ix_files_org_patient", "org_id", "patient_id", "id"),
+)
+
+renditions = sa.Table(
+    "renditions",
+    metadata,
+    sa.Column("file_id", ID, sa.ForeignKey("files.id"), primary_key=True),
+    sa.Column("role", sa.String(32), primary_key=True),
+    sa.Column("media_type", sa.String(200), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", SHA256, sa.ForeignKey("blobs.sha256"), nullable=False),
+)
+
+attachments = sa.Table(
+    "attachments",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("org_id", sa.String(200), sa.ForeignKey("organisations.id"), nullable=False),
+    sa.Column("target", sa.String(64), nullable=False),
+    sa.Column("item_id", ID, nullable=False),
+    sa.Column("file_id", ID, sa.ForeignKey("files.id"), nullable=False),
+    sa.Column("role", sa.String(32), nullable=False),
+    # Pinned by hash: what was sent stays readable whatever later happens to the file.
+    sa.Column("sha256", SHA256, sa.ForeignKey("blobs.sha256"), nullable=False),
+    sa.Column("media_type", sa.String(200), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("filename", sa.String(1024), nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_attachments_item", "target", "item_id"),
+)
+
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("org_id", sa.String(200), nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("actor_role", sa.String(16), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("patient_id", ID),
+    sa.Column("file_id", ID),
+    sa.Column("rendition", sa.String(32)),
+    sa.Column("target", sa.String(64)),
+    sa.Column("item_id", ID),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Index("ix_audit_events_org_patient", "org_id", "patient_id", "id"),
+)
+
+notifications = sa.Table(
+    "notifications",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("org_id", sa.String(200), nullable=False),
+    sa.Column("patient_id", ID, sa.ForeignKey("patients.id"), nullable=False),
+    sa.Column("dedupe_key", sa.String(200), nullable=False, unique=True),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("title", sa.String(200), nullable=False),
+    sa.Column("target", sa.String(64)),
+    sa.Column("item_id", ID),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("read_at", UTCDateTime),
+)
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An async engine; SQLite gets WAL, foreign keys and a busy timeout on every connection."""
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # The driver's own BEGIN handling breaks SAVEPOINT; SQLAlchemy's documented recipe.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin_immediate(connection: Any) -> None:
+            # Take the write lock up front: a deferred transaction that later writes can fail
+            # with SQLITE_BUSY at once (no busy wait) when another writer got there first.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_async_engine(url, pool_pre_ping=True)
+
+
+def migrate(url: str, extra_version_dirs: Iterable[Path] = ()) -> None:
+    """Bring the schema to the newest revision of core and every plugin (blocking: run in a thread)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    locations = [str(MIGRATIONS_DIR / "versions"), *(str(path) for path in extra_version_dirs)]
+    config.set_main_option("version_locations", " ".join(locations))
+    config.set_main_option("path_separator", "space")
+    config.attributes["database_url"] = url
+    command.upgrade(config, "heads")

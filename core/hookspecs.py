@@ -1,0 +1,146 @@
+"""Hook specifications: the whole contract between careshare and its plugins.
+
+Each function here is empty; its docstring is the reference documentation of the hook. A plugin
+implements a hook by defining a function of the same name decorated with ``careshare.hookimpl``,
+taking only the arguments it uses. Plugins register through the ``careshare`` entry point group.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from careshare import hookspec
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from careshare.core.models import Identification, Processed, Source
+
+__all__ = [
+    "careshare_archive",
+    "careshare_check_attachment",
+    "careshare_deliver",
+    "careshare_identify",
+    "careshare_migrations",
+    "careshare_process",
+    "careshare_routes",
+    "careshare_shared",
+    "careshare_targets",
+]
+
+
+# -- targets (channels) -------------------------------------------------------------------------
+
+
+@hookspec
+def careshare_targets() -> list[Any]:
+    """The attachment targets this plugin offers (a chat message, a letter, an information pack).
+
+    Each target declares its name, which kinds of file it accepts, its limits (bytes per file, bytes
+    per item, how many files, whether video is allowed), whether items must be drafts, and which
+    rendition the patient receives.
+
+    :return: a list of targets; an empty list for a plugin with none.
+    """
+
+
+@hookspec
+def careshare_check_attachment(target: Any, item: Any, file: Any, attached: list[Any]) -> list[Any]:
+    """Rules beyond a target's declarative limits, checked before a file is attached.
+
+    :param target: the target being attached to.
+    :param item: the item (message, letter, ...) that would carry the file.
+    :param file: the :class:`~careshare.core.models.StoredFile` to attach.
+    :param attached: the files already attached to the item.
+    :return: a list of :class:`~careshare.core.problems.Problem`; empty when the plugin has no objection.
+    """
+
+
+@hookspec
+def careshare_shared(event: Any) -> None:
+    """Something reached a patient: a message sent, a letter sent, an appointment booked.
+
+    Called inside the sharing transaction, so a plugin can write notifications atomically with it.
+
+    :param event: what was shared, with whom, from which item.
+    """
+
+
+@hookspec
+def careshare_archive(patient: Any) -> list[Any]:
+    """The items this plugin contributes to a patient's archive (``GET /v1/me/archive``).
+
+    :param patient: the :class:`~careshare.core.models.Patient` whose archive is being built.
+    :return: archive entries, each with its attachments; may be an awaitable.
+    """
+
+
+@hookspec
+def careshare_migrations() -> list[Path]:
+    """Alembic version directories holding this plugin's table migrations.
+
+    A plugin owns its tables on the shared metadata (``careshare.core.db.metadata``) and ships the
+    migrations that create them; the host runs every plugin's migrations at start-up.
+
+    :return: a list of directories of Alembic revision scripts.
+    """
+
+
+# -- file types -------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def careshare_identify(head: bytes, filename: str) -> Identification | None:
+    """Say what kind of file this is, from its first bytes.
+
+    Decide from the bytes (magic numbers) only; ``filename`` is the client's claim and may be used
+    to break a tie, never to accept a file. The first non-None answer wins.
+
+    :param head: the first bytes of the upload (at least 64 KiB, or the whole file if smaller).
+    :param filename: the sanitised display name the client gave.
+    :return: an :class:`~careshare.core.models.Identification`, or None when not recognised.
+    """
+
+
+@hookspec(firstresult=True)
+def careshare_process(source: Source, kind: str, policy: dict[str, Any]) -> Processed | None:
+    """Check a file of ``kind`` and make its renditions, or refuse it.
+
+    Runs in a worker thread, off the event loop. Refuse by raising
+    :class:`~careshare.core.problems.Problem` with a specific code; never let a library error
+    escape. Write rendition files inside ``source.workdir`` only. The first non-None answer wins.
+
+    :param source: the staged upload (:class:`~careshare.core.models.Source`).
+    :param kind: the kind ``careshare_identify`` gave.
+    :param policy: limits and options of the organisation (page caps, pixel caps ...).
+    :return: a :class:`~careshare.core.models.Processed`, or None when this plugin does not handle ``kind``.
+    """
+
+
+# -- delivery ---------------------------------------------------------------------------------
+
+
+@hookspec
+def careshare_deliver(notification: Any) -> bool | None:
+    """Deliver a notification over one channel (in-app inbox, email, webhook).
+
+    Delivery is at least once: a notification may arrive again after a retry, so receivers
+    de-duplicate by its key. Notifications never hold file contents or clinical text.
+
+    :param notification: the notification to deliver.
+    :return: True when delivered, False to be retried later, None when this plugin does not deliver it.
+    """
+
+
+# -- host -------------------------------------------------------------------------------------
+
+
+@hookspec
+def careshare_routes() -> list[Any]:
+    """HTTP routes this plugin serves: Litestar controllers or route handlers.
+
+    The host mounts them; disabling the plugin removes them. Core never imports the web framework,
+    so only plugins meant for the Litestar host implement this hook.
+
+    :return: a list of controllers or route handlers.
+    """

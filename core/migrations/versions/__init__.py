@@ -1,0 +1,1 @@
+"""Core revision scripts."""

@@ -1,0 +1,78 @@
+"""Organisations (known from tokens) and the patients a clinic registers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from careshare.core import db
+from careshare.core.audit import record_event
+from careshare.core.ids import new_id
+from careshare.core.models import Patient
+from careshare.core.problems import NOT_FOUND, PATIENT_EXISTS, Problem
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+    from careshare.core.models import Principal
+
+__all__ = ["ensure_organisation", "get_patient", "register_patient"]
+
+
+async def ensure_organisation(engine: AsyncEngine, org: str) -> None:
+    """Create the organisation row the first time a token of it is seen."""
+    async with engine.begin() as conn:
+        exists = (await conn.execute(sa.select(db.organisations.c.id).where(db.organisations.c.id == org))).first()
+        if exists is None:
+            try:
+                async with conn.begin_nested():
+                    await conn.execute(db.organisations.insert().values(id=org, created_at=db.utcnow()))
+            except IntegrityError:
+                pass  # another request created it first
+
+
+async def register_patient(
+    conn: AsyncConnection, principal: Principal, *, name: str, external_id: str, email: str | None
+) -> Patient:
+    patient = Patient(
+        id=new_id(), org=principal.org, name=name, external_id=external_id, email=email, created_at=db.utcnow()
+    )
+    try:
+        async with conn.begin_nested():
+            await conn.execute(
+                db.patients.insert().values(
+                    id=patient.id,
+                    org_id=patient.org,
+                    name=patient.name,
+                    external_id=patient.external_id,
+                    email=patient.email,
+                    created_at=patient.created_at,
+                )
+            )
+    except IntegrityError:
+        raise Problem(PATIENT_EXISTS) from None
+    await record_event(conn, principal, "patient.registered", patient_id=patient.id)
+    return patient
+
+
+async def get_patient(conn: AsyncConnection, principal: Principal, patient_id: str) -> Patient:
+    """The patient if ``principal`` may see them: clinicians of their organisation, or themselves."""
+    if not principal.is_clinician and principal.patient != patient_id:
+        raise Problem(NOT_FOUND)
+    row = (
+        await conn.execute(
+            sa.select(db.patients).where(db.patients.c.id == patient_id, db.patients.c.org_id == principal.org)
+        )
+    ).first()
+    if row is None:
+        raise Problem(NOT_FOUND)
+    return Patient(
+        id=row.id,
+        org=row.org_id,
+        name=row.name,
+        external_id=row.external_id,
+        email=row.email,
+        created_at=row.created_at,
+    )

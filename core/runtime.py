@@ -1,0 +1,53 @@
+"""One running careshare: settings, plugins, blob store and database, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from careshare.core.db import create_engine, migrate
+from careshare.core.plugins import get_plugin_manager
+from careshare.core.storage import BlobStore
+
+if TYPE_CHECKING:
+    import pluggy
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from careshare.core.settings import Settings
+
+__all__ = ["Careshare"]
+
+
+class Careshare:
+    """A plain class on purpose: the host hands it to handlers as a dependency, unvalidated."""
+
+    def __init__(
+        self, settings: Settings, plugins: pluggy.PluginManager, store: BlobStore, engine: AsyncEngine
+    ) -> None:
+        self.settings = settings
+        self.plugins = plugins
+        self.store = store
+        self.engine = engine
+
+    @classmethod
+    def build(cls, settings: Settings, plugins: pluggy.PluginManager | None = None) -> Careshare:
+        pm = plugins or get_plugin_manager(blocked=settings.disabled_plugins)
+        tmp = settings.data_dir / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        return cls(
+            settings=settings,
+            plugins=pm,
+            store=BlobStore(settings.storage_url, local_tmp=tmp),
+            engine=create_engine(settings.database_url),
+        )
+
+    async def start(self) -> None:
+        """Run every pending migration (core and plugins) and sweep stale staging uploads."""
+        dirs = [Path(p) for p in itertools.chain.from_iterable(self.plugins.hook.careshare_migrations())]
+        await asyncio.to_thread(migrate, self.settings.database_url, dirs)
+        await asyncio.to_thread(self.store.sweep_staging)
+
+    async def close(self) -> None:
+        await self.engine.dispose()

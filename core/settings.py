@@ -1,0 +1,75 @@
+"""Settings, read from ``CARESHARE_*`` environment variables with embedded defaults."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "Settings"]
+
+DEFAULT_MAX_UPLOAD_BYTES = 1024**3
+SECRET_FILE = "secret.key"
+
+
+@attrs.frozen
+class Settings:
+    """Everything a careshare process needs to know about where it runs."""
+
+    data_dir: Path
+    database_url: str
+    storage_url: str
+    secret_key: str
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    disabled_plugins: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from ``environ`` (default ``os.environ``), creating the data directory.
+
+        ``CARESHARE_SECRET_KEY`` unset means: use the key kept in the data directory, generating it
+        the first time, so tokens stay valid across restarts.
+        """
+        env = os.environ if environ is None else environ
+        data_dir = Path(env.get("CARESHARE_DATA_DIR") or "careshare-data").resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        database_url = env.get("CARESHARE_DATABASE_URL") or f"sqlite+aiosqlite:///{data_dir / 'careshare.db'}"
+        storage_url = env.get("CARESHARE_STORAGE_URL") or (data_dir / "blobs").as_uri()
+        secret_key = env.get("CARESHARE_SECRET_KEY") or _kept_secret(data_dir)
+        max_upload = int(env.get("CARESHARE_MAX_UPLOAD_BYTES") or DEFAULT_MAX_UPLOAD_BYTES)
+        if max_upload <= 0:
+            raise ValueError("CARESHARE_MAX_UPLOAD_BYTES must be a positive number of bytes")
+        disabled = frozenset(
+            name.strip() for name in (env.get("CARESHARE_DISABLE_PLUGINS") or "").split(",") if name.strip()
+        )
+        return cls(
+            data_dir=data_dir,
+            database_url=database_url,
+            storage_url=storage_url,
+            secret_key=secret_key,
+            max_upload_bytes=max_upload,
+            disabled_plugins=disabled,
+        )
+
+
+def _kept_secret(data_dir: Path) -> str:
+    path = data_dir / SECRET_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    key = secrets.token_urlsafe(48)
+    # O_EXCL: two processes starting together agree on the first key written.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    return key

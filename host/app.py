@@ -1,0 +1,83 @@
+"""The application factory: a Litestar app wired from the plugin manager by one InitPlugin."""
+
+from __future__ import annotations
+
+import itertools
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from litestar import Litestar
+from litestar.config.app import AppConfig
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.plugins import InitPlugin
+
+from careshare import __version__
+from careshare.core.models import Principal
+from careshare.core.runtime import Careshare
+from careshare.core.settings import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    import pluggy
+
+__all__ = ["CareshareInit", "create_app"]
+
+
+class CareshareInit(InitPlugin):
+    """Mounts the host's routes and every plugin's, and provides ``cs`` and ``caller`` to handlers."""
+
+    def __init__(self, cs: Careshare) -> None:
+        self.cs = cs
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        from careshare.host.auth import principal
+        from careshare.host.logging import access_log_middleware
+        from careshare.host.problems import exception_handlers
+        from careshare.host.routes.files import FileController
+        from careshare.host.routes.health import healthz
+        from careshare.host.routes.library import LibraryController
+        from careshare.host.routes.me import MeController
+        from careshare.host.routes.patients import PatientController
+
+        cs = self.cs
+        plugin_routes = list(itertools.chain.from_iterable(cs.plugins.hook.careshare_routes()))
+        app_config.route_handlers.extend(
+            [healthz, PatientController, LibraryController, FileController, MeController, *plugin_routes]
+        )
+        app_config.dependencies.update(
+            {"cs": Provide(lambda: cs, use_cache=True, sync_to_thread=False), "caller": Provide(principal)}
+        )
+        app_config.exception_handlers.update(exception_handlers)
+        app_config.middleware.insert(0, access_log_middleware)
+        app_config.signature_namespace.update({"Careshare": Careshare, "Principal": Principal})
+
+        @asynccontextmanager
+        async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+            await cs.start()
+            try:
+                yield
+            finally:
+                await cs.close()
+
+        app_config.lifespan.append(lifespan)
+        return app_config
+
+
+def create_app(settings: Settings | None = None, plugins: pluggy.PluginManager | None = None) -> Litestar:
+    """The careshare API; ``settings`` default to the ``CARESHARE_*`` environment."""
+    cs = Careshare.build(settings or Settings.from_env(), plugins)
+    app = Litestar(
+        plugins=[CareshareInit(cs)],
+        openapi_config=OpenAPIConfig(
+            title="careshare",
+            version=__version__,
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+        request_max_body_size=1024 * 1024,
+    )
+    app.state.careshare = cs
+    return app

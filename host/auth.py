@@ -1,0 +1,90 @@
+"""Bearer tokens (JWT, HS256): minting for development and verifying on every request."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import jwt
+from litestar.di import NamedDependency
+
+from careshare.core.models import Principal
+from careshare.core.patients import ensure_organisation
+from careshare.core.problems import FORBIDDEN_ROLE, INVALID_TOKEN, MISSING_TOKEN, Problem
+
+if TYPE_CHECKING:
+    from litestar import Request
+
+    from careshare.core.runtime import Careshare
+
+__all__ = ["clinician", "mint_token", "patient", "principal", "signed_in", "verify_token"]
+
+ALGORITHM = "HS256"
+ROLES = ("clinician", "patient")
+
+
+def mint_token(
+    secret: str,
+    *,
+    role: str,
+    org: str,
+    sub: str | None = None,
+    patient: str | None = None,
+    ttl_seconds: int = 12 * 3600,
+) -> str:
+    """A signed token; patients need ``patient`` (their id), and their ``sub`` defaults to it."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    if role == "patient" and not patient:
+        raise ValueError("a patient token needs the patient id")
+    subject = sub or (f"patient:{patient}" if role == "patient" else None)
+    if not subject:
+        raise ValueError("a clinician token needs a subject (--sub)")
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": subject, "role": role, "org": org, "iat": now, "exp": now + ttl_seconds}
+    if role == "patient":
+        claims["patient"] = patient
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def verify_token(secret: str, token: str) -> Principal:
+    try:
+        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "role", "org", "exp"]})
+    except jwt.PyJWTError:
+        raise Problem(INVALID_TOKEN) from None
+    role, org, sub, patient_id = claims.get("role"), claims.get("org"), claims.get("sub"), claims.get("patient")
+    if role not in ROLES or not isinstance(org, str) or not org or not isinstance(sub, str):
+        raise Problem(INVALID_TOKEN)
+    if role == "patient" and (not isinstance(patient_id, str) or not patient_id):
+        raise Problem(INVALID_TOKEN)
+    return Principal(subject=sub, role=role, org=org, patient=patient_id if role == "patient" else None)
+
+
+async def principal(request: Request[Any, Any, Any], cs: NamedDependency[Careshare]) -> Principal:
+    """The dependency every protected route takes: who is calling, from the bearer token."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Problem(MISSING_TOKEN)
+    who = verify_token(cs.settings.secret_key, token.strip())
+    known: set[str] = request.app.state.setdefault("known_orgs", set())
+    if who.org not in known:
+        await ensure_organisation(cs.engine, who.org)
+        known.add(who.org)
+    return who
+
+
+async def signed_in(caller: NamedDependency[Principal]) -> Principal:
+    return caller
+
+
+async def clinician(caller: NamedDependency[Principal]) -> Principal:
+    if not caller.is_clinician:
+        raise Problem(FORBIDDEN_ROLE, "Only clinicians may do this.")
+    return caller
+
+
+async def patient(caller: NamedDependency[Principal]) -> Principal:
+    if caller.is_clinician:
+        raise Problem(FORBIDDEN_ROLE, "This address is for patients; clinicians use /v1/patients/{pid}/...")
+    return caller

@@ -1,0 +1,91 @@
+"""The ``careshare`` command: serve the API, mint development tokens, list plugins, migrate."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="careshare: share files between clinicians and patients.", no_args_is_help=True)
+err = Console(stderr=True)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    log_json: Annotated[bool, typer.Option("--log-json", help="One JSON object per log line.")] = False,
+) -> None:
+    """Start the HTTP API (settings from CARESHARE_* variables; defaults: ./careshare-data)."""
+    import uvicorn
+
+    from careshare.core.settings import Settings
+    from careshare.host.app import create_app
+    from careshare.host.logging import configure_logging
+
+    configure_logging(json_lines=log_json)
+    settings = Settings.from_env()
+    shown = "[::1]" if host == "::1" else host
+    err.print(f"careshare {settings.data_dir} -> http://{shown}:{port}  (API docs: http://{shown}:{port}/schema)")
+    err.print("Mint a token: careshare token --role clinician --org demo --sub dr-who")
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False, lifespan="on")
+
+
+@app.command()
+def token(
+    role: Annotated[str, typer.Option(help="clinician or patient")],
+    org: Annotated[str, typer.Option(help="Organisation id")],
+    sub: Annotated[str | None, typer.Option(help="User id (clinicians)")] = None,
+    patient: Annotated[str | None, typer.Option(help="Patient id (patients)")] = None,
+    ttl: Annotated[int, typer.Option(help="Lifetime in seconds")] = 12 * 3600,
+) -> None:
+    """Print a signed bearer token for development (only the token, on stdout)."""
+    from careshare.core.settings import Settings
+    from careshare.host.auth import mint_token
+
+    try:
+        value = mint_token(
+            Settings.from_env().secret_key, role=role, org=org, sub=sub, patient=patient, ttl_seconds=ttl
+        )
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    typer.echo(value)
+
+
+@app.command()
+def plugins() -> None:
+    """List each plugin with the hooks it implements."""
+    from careshare.core.plugins import get_plugin_manager, plugin_hooks
+    from careshare.core.settings import Settings
+
+    table = Table("plugin", "module", "hooks")
+    for row in plugin_hooks(get_plugin_manager(blocked=Settings.from_env().disabled_plugins)):
+        table.add_row(row["name"], row["module"], ", ".join(row["hooks"]))
+    Console().print(table)
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema up to date (serve does this on start too)."""
+    from careshare.core.runtime import Careshare
+    from careshare.core.settings import Settings
+
+    async def run() -> None:
+        cs = Careshare.build(Settings.from_env())
+        try:
+            await cs.start()
+        finally:
+            await cs.close()
+
+    asyncio.run(run())
+    err.print("schema up to date")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,131 @@
+"""File metadata and content: streamed from the blob store with Range, ETag and safe headers."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from litestar import Controller, Request, Response, get
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery
+from litestar.response import Stream
+
+from careshare.core.audit import record_event
+from careshare.core.filenames import content_disposition
+from careshare.core.files import get_file
+from careshare.core.problems import NOT_FOUND, Problem, ProblemType
+from careshare.host.auth import signed_in
+from careshare.host.problems import problem_response
+from careshare.host.views import file_json
+
+if TYPE_CHECKING:
+    from careshare.core.models import Principal
+    from careshare.core.runtime import Careshare
+
+__all__ = ["FileController"]
+
+RANGE_NOT_SATISFIABLE = ProblemType(
+    "range-not-satisfiable",
+    416,
+    "Range not satisfiable",
+    "The requested byte range lies outside the file. Ask for a range within its size.",
+)
+_SINGLE_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_EXTENSIONS = {
+    "application/pdf": ".pdf",
+    "image/jpeg": ".jpg",
+    "image/png": ".png",
+    "image/webp": ".webp",
+    "video/mp4": ".mp4",
+    "video/webm": ".webm",
+    "video/quicktime": ".mov",
+    "application/dicom": ".dcm",
+}
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``(start, end_exclusive)`` for a single satisfiable byte range; None to send the whole file.
+
+    Several ranges, or a header we do not understand, are ignored (RFC 9110 allows that);
+    a well-formed range outside the file raises ``range-not-satisfiable``.
+    """
+    if not header:
+        return None
+    match = _SINGLE_RANGE.match(header.strip().replace(" ", ""))
+    if not match or match.group(1) == match.group(2) == "":
+        return None
+    first, last = match.groups()
+    if first == "":  # suffix: the last N bytes
+        length = int(last)
+        if length == 0:
+            raise Problem(RANGE_NOT_SATISFIABLE)
+        return max(size - length, 0), size
+    start = int(first)
+    end = size if last == "" else min(int(last) + 1, size)
+    if last != "" and int(last) < start:
+        return None  # invalid range spec: ignore it
+    if start >= size:
+        raise Problem(RANGE_NOT_SATISFIABLE)
+    return start, end
+
+
+def download_name(filename: str, media_type: str, role: str) -> str:
+    """The original keeps its name; a rendition gets the extension of what it now is."""
+    if role == "original":
+        return filename
+    stem = filename.rsplit(".", 1)[0] if "." in filename else filename
+    return f"{stem}{_EXTENSIONS.get(media_type, '')}"
+
+
+class FileController(Controller):
+    path = "/v1/files"
+    dependencies = {"principal": Provide(signed_in)}
+    tags = ["files"]
+
+    @get("/{fid:str}")
+    async def show(
+        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], fid: FromPath[str]
+    ) -> dict[str, Any]:
+        async with cs.engine.connect() as conn:
+            return file_json(await get_file(conn, principal, fid))
+
+    @get("/{fid:str}/content")
+    async def content(
+        self,
+        request: Request[Any, Any, Any],
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        fid: FromPath[str],
+        rendition: FromQuery[str] = "original",
+    ) -> Response[Any]:
+        async with cs.engine.begin() as conn:
+            stored = await get_file(conn, principal, fid)
+            record = stored.rendition(rendition)
+            if record is None:
+                raise Problem(NOT_FOUND, f"This file has no '{rendition}' rendition.")
+            await record_event(
+                conn, principal, "file.read", patient_id=stored.patient_id, file_id=stored.id, rendition=rendition
+            )
+        etag = f'"{record.sha256}"'
+        headers = {
+            "ETag": etag,
+            "Accept-Ranges": "bytes",
+            "Cache-Control": "private, no-cache",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Disposition": content_disposition(download_name(stored.filename, record.media_type, rendition)),
+        }
+        if etag in {tag.strip() for tag in request.headers.get("if-none-match", "").split(",")}:
+            return Response(content=b"", status_code=304, headers=headers)
+        try:
+            span = parse_range(request.headers.get("range"), record.size)
+        except Problem as problem:
+            return problem_response(problem, request, headers={"Content-Range": f"bytes */{record.size}"})
+        if span is None:
+            headers["Content-Length"] = str(record.size)
+            return Stream(cs.store.read(record.sha256), media_type=record.media_type, headers=headers)
+        start, end = span
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{record.size}"
+        headers["Content-Length"] = str(end - start)
+        return Stream(
+            cs.store.read(record.sha256, start, end), status_code=206, media_type=record.media_type, headers=headers
+        )

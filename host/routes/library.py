@@ -1,0 +1,48 @@
+"""The organisation library: files for templates (appointment types, information packs ...)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromQuery, QueryParameter
+
+from careshare.core.files import ingest, list_files
+from careshare.host.auth import clinician
+from careshare.host.uploads import Upload
+from careshare.host.views import file_json, page_json
+
+if TYPE_CHECKING:
+    from careshare.core.models import Principal
+    from careshare.core.runtime import Careshare
+
+__all__ = ["LibraryController"]
+
+
+class LibraryController(Controller):
+    path = "/v1/library/files"
+    dependencies = {"principal": Provide(clinician)}
+    tags = ["library"]
+
+    @post("/", status_code=201, request_max_body_size=None)
+    async def upload(
+        self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
+    ) -> dict[str, Any]:
+        upload = Upload(request, cs.settings.max_upload_bytes)
+        stored = await ingest(cs, upload, principal=principal, owner_type="library", patient_id=None, source="clinic")
+        return file_json(stored)
+
+    @get("/")
+    async def files(
+        self,
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        cursor: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+    ) -> dict[str, Any]:
+        async with cs.engine.connect() as conn:
+            items, next_cursor = await list_files(
+                conn, principal, owner_type="library", patient_id=None, cursor=cursor, limit=limit
+            )
+        return page_json([file_json(f) for f in items], next_cursor)

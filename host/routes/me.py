@@ -1,0 +1,64 @@
+"""Patient routes: the signed-in patient's own profile and the files they send to the clinic."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromQuery, QueryParameter
+
+from careshare.core.files import ingest, list_files
+from careshare.core.patients import get_patient
+from careshare.host.auth import patient
+from careshare.host.uploads import Upload
+from careshare.host.views import file_json, page_json, patient_json
+
+if TYPE_CHECKING:
+    from careshare.core.models import Principal
+    from careshare.core.runtime import Careshare
+
+__all__ = ["MeController"]
+
+
+class MeController(Controller):
+    path = "/v1/me"
+    dependencies = {"principal": Provide(patient)}
+    tags = ["me"]
+
+    @get("/")
+    async def me(self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal]) -> dict[str, Any]:
+        async with cs.engine.connect() as conn:
+            return patient_json(await get_patient(conn, principal, str(principal.patient)))
+
+    @post("/files", status_code=201, request_max_body_size=None)
+    async def upload(
+        self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
+    ) -> dict[str, Any]:
+        async with cs.engine.connect() as conn:
+            await get_patient(conn, principal, str(principal.patient))
+        upload = Upload(request, cs.settings.max_upload_bytes)
+        stored = await ingest(
+            cs, upload, principal=principal, owner_type="patient", patient_id=principal.patient, source="patient"
+        )
+        return file_json(stored)
+
+    @get("/files")
+    async def files(
+        self,
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        cursor: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+    ) -> dict[str, Any]:
+        async with cs.engine.connect() as conn:
+            items, next_cursor = await list_files(
+                conn,
+                principal,
+                owner_type="patient",
+                patient_id=principal.patient,
+                source="patient",
+                cursor=cursor,
+                limit=limit,
+            )
+        return page_json([file_json(f) for f in items], next_cursor)

@@ -1,0 +1,97 @@
+"""Clinician routes: register patients and manage each patient's files."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Annotated, Any
+
+import attrs
+from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery, QueryParameter
+
+from careshare.core.files import ingest, list_files
+from careshare.core.patients import get_patient, register_patient
+from careshare.host.auth import clinician
+from careshare.host.uploads import Upload
+from careshare.host.views import file_json, page_json, parse_body, patient_json
+
+if TYPE_CHECKING:
+    from careshare.core.models import Principal
+    from careshare.core.runtime import Careshare
+
+__all__ = ["PatientController"]
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _non_blank(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value.strip():
+        raise ValueError(f"{attribute.name} must not be blank")
+
+
+def _email(_instance: Any, _attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and not _EMAIL.match(value):
+        raise ValueError("email is not an email address")
+
+
+@attrs.frozen
+class NewPatient:
+    name: str = attrs.field(validator=[attrs.validators.max_len(500), _non_blank])
+    external_id: str = attrs.field(validator=[attrs.validators.max_len(200), _non_blank])
+    email: str | None = attrs.field(default=None, validator=_email)
+
+
+class PatientController(Controller):
+    path = "/v1/patients"
+    dependencies = {"principal": Provide(clinician)}
+    tags = ["patients"]
+
+    @post("/", status_code=201)
+    async def register(
+        self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
+    ) -> dict[str, Any]:
+        body = await parse_body(request, NewPatient)
+        async with cs.engine.begin() as conn:
+            patient = await register_patient(
+                conn, principal, name=body.name.strip(), external_id=body.external_id.strip(), email=body.email
+            )
+        return patient_json(patient)
+
+    @get("/{pid:str}")
+    async def show(
+        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], pid: FromPath[str]
+    ) -> dict[str, Any]:
+        async with cs.engine.connect() as conn:
+            return patient_json(await get_patient(conn, principal, pid))
+
+    @post("/{pid:str}/files", status_code=201, request_max_body_size=None)
+    async def upload(
+        self,
+        request: Request[Any, Any, Any],
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        pid: FromPath[str],
+    ) -> dict[str, Any]:
+        async with cs.engine.connect() as conn:
+            await get_patient(conn, principal, pid)
+        upload = Upload(request, cs.settings.max_upload_bytes)
+        stored = await ingest(cs, upload, principal=principal, owner_type="patient", patient_id=pid, source="clinic")
+        return file_json(stored)
+
+    @get("/{pid:str}/files")
+    async def files(
+        self,
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        pid: FromPath[str],
+        cursor: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        source: Annotated[str | None, QueryParameter(pattern="^(clinic|patient)$")] = None,
+    ) -> dict[str, Any]:
+        async with cs.engine.connect() as conn:
+            await get_patient(conn, principal, pid)
+            items, next_cursor = await list_files(
+                conn, principal, owner_type="patient", patient_id=pid, source=source, cursor=cursor, limit=limit
+            )
+        return page_json([file_json(f) for f in items], next_cursor)

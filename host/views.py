@@ -1,0 +1,80 @@
+"""JSON shapes of the API: attrs values in, plain dicts out."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from cattrs import ClassValidationError, transform_error
+
+from careshare.core.models import converter
+from careshare.core.problems import Problem
+from careshare.host.problems import BAD_REQUEST, INVALID_REQUEST
+
+if TYPE_CHECKING:
+    from litestar import Request
+
+    from careshare.core.models import Patient, StoredFile
+
+__all__ = ["file_json", "page_json", "parse_body", "patient_json"]
+
+T = TypeVar("T")
+
+
+def file_json(f: StoredFile) -> dict[str, Any]:
+    return {
+        "id": f.id,
+        "owner": {"type": f.owner_type, "id": f.patient_id if f.owner_type == "patient" else f.org},
+        "filename": f.filename,
+        "kind": f.kind,
+        "media_type": f.media_type,
+        "size": f.size,
+        "sha256": f.sha256,
+        "status": f.status,
+        "source": f.source,
+        "metadata": f.metadata,
+        "check": f.check,
+        "renditions": [
+            {
+                "role": r.role,
+                "media_type": r.media_type,
+                "size": r.size,
+                "sha256": r.sha256,
+                "url": f"/v1/files/{f.id}/content?rendition={r.role}",
+            }
+            for r in f.renditions
+        ],
+        "uploaded_by": f.uploaded_by,
+        "created_at": f.created_at.isoformat(),
+    }
+
+
+def patient_json(p: Patient) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "name": p.name,
+        "external_id": p.external_id,
+        "email": p.email,
+        "created_at": p.created_at.isoformat(),
+    }
+
+
+def page_json(items: list[dict[str, Any]], next_cursor: str | None) -> dict[str, Any]:
+    return {"items": items, "next_cursor": next_cursor}
+
+
+async def parse_body(request: Request[Any, Any, Any], cls: type[T]) -> T:
+    """Structure a JSON body into ``cls``; unknown or wrong fields are a 422 naming each one."""
+    raw = await request.body()
+    try:
+        data = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise Problem(BAD_REQUEST, "The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise Problem(INVALID_REQUEST, "The body must be a JSON object.", errors=["$: expected an object"])
+    try:
+        return converter.structure(data, cls)
+    except ClassValidationError as exc:
+        raise Problem(INVALID_REQUEST, errors=transform_error(exc, path="$")) from None
+    except (TypeError, ValueError) as exc:
+        raise Problem(INVALID_REQUEST, errors=[f"$: {type(exc).__name__}"]) from None

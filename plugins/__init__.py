@@ -1,0 +1,1 @@
+"""Built-in careshare plugins: one package per channel, plus the file-type handlers."""

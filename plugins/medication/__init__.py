@@ -1,0 +1,12 @@
+"""Medication types and reminders (channel plugin; targets and routes land with its issue)."""
+
+from __future__ import annotations
+
+from careshare import hookimpl
+
+__all__ = ["careshare_targets"]
+
+
+@hookimpl
+def careshare_targets() -> list[object]:
+    return []

@@ -1,0 +1,69 @@
+"""Shared fixtures: real settings on a temporary data directory, the real app, real tokens."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+from litestar.testing import AsyncTestClient
+
+from careshare.host import create_app
+from careshare.testing import PostgresCluster, bearer, find_postgres_bin, make_settings
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
+
+    from careshare.core.settings import Settings
+
+# Property runs: a modest count on CI's two cores, many more with --hypothesis-profile=thorough.
+hypothesis_settings.register_profile("default", max_examples=60, deadline=None)
+hypothesis_settings.register_profile("ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.register_profile("thorough", max_examples=2000, deadline=None)
+hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "data")
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
+    async with AsyncTestClient(app=create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def clinician(settings: Settings) -> dict[str, str]:
+    """Headers of a clinician of organisation ``org-a``."""
+    return bearer(settings, "clinician", "org-a", sub="dr-a")
+
+
+@pytest.fixture
+async def patient_id(client: AsyncTestClient[Any], clinician: dict[str, str]) -> str:
+    response = await client.post("/v1/patients", json={"name": "Pat One", "external_id": "MRN-1"}, headers=clinician)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+@pytest.fixture
+def patient(settings: Settings, patient_id: str) -> dict[str, str]:
+    """Headers of the patient ``patient_id`` of ``org-a``."""
+    return bearer(settings, "patient", "org-a", patient=patient_id)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL cluster for the session; each test takes its own database."""
+    if find_postgres_bin() is None:
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed on this machine")
+    cluster = PostgresCluster()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
