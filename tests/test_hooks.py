@@ -1,0 +1,133 @@
+"""Each hook's contract: a plugin implementing it is called with the documented arguments.
+
+The file-type hooks are exercised through uploads (tests/test_plugins.py); the migration hook in
+tests/test_migrations.py. Hooks the channel issues wire into the API (targets, attachment checks,
+sharing, archive, delivery) are checked here for their calling contract.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+import pytest
+from litestar import get
+from litestar.testing import AsyncTestClient
+
+from careshare import hookimpl
+from careshare.core.plugins import get_plugin_manager
+from careshare.core.problems import Problem, ProblemType
+from careshare.host import create_app
+from careshare.testing import bearer
+
+if TYPE_CHECKING:
+    from careshare.core.settings import Settings
+
+CHANNELS = ("chat", "letters", "appointments", "medication", "consents")
+LETTER_SENT = ProblemType("letter-already-sent", 409, "Letter already sent", "This letter was sent; start a new one.")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+
+def test_hook_careshare_targets() -> None:
+    pm = get_plugin_manager()
+    results = pm.hook.careshare_targets()
+    # One answer per channel plugin: each channel is loaded and answers with a list.
+    assert len(results) == len(CHANNELS)
+    assert all(isinstance(result, list) for result in results)
+
+    class Offers:
+        @hookimpl
+        def careshare_targets(self) -> list[str]:
+            return ["demo-target"]
+
+    pm.register(Offers())
+    assert ["demo-target"] in pm.hook.careshare_targets()
+
+
+def test_hook_careshare_check_attachment() -> None:
+    class LetterRules:
+        @hookimpl
+        def careshare_check_attachment(self, item: dict[str, Any], attached: list[Any]) -> list[Problem]:
+            return [Problem(LETTER_SENT)] if item["sent"] else []
+
+    pm = get_plugin_manager(load_entrypoints=False, plugins=[LetterRules()])
+    draft = pm.hook.careshare_check_attachment(target="letters", item={"sent": False}, file=None, attached=[])
+    sent = pm.hook.careshare_check_attachment(target="letters", item={"sent": True}, file=None, attached=[])
+    assert draft == [[]]
+    assert [p.code for problems in sent for p in problems] == ["letter-already-sent"]
+
+
+def test_hook_careshare_shared() -> None:
+    seen: list[Any] = []
+
+    class Notifier:
+        @hookimpl
+        def careshare_shared(self, event: Any) -> None:
+            seen.append(event)
+
+    pm = get_plugin_manager(load_entrypoints=False, plugins=[Notifier()])
+    pm.hook.careshare_shared(event={"item": "m1"})
+    assert seen == [{"item": "m1"}]
+
+
+def test_hook_careshare_archive() -> None:
+    class Archive:
+        @hookimpl
+        def careshare_archive(self, patient: str) -> list[dict[str, str]]:
+            return [{"channel": "demo", "patient": patient}]
+
+    pm = get_plugin_manager(load_entrypoints=False, plugins=[Archive()])
+    assert pm.hook.careshare_archive(patient="p1") == [[{"channel": "demo", "patient": "p1"}]]
+
+
+def test_hook_careshare_deliver() -> None:
+    class Inbox:
+        @hookimpl
+        def careshare_deliver(self, notification: dict[str, str]) -> bool | None:
+            return True if notification["via"] == "inbox" else None
+
+    pm = get_plugin_manager(load_entrypoints=False, plugins=[Inbox()])
+    assert pm.hook.careshare_deliver(notification={"via": "inbox"}) == [True]
+    assert pm.hook.careshare_deliver(notification={"via": "email"}) == []
+
+
+def test_a_misspelt_argument_is_refused_at_registration() -> None:
+    class Wrong:
+        @hookimpl
+        def careshare_identify(self, header: bytes) -> None:
+            return None
+
+    with pytest.raises(pluggy.PluginValidationError):
+        get_plugin_manager(load_entrypoints=False, plugins=[Wrong()])
+
+
+@get("/v1/demo-channel/ping")
+async def ping() -> dict[str, str]:
+    return {"pong": "yes"}
+
+
+class DemoChannel:
+    @hookimpl
+    def careshare_routes(self) -> list[Any]:
+        return [ping]
+
+
+async def test_hook_careshare_routes(settings: Settings) -> None:
+    mounted = get_plugin_manager()
+    mounted.register(DemoChannel(), name="demo-channel")
+    blocked = get_plugin_manager(blocked={"demo-channel"})
+    assert blocked.register(DemoChannel(), name="demo-channel") is None  # blocked names stay out
+    headers = bearer(settings, "clinician", "org-r", sub="dr-r")
+    async with AsyncTestClient(app=create_app(settings, plugins=mounted)) as client:
+        response = await client.get("/v1/demo-channel/ping", headers=headers)
+        assert response.status_code == 200
+        assert response.json() == {"pong": "yes"}
+    async with AsyncTestClient(app=create_app(settings, plugins=blocked)) as client:
+        response = await client.get("/v1/demo-channel/ping", headers=headers)
+        assert response.status_code == 404
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["code"] == "not-found"
