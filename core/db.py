@@ -182,8 +182,12 @@ notifications = sa.Table(
 )
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """An async engine; SQLite gets WAL, foreign keys and a busy timeout on every connection."""
+def create_engine(url: str, *, immediate: bool = True) -> AsyncEngine:
+    """An async engine; SQLite gets WAL, foreign keys and a busy timeout on every connection.
+
+    On SQLite, ``immediate`` transactions take the write lock when they begin; an engine for reads
+    only (``immediate=False``) begins deferred, so readers never queue behind writers (WAL).
+    """
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
@@ -202,7 +206,7 @@ def create_engine(url: str) -> AsyncEngine:
         def _begin_immediate(connection: Any) -> None:
             # Take the write lock up front: a deferred transaction that later writes can fail
             # with SQLITE_BUSY at once (no busy wait) when another writer got there first.
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
     return create_async_engine(url, pool_pre_ping=True)

@@ -24,12 +24,20 @@ class Careshare:
     """A plain class on purpose: the host hands it to handlers as a dependency, unvalidated."""
 
     def __init__(
-        self, settings: Settings, plugins: pluggy.PluginManager, store: BlobStore, engine: AsyncEngine
+        self,
+        settings: Settings,
+        plugins: pluggy.PluginManager,
+        store: BlobStore,
+        engine: AsyncEngine,
+        reader: AsyncEngine | None = None,
     ) -> None:
         self.settings = settings
         self.plugins = plugins
         self.store = store
+        #: For transactions that write (or read, then write).
         self.engine = engine
+        #: For read-only work; on SQLite its transactions never take the write lock.
+        self.reader = reader or engine
 
     @classmethod
     def build(cls, settings: Settings, plugins: pluggy.PluginManager | None = None) -> Careshare:
@@ -41,6 +49,9 @@ class Careshare:
             plugins=pm,
             store=BlobStore(settings.storage_url, local_tmp=tmp),
             engine=create_engine(settings.database_url),
+            reader=create_engine(settings.database_url, immediate=False)
+            if settings.database_url.startswith("sqlite")
+            else None,
         )
 
     async def start(self) -> None:
@@ -51,3 +62,5 @@ class Careshare:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self.reader is not self.engine:
+            await self.reader.dispose()

@@ -78,6 +78,8 @@ def create_app(settings: Settings | None = None, plugins: pluggy.PluginManager |
             render_plugins=[SwaggerRenderPlugin()],
         ),
         request_max_body_size=1024 * 1024,
+        # Logging is the process's (careshare serve --log-json), not Litestar's default.
+        logging_config=None,
     )
     app.state.careshare = cs
     return app

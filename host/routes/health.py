@@ -16,6 +16,6 @@ __all__ = ["healthz"]
 
 @get("/healthz", tags=["health"])
 async def healthz(cs: NamedDependency[Careshare]) -> dict[str, Any]:
-    async with cs.engine.connect() as conn:
+    async with cs.reader.connect() as conn:
         await conn.execute(sa.text("SELECT 1"))
     return {"status": "ok", "plugins": sorted(name for name, plugin in cs.plugins.list_name_plugin() if plugin)}

@@ -41,7 +41,7 @@ class LibraryController(Controller):
         cursor: FromQuery[str | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
     ) -> dict[str, Any]:
-        async with cs.engine.connect() as conn:
+        async with cs.reader.connect() as conn:
             items, next_cursor = await list_files(
                 conn, principal, owner_type="library", patient_id=None, cursor=cursor, limit=limit
             )

@@ -28,14 +28,14 @@ class MeController(Controller):
 
     @get("/")
     async def me(self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal]) -> dict[str, Any]:
-        async with cs.engine.connect() as conn:
+        async with cs.reader.connect() as conn:
             return patient_json(await get_patient(conn, principal, str(principal.patient)))
 
     @post("/files", status_code=201, request_max_body_size=None)
     async def upload(
         self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
     ) -> dict[str, Any]:
-        async with cs.engine.connect() as conn:
+        async with cs.reader.connect() as conn:
             await get_patient(conn, principal, str(principal.patient))
         upload = Upload(request, cs.settings.max_upload_bytes)
         stored = await ingest(
@@ -51,7 +51,7 @@ class MeController(Controller):
         cursor: FromQuery[str | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
     ) -> dict[str, Any]:
-        async with cs.engine.connect() as conn:
+        async with cs.reader.connect() as conn:
             items, next_cursor = await list_files(
                 conn,
                 principal,

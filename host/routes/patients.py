@@ -62,7 +62,7 @@ class PatientController(Controller):
     async def show(
         self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], pid: FromPath[str]
     ) -> dict[str, Any]:
-        async with cs.engine.connect() as conn:
+        async with cs.reader.connect() as conn:
             return patient_json(await get_patient(conn, principal, pid))
 
     @post("/{pid:str}/files", status_code=201, request_max_body_size=None)
@@ -73,7 +73,7 @@ class PatientController(Controller):
         principal: NamedDependency[Principal],
         pid: FromPath[str],
     ) -> dict[str, Any]:
-        async with cs.engine.connect() as conn:
+        async with cs.reader.connect() as conn:
             await get_patient(conn, principal, pid)
         upload = Upload(request, cs.settings.max_upload_bytes)
         stored = await ingest(cs, upload, principal=principal, owner_type="patient", patient_id=pid, source="clinic")
@@ -89,7 +89,7 @@ class PatientController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
         source: Annotated[str | None, QueryParameter(pattern="^(clinic|patient)$")] = None,
     ) -> dict[str, Any]:
-        async with cs.engine.connect() as conn:
+        async with cs.reader.connect() as conn:
             await get_patient(conn, principal, pid)
             items, next_cursor = await list_files(
                 conn, principal, owner_type="patient", patient_id=pid, source=source, cursor=cursor, limit=limit
