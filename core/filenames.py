@@ -10,13 +10,23 @@ __all__ = ["MAX_FILENAME_BYTES", "content_disposition", "sanitise_filename"]
 
 MAX_FILENAME_BYTES = 255
 FALLBACK_NAME = "file"
-_WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\..*)?$", re.IGNORECASE)
+# DOS device names; Windows ignores spaces before the extension ("nul .txt" is the device too).
+_WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|conin\$|conout\$|com[0-9¹²³]|lpt[0-9¹²³]) *(\..*)?$", re.IGNORECASE)
 _FORBIDDEN = set('<>:"/\\|?*')
 
 
 def _allowed(char: str) -> bool:
     # Control (Cc), format (Cf: bidi overrides, zero-width), surrogates, private use, unassigned.
     return char not in _FORBIDDEN and unicodedata.category(char) not in {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+def _replacement(char: str) -> str:
+    # Tabs, newlines and line separators part words like spaces do; other controls just go.
+    if char.isspace():
+        return " "
+    if char in _FORBIDDEN:
+        return "_"
+    return char if _allowed(char) else ""
 
 
 def sanitise_filename(raw: str | None) -> str:
@@ -28,8 +38,10 @@ def sanitise_filename(raw: str | None) -> str:
     """
     name = unicodedata.normalize("NFC", raw or "")
     name = re.split(r"[/\\]", name)[-1]
-    name = "".join(char if _allowed(char) else "_" if char in _FORBIDDEN else "" for char in name)
+    name = "".join(_replacement(char) for char in name)
     name = " ".join(name.split())
+    # Dropping a joiner or control between a letter and its accent can leave the pair uncomposed.
+    name = unicodedata.normalize("NFC", name)
     name = name.strip(" .")
     if not name:
         return FALLBACK_NAME

@@ -123,3 +123,17 @@ class StoredFile:
 
 
 converter = make_converter(forbid_extra_keys=True)
+
+
+def _strict(kind: type) -> Any:
+    # cattrs' JSON converter would turn null, 12 or ["a"] into "None", "12", "['a']": refuse instead.
+    def structure(value: Any, _type: Any) -> Any:
+        if type(value) is not kind and not (kind is float and type(value) is int):
+            raise TypeError(f"expected {kind.__name__}")
+        return value
+
+    return structure
+
+
+for _kind in (str, int, float, bool):
+    converter.register_structure_hook(_kind, _strict(_kind))

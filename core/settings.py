@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,15 +63,27 @@ class Settings:
 def _kept_secret(data_dir: Path) -> str:
     path = data_dir / SECRET_FILE
     try:
-        return path.read_text().strip()
+        kept = path.read_text().strip()
     except FileNotFoundError:
-        pass
-    key = secrets.token_urlsafe(48)
-    # O_EXCL: two processes starting together agree on the first key written.
+        kept = ""
+    if kept:
+        return kept
+    # Write a complete temporary file, then link it into place: the key file appears whole or not
+    # at all, and of two processes starting together the first link wins and both use its key.
+    fd, temporary = tempfile.mkstemp(dir=data_dir, prefix=".secret-")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key)
-    return key
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o600)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            if not path.read_text().strip():  # an empty file left by an older version
+                os.replace(temporary, path)
+                return path.read_text().strip()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+    return path.read_text().strip()

@@ -146,6 +146,8 @@ class BlobStore:
 
     async def read(self, sha256: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Stream a content blob, or the byte range ``[start, end)`` of it."""
+        if end is not None and end <= start:
+            return
         options = (
             {} if start == 0 and end is None else {"range": (start, end) if end is not None else {"offset": start}}
         )

@@ -39,6 +39,7 @@ def configure_logging(*, json_lines: bool = False, level: int = logging.INFO) ->
     root.setLevel(level)
     # uvicorn's access log prints query strings, which may hold file names: ours prints the path only.
     logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def access_log_middleware(app: ASGIApp) -> ASGIApp:

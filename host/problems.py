@@ -34,9 +34,13 @@ INTERNAL_ERROR = ProblemType(
     "Something went wrong on our side",
     "careshare hit an unexpected error. Nothing was changed; try again, and tell support if it keeps happening.",
 )
+REQUEST_TOO_LARGE = ProblemType(
+    "request-too-large", 413, "Request too large", "The request body is larger than this address accepts."
+)
 _BY_STATUS = {
     400: BAD_REQUEST,
     405: METHOD_NOT_ALLOWED,
+    413: REQUEST_TOO_LARGE,
 }
 
 
@@ -58,14 +62,14 @@ def _on_problem(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
 
 def _on_http_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     assert isinstance(exc, HTTPException)
-    from careshare.core.problems import NOT_FOUND, UPLOAD_TOO_LARGE
+    from careshare.core.problems import NOT_FOUND
 
     if isinstance(exc, ValidationException):
         errors = [
             {"field": e.get("key"), "message": e.get("message")} for e in (exc.extra or []) if isinstance(e, dict)
         ]
         return problem_response(Problem(BAD_REQUEST, "Some request parameters are not valid.", errors=errors), request)
-    type_ = {404: NOT_FOUND, 413: UPLOAD_TOO_LARGE}.get(exc.status_code) or _BY_STATUS.get(exc.status_code)
+    type_ = {404: NOT_FOUND}.get(exc.status_code) or _BY_STATUS.get(exc.status_code)
     if type_ is None:
         if exc.status_code >= 500:
             return _on_exception(request, exc)

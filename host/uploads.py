@@ -42,22 +42,28 @@ def filename_from_disposition(header: str | None) -> str | None:
     return options.get("filename")
 
 
+def _too_large(max_bytes: int) -> Problem:
+    return Problem(
+        UPLOAD_TOO_LARGE,
+        f"The file is larger than the {max_bytes:,} bytes this server accepts. Send a smaller file.",
+        limit=max_bytes,
+    )
+
+
 class Upload:
     """The file bytes of a request, as an async iterator; ``filename`` is known once the file part began."""
 
     def __init__(self, request: Request[Any, Any, Any], max_bytes: int) -> None:
         self.request = request
         self.filename: str | None = request.query_params.get("filename")
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes + ENVELOPE_BYTES:
-            raise Problem(
-                UPLOAD_TOO_LARGE,
-                f"The file is larger than the {max_bytes:,} bytes this server accepts. Send a smaller file.",
-                limit=max_bytes,
-            )
-        self.max_body = max_bytes + ENVELOPE_BYTES
+        self.max_bytes = max_bytes
         media_type, options = parse_options_header(request.headers.get("content-type", ""))
         self.boundary = options.get("boundary") if media_type == "multipart/form-data" else None
+        # A raw body is the file itself; only multipart needs room for its envelope.
+        self.max_body = max_bytes + (ENVELOPE_BYTES if media_type == "multipart/form-data" else 0)
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            raise _too_large(max_bytes)
         if media_type == "multipart/form-data" and not self.boundary:
             raise Problem(UPLOAD_MALFORMED, "The multipart body has no boundary. Let your HTTP client build it.")
         if self.boundary is None:
@@ -72,7 +78,7 @@ class Upload:
             async for chunk in self.request.stream():
                 received += len(chunk)
                 if received > self.max_body:
-                    raise Problem(UPLOAD_TOO_LARGE, limit=self.max_body - ENVELOPE_BYTES)
+                    raise _too_large(self.max_bytes)
                 if chunk:
                     yield chunk
         except HTTPException:

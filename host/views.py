@@ -68,7 +68,7 @@ async def parse_body(request: Request[Any, Any, Any], cls: type[T]) -> T:
     raw = await request.body()
     try:
         data = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise Problem(BAD_REQUEST, "The body is not valid JSON.") from None
     if not isinstance(data, dict):
         raise Problem(INVALID_REQUEST, "The body must be a JSON object.", errors=["$: expected an object"])

@@ -69,6 +69,14 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
+def _none_match(header: str | None, etag: str) -> bool:
+    """Whether ``If-None-Match`` matches: weak comparison (RFC 9110 13.1.2), so ``W/`` tags and ``*`` count."""
+    if not header:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in header.split(",")}
+    return "*" in tags or etag in tags
+
+
 def download_name(filename: str, media_type: str, role: str) -> str:
     """The original keeps its name; a rendition gets the extension of what it now is."""
     if role == "original":
@@ -114,7 +122,7 @@ class FileController(Controller):
             "X-Content-Type-Options": "nosniff",
             "Content-Disposition": content_disposition(download_name(stored.filename, record.media_type, rendition)),
         }
-        if etag in {tag.strip() for tag in request.headers.get("if-none-match", "").split(",")}:
+        if _none_match(request.headers.get("if-none-match"), etag):
             return Response(content=b"", status_code=304, headers=headers)
         try:
             span = parse_range(request.headers.get("range"), record.size)
