@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from pathlib import Path
@@ -14,8 +13,8 @@ from careshare.core import db
 from careshare.core.audit import record_event
 from careshare.core.filenames import sanitise_filename
 from careshare.core.ids import new_id
-from careshare.core.models import Processed, RenditionRecord, Source, StoredFile
-from careshare.core.problems import FILE_UNPROCESSABLE, NOT_FOUND, UNSUPPORTED_FILE_TYPE, Problem
+from careshare.core.models import RenditionRecord, Source, StoredFile
+from careshare.core.problems import NOT_FOUND, UNSUPPORTED_FILE_TYPE, Problem
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable
@@ -23,6 +22,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
     from careshare.core.models import Principal
+    from careshare.core.policy import Policy
     from careshare.core.runtime import Careshare
 
 __all__ = ["get_file", "ingest", "list_files"]
@@ -39,7 +39,7 @@ async def ingest(
     owner_type: Literal["patient", "library"],
     patient_id: str | None,
     source: Literal["clinic", "patient"],
-    policy: dict[str, Any] | None = None,
+    policy: Policy | None = None,
     filename: str | None = None,
 ) -> StoredFile:
     """Take an upload from first byte to a ``ready`` file, or refuse it leaving nothing behind.
@@ -64,7 +64,7 @@ async def ingest(
                 media_type=ident.media_type,
                 workdir=Path(workdir),
             )
-            processed = await _process(cs, src, policy or {})
+            processed = await cs.processor.process(src, ident.kind, policy or cs.settings.policy)
             if processed is None:
                 raise Problem(UNSUPPORTED_FILE_TYPE)
             renditions = [RenditionRecord(ORIGINAL, ident.media_type, staged.size, staged.sha256)]
@@ -117,17 +117,6 @@ async def ingest(
         await cs.store.discard(staged.key)
         raise
     return stored
-
-
-async def _process(cs: Careshare, src: Source, policy: dict[str, Any]) -> Processed | None:
-    try:
-        return await asyncio.to_thread(cs.plugins.hook.careshare_process, source=src, kind=src.kind, policy=policy)
-    except Problem:
-        raise
-    except Exception as exc:
-        # A handler bug or a library failure on hostile bytes: refuse the file, keep the worker.
-        logger.warning("handler failed kind=%s error=%s", src.kind, type(exc).__name__)
-        raise Problem(FILE_UNPROCESSABLE) from None
 
 
 async def _insert_blobs(conn: AsyncConnection, renditions: list[RenditionRecord], now: Any) -> None:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from careshare.core.models import Identification, Processed, Source
+    from careshare.core.policy import Policy
 
 __all__ = [
     "careshare_archive",
@@ -103,16 +104,18 @@ def careshare_identify(head: bytes, filename: str) -> Identification | None:
 
 
 @hookspec(firstresult=True)
-def careshare_process(source: Source, kind: str, policy: dict[str, Any]) -> Processed | None:
+def careshare_process(source: Source, kind: str, policy: Policy) -> Processed | None:
     """Check a file of ``kind`` and make its renditions, or refuse it.
 
-    Runs in a worker thread, off the event loop. Refuse by raising
-    :class:`~careshare.core.problems.Problem` with a specific code; never let a library error
-    escape. Write rendition files inside ``source.workdir`` only. The first non-None answer wins.
+    Runs off the event loop: in a process of its own when the plugin is an importable module
+    (killed after ``policy.time_limit_seconds``, memory capped at ``policy.memory_limit_bytes``),
+    else in a thread. Refuse by raising :class:`~careshare.core.problems.Problem` with a specific
+    code; any other exception refuses the file as ``file-unprocessable``. Write rendition files
+    inside ``source.workdir`` only. The first non-None answer wins.
 
     :param source: the staged upload (:class:`~careshare.core.models.Source`).
     :param kind: the kind ``careshare_identify`` gave.
-    :param policy: limits and options of the organisation (page caps, pixel caps ...).
+    :param policy: the organisation's limits and options (:class:`~careshare.core.policy.Policy`).
     :return: a :class:`~careshare.core.models.Processed`, or None when this plugin does not handle ``kind``.
     """
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from careshare.core.db import create_engine, migrate
 from careshare.core.plugins import get_plugin_manager
+from careshare.core.processing import Processor
 from careshare.core.storage import BlobStore
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ class Careshare:
         self.engine = engine
         #: For read-only work; on SQLite its transactions never take the write lock.
         self.reader = reader or engine
+        #: Runs file-type handlers in processes of their own, under the policy's limits.
+        self.processor = Processor(plugins)
 
     @classmethod
     def build(cls, settings: Settings, plugins: pluggy.PluginManager | None = None) -> Careshare:

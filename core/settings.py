@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from careshare.core.policy import Policy
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -30,6 +32,8 @@ class Settings:
     secret_key: str
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     disabled_plugins: frozenset[str] = frozenset()
+    #: Limits and options handlers apply (the defaults of every organisation).
+    policy: Policy = Policy()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -47,6 +51,13 @@ class Settings:
         max_upload = int(env.get("CARESHARE_MAX_UPLOAD_BYTES") or DEFAULT_MAX_UPLOAD_BYTES)
         if max_upload <= 0:
             raise ValueError("CARESHARE_MAX_UPLOAD_BYTES must be a positive number of bytes")
+        policy = Policy()
+        if env.get("CARESHARE_HANDLER_TIME_LIMIT"):
+            policy = attrs.evolve(policy, time_limit_seconds=float(env["CARESHARE_HANDLER_TIME_LIMIT"]))
+        if env.get("CARESHARE_HANDLER_MEMORY_LIMIT"):
+            policy = attrs.evolve(policy, memory_limit_bytes=int(env["CARESHARE_HANDLER_MEMORY_LIMIT"]))
+        if policy.time_limit_seconds <= 0 or policy.memory_limit_bytes <= 0:
+            raise ValueError("CARESHARE_HANDLER_TIME_LIMIT and CARESHARE_HANDLER_MEMORY_LIMIT must be positive")
         disabled = frozenset(
             name.strip() for name in (env.get("CARESHARE_DISABLE_PLUGINS") or "").split(",") if name.strip()
         )
@@ -57,6 +68,7 @@ class Settings:
             secret_key=secret_key,
             max_upload_bytes=max_upload,
             disabled_plugins=disabled,
+            policy=policy,
         )
 
 

@@ -1,0 +1,60 @@
+"""A file-type plugin of misbehaving handlers, for testing isolation (``careshare.testing.hostile``).
+
+Files starting with ``CARESHARE-TEST-`` and a behaviour name are identified as kind ``hostile``;
+processing then does what the name says. Register it only in tests:
+``get_plugin_manager(plugins=[careshare.testing.hostile])``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+from careshare import hookimpl
+from careshare.core.models import Identification, Processed, RenditionOutput
+from careshare.core.problems import Problem, ProblemType
+
+if TYPE_CHECKING:
+    from careshare.core.models import Source
+
+__all__ = ["MAGIC", "careshare_identify", "careshare_process"]
+
+MAGIC = b"CARESHARE-TEST-"
+KIND = "hostile"
+
+HOSTILE_REFUSED = ProblemType(
+    "hostile-refused", 422, "Refused by the test plugin", "The test plugin refused this file on purpose."
+)
+
+
+@hookimpl
+def careshare_identify(head: bytes) -> Identification | None:
+    if head.startswith(MAGIC):
+        return Identification(kind=KIND, media_type="application/octet-stream")
+    return None
+
+
+@hookimpl
+def careshare_process(source: Source, kind: str) -> Processed | None:
+    if kind != KIND:
+        return None
+    behaviour = source.path.read_bytes()[len(MAGIC) :].split(b"\n", 1)[0].decode()
+    if behaviour == "hang":
+        while True:
+            time.sleep(0.05)
+    if behaviour == "exit":
+        os._exit(3)  # dies like a crashing C library would
+    if behaviour == "hog":
+        hoard = [bytearray(64 * 1024 * 1024) for _ in range(1024)]  # 64 GiB: over any memory limit
+        return Processed(handler="hostile", handler_version=str(len(hoard)))
+    if behaviour == "raise":
+        raise RuntimeError("patient Jane Doe's file broke the handler")  # must never reach a client or log
+    if behaviour == "refuse":
+        raise Problem(HOSTILE_REFUSED, "Refused with a detail.", hint="extra member")
+    return Processed(
+        handler="hostile",
+        handler_version="1",
+        metadata={"behaviour": behaviour, "pid": os.getpid()},
+        renditions=(RenditionOutput(role="shareable", media_type="application/octet-stream"),),
+    )
