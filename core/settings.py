@@ -33,7 +33,7 @@ class Settings:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     disabled_plugins: frozenset[str] = frozenset()
     #: Limits and options handlers apply (the defaults of every organisation).
-    policy: Policy = Policy()
+    policy: Policy = attrs.field(factory=Policy)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
