@@ -29,6 +29,9 @@ FOLDERS = {
 }
 ENTRY_POINTS = {
     "pdf": "careshare.plugins.filetypes.pdf",
+    "image": "careshare.plugins.filetypes.image",
+    "dicom": "careshare.plugins.filetypes.dicom",
+    "video": "careshare.plugins.filetypes.video",
     "chat": "careshare.plugins.chat",
     "letters": "careshare.plugins.letters",
     "appointments": "careshare.plugins.appointments",

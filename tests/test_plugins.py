@@ -30,8 +30,9 @@ from careshare.testing import make_pdf
 if TYPE_CHECKING:
     from click.testing import Result
 
-BUILT_INS = {"pdf", "chat", "letters", "appointments", "medication", "consents"}
-CHANNELS = BUILT_INS - {"pdf"}
+BUILT_INS = {"pdf", "image", "dicom", "video", "chat", "letters", "appointments", "medication", "consents"}
+FILE_TYPES = {"pdf", "image", "dicom", "video"}
+CHANNELS = BUILT_INS - FILE_TYPES
 JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
@@ -56,7 +57,7 @@ def test_no_entry_points_means_no_plugins() -> None:
 def test_a_module_is_never_registered_twice() -> None:
     pm = get_plugin_manager(plugins=[pdf])
     assert [plugin for plugin in pm.get_plugins() if plugin is pdf] == [pdf]
-    assert len(pm.hook.careshare_identify.get_hookimpls()) == 1
+    assert [impl.plugin for impl in pm.hook.careshare_identify.get_hookimpls()].count(pdf) == 1
 
 
 class Misspelt:
