@@ -34,6 +34,12 @@ __all__ = ["HEAD_BYTES", "BlobStore", "StagedBlob", "content_key"]
 HEAD_BYTES = 64 * 1024
 #: Multipart part size for staging writes (S3 minimum is 5 MiB).
 _PART_BYTES = 8 * 1024 * 1024
+#: Parts in flight per upload. obstore holds each in memory until written, so this bounds an
+#: upload's memory to about (1 + this) parts when the disk or S3 is slower than the client.
+_PART_CONCURRENCY = 2
+#: Chunks go to obstore in blocks of at least this size: each hand-off from the event loop to
+#: obstore's runtime costs far more than joining a few 256 KiB network chunks.
+_BLOCK_BYTES = 1024 * 1024
 _READ_CHUNK = 256 * 1024
 
 
@@ -61,6 +67,8 @@ class _Meter:
         self.head = bytearray()
 
     async def metered(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+        block: list[bytes] = []
+        held = 0
         async for chunk in chunks:
             if not chunk:
                 continue
@@ -74,7 +82,14 @@ class _Meter:
             self.digest.update(chunk)
             if len(self.head) < HEAD_BYTES:
                 self.head += chunk[: HEAD_BYTES - len(self.head)]
-            yield chunk
+            block.append(chunk)
+            held += len(chunk)
+            if held >= _BLOCK_BYTES:
+                yield b"".join(block)
+                block.clear()
+                held = 0
+        if block:
+            yield b"".join(block)
 
 
 class BlobStore:
@@ -103,7 +118,9 @@ class BlobStore:
         """
         key = f"staging/{new_id()}"
         meter = _Meter(limit)
-        await obstore.put_async(self.store, key, meter.metered(chunks), chunk_size=_PART_BYTES)
+        await obstore.put_async(
+            self.store, key, meter.metered(chunks), chunk_size=_PART_BYTES, max_concurrency=_PART_CONCURRENCY
+        )
         if meter.size == 0:
             await self.discard(key)
             raise Problem(UPLOAD_EMPTY)
@@ -133,7 +150,7 @@ class BlobStore:
         sha256, size = digest.hexdigest(), path.stat().st_size
         key = content_key(sha256)
         if not await self.exists(sha256):
-            await obstore.put_async(self.store, key, path, mode="overwrite")
+            await obstore.put_async(self.store, key, path, mode="overwrite", max_concurrency=_PART_CONCURRENCY)
             await asyncio.to_thread(self._make_durable, key)
         return sha256, size
 

@@ -41,11 +41,20 @@ class CareshareInit(InitPlugin):
         from careshare.host.routes.library import LibraryController
         from careshare.host.routes.me import MeController
         from careshare.host.routes.patients import PatientController
+        from careshare.host.routes.render import RenderController
 
         cs = self.cs
         plugin_routes = list(itertools.chain.from_iterable(cs.plugins.hook.careshare_routes()))
         app_config.route_handlers.extend(
-            [healthz, PatientController, LibraryController, FileController, MeController, *plugin_routes]
+            [
+                healthz,
+                PatientController,
+                LibraryController,
+                FileController,
+                RenderController,
+                MeController,
+                *plugin_routes,
+            ]
         )
         app_config.dependencies.update(
             {"cs": Provide(lambda: cs, use_cache=True, sync_to_thread=False), "caller": Provide(principal)}

@@ -29,11 +29,25 @@ if TYPE_CHECKING:
 __all__ = [
     "PostgresCluster",
     "bearer",
+    "corpus_dir",
     "free_port",
     "make_pdf",
     "make_settings",
     "running_server",
 ]
+
+
+def corpus_dir() -> Path:
+    """The real-world test corpus: ``$CARESHARE_CORPUS``, else ``shared/corpus`` beside the repository.
+
+    Raises when it is nowhere: tests that need it must fail loudly, not pass on nothing.
+    """
+    here = Path(__file__).resolve()
+    candidates = [os.environ.get("CARESHARE_CORPUS"), *(p / "shared" / "corpus" for p in here.parents)]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "MANIFEST.tsv").exists():
+            return Path(candidate)
+    raise FileNotFoundError("the shared corpus was not found: set CARESHARE_CORPUS to its folder")
 
 
 def make_settings(data_dir: Path, **env: str) -> Settings:

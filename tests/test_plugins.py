@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from careshare import hookimpl
 from careshare.core.models import Identification, Processed, Source
 from careshare.core.plugins import get_plugin_manager, plugin_hooks
+from careshare.core.policy import Policy
 from careshare.core.problems import Problem
 from careshare.core.settings import Settings
 from careshare.host.auth import verify_token
@@ -297,7 +298,7 @@ def source_for(tmp_path: Path, body: bytes, kind: str = "pdf") -> Source:
 
 
 def process(pm: pluggy.PluginManager, source: Source, kind: str = "pdf") -> Any:
-    return pm.hook.careshare_process(source=source, kind=kind, policy={})
+    return pm.hook.careshare_process(source=source, kind=kind, policy=Policy())
 
 
 def test_hook_careshare_process(pdf_only: pluggy.PluginManager, tmp_path: Path) -> None:
@@ -306,7 +307,11 @@ def test_hook_careshare_process(pdf_only: pluggy.PluginManager, tmp_path: Path) 
     assert processed.handler == "pdf"
     assert processed.metadata["pages"] == 3
     assert "encrypted-owner-only" not in processed.metadata
-    assert [(r.role, r.media_type, r.path) for r in processed.renditions] == [("shareable", "application/pdf", None)]
+    assert [(r.role, r.media_type) for r in processed.renditions] == [
+        ("shareable", "application/pdf"),
+        ("thumbnail", "image/jpeg"),
+    ]
+    assert all(r.path is not None and r.path.parent == tmp_path / "work" for r in processed.renditions)
 
     # Another kind is someone else's job.
     assert process(pdf_only, source_for(tmp_path, make_pdf()), kind="image") is None
@@ -338,7 +343,7 @@ def test_hook_careshare_process_leaves_the_staged_file_alone(pdf_only: pluggy.Pl
     source = source_for(tmp_path, body)
     process(pdf_only, source)
     assert source.path.read_bytes() == body
-    assert list(source.workdir.iterdir()) == []
+    assert sorted(p.name for p in source.workdir.iterdir()) == ["shareable.pdf", "thumbnail.jpg"]
 
 
 def test_plugin_objects_need_only_the_arguments_they_use() -> None:

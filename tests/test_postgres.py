@@ -119,15 +119,17 @@ async def test_upload_dedupe_list_and_range_on_postgres(
     assert second.json()["sha256"] == sha
 
     # The same bytes twice: two files, one blob.
+    first_blobs = {r["sha256"] for r in first.json()["renditions"]}  # original, shareable, thumbnail
+    assert {r["sha256"] for r in second.json()["renditions"]} == first_blobs
     assert await _count(pg_url, db.blobs, db.blobs.c.sha256 == sha) == 1
-    assert await _count(pg_url, db.blobs) == 1
+    assert await _count(pg_url, db.blobs) == len(first_blobs)
     assert await _count(pg_url, db.files, db.files.c.sha256 == sha) == 2
     assert await _count(pg_url, db.audit_events, db.audit_events.c.action == "file.uploaded") == 2
 
     other = make_pdf(pages=1, text="another")
     third = await pg_client.post(f"/v1/patients/{pid}/files?filename=three.pdf", content=other, headers=pg_clinician)
     assert third.status_code == 201, third.text
-    assert await _count(pg_url, db.blobs) == 2
+    assert await _count(pg_url, db.blobs) == len(first_blobs | {r["sha256"] for r in third.json()["renditions"]})
 
     # Pagination: newest first, a cursor until the end, every file exactly once.
     page1 = await pg_client.get(f"/v1/patients/{pid}/files?limit=2", headers=pg_clinician)
@@ -215,8 +217,10 @@ async def test_concurrent_uploads_of_the_same_bytes(any_settings: Settings) -> N
             content = await http.get(f"/v1/files/{responses[-1].json()['id']}/content", headers=headers)
             assert content.content == body
     url = any_settings.database_url
-    assert await _count(url, db.blobs) == 1
+    rendition_blobs = {r["sha256"] for r in responses[0].json()["renditions"]}
+    assert all({r["sha256"] for r in response.json()["renditions"]} == rendition_blobs for response in responses)
+    assert await _count(url, db.blobs) == len(rendition_blobs)
     assert await _count(url, db.files, db.files.c.sha256 == sha) == uploads
     assert await _count(url, db.renditions, db.renditions.c.sha256 == sha) >= uploads
     # Exactly one stored copy under its content key, and no staging leftovers.
-    assert _stored_keys(any_settings) == {content_key(sha)}
+    assert _stored_keys(any_settings) == {content_key(h) for h in rendition_blobs}

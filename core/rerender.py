@@ -1,0 +1,133 @@
+"""Rendering a stored file again with other options (DICOM frame and window), replacing its shareable copy."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import sqlalchemy as sa
+
+from careshare.core import db
+from careshare.core.audit import record_event
+from careshare.core.files import ORIGINAL, _insert_blobs, get_file
+from careshare.core.models import RenditionRecord, Source
+from careshare.core.problems import Problem, ProblemType
+from careshare.core.storage import content_key
+
+if TYPE_CHECKING:
+    from careshare.core.models import Principal, StoredFile
+    from careshare.core.runtime import Careshare
+
+__all__ = ["RENDERABLE_KINDS", "RENDER_NOT_SUPPORTED", "RenderOptions", "rerender"]
+
+#: Kinds whose handler reads the render options of the policy (``dicom_frame``, ``dicom_window_*``).
+RENDERABLE_KINDS = frozenset({"dicom"})
+
+RENDER_NOT_SUPPORTED = ProblemType(
+    "render-not-supported",
+    422,
+    "File cannot be rendered again",
+    "Only DICOM files can be rendered again with a frame or window; this file is shared as it is.",
+)
+
+
+def _positive_frame(_instance: Any, _attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError("frame counts from 1")
+
+
+def _finite(_instance: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"{attribute.name} must be a finite number")
+
+
+def _positive_width(_instance: Any, _attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError("window_width must be a number greater than 0")
+
+
+@attrs.frozen
+class RenderOptions:
+    """What the clinician asks for; a field left out takes the file's default (middle frame, its own window)."""
+
+    #: 1-based, as DICOM numbers frames.
+    frame: int | None = attrs.field(default=None, validator=_positive_frame)
+    window_center: float | None = attrs.field(default=None, validator=_finite)
+    window_width: float | None = attrs.field(default=None, validator=_positive_width)
+
+
+async def rerender(cs: Careshare, principal: Principal, file_id: str, options: RenderOptions) -> StoredFile:
+    """Run the file's handler again on its original with ``options``; its shareable copy and thumbnail are replaced.
+
+    Old rendition blobs stay in the store: attachments already sent pin them by hash. Refusals
+    (a frame out of range, ...) come from the handler and leave the file as it was.
+    """
+    async with cs.reader.connect() as conn:
+        stored = await get_file(conn, principal, file_id)
+    original = stored.rendition(ORIGINAL)
+    if stored.kind not in RENDERABLE_KINDS or original is None:
+        raise Problem(RENDER_NOT_SUPPORTED)
+    policy = attrs.evolve(
+        cs.settings.policy,
+        dicom_frame=options.frame,
+        dicom_window_center=options.window_center,
+        dicom_window_width=options.window_width,
+    )
+    started = time.perf_counter()
+    with cs.store.workdir() as workdir, cs.store.local_path(content_key(original.sha256)) as path:
+        source = Source(
+            path=path,
+            sha256=original.sha256,
+            size=original.size,
+            kind=stored.kind,
+            media_type=stored.media_type,
+            workdir=Path(workdir),
+        )
+        processed = await cs.processor.process(source, stored.kind, policy)
+        if processed is None:
+            raise Problem(RENDER_NOT_SUPPORTED)
+        renditions = [original]
+        for output in processed.renditions:
+            if output.path is None:
+                renditions.append(RenditionRecord(output.role, stored.media_type, original.size, original.sha256))
+            else:
+                sha256, size = await cs.store.put_file(output.path)
+                renditions.append(RenditionRecord(output.role, output.media_type, size, sha256))
+
+    check = {
+        "handler": processed.handler,
+        "handler_version": processed.handler_version,
+        "input_sha256": original.sha256,
+        "outputs": {r.role: r.sha256 for r in renditions},
+        "changes": list(processed.changes),
+        "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+        "reason": None,
+        "rendered_by": principal.subject,
+        "render_options": attrs.asdict(options),
+    }
+    now = db.utcnow()
+    async with cs.engine.begin() as conn:
+        # Again inside the transaction: the file may have been deleted while it was rendering.
+        await get_file(conn, principal, file_id)
+        await _insert_blobs(conn, renditions, now)
+        await conn.execute(
+            sa.delete(db.renditions).where(db.renditions.c.file_id == file_id, db.renditions.c.role != ORIGINAL)
+        )
+        await conn.execute(
+            db.renditions.insert(),
+            [
+                {"file_id": file_id, "role": r.role, "media_type": r.media_type, "size": r.size, "sha256": r.sha256}
+                for r in renditions
+                if r.role != ORIGINAL
+            ],
+        )
+        await conn.execute(
+            sa.update(db.files).where(db.files.c.id == file_id).values(metadata=dict(processed.metadata), check=check)
+        )
+        await record_event(
+            conn, principal, "file.rendered", patient_id=stored.patient_id, file_id=file_id, rendition="shareable"
+        )
+        return await get_file(conn, principal, file_id)
