@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from careshare.core.policy import Policy
     from careshare.core.runtime import Careshare
 
-__all__ = ["get_file", "ingest", "list_files"]
+__all__ = ["ORIGINAL", "get_file", "ingest", "insert_blobs", "list_files"]
 
 ORIGINAL = "original"
 logger = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ async def ingest(
         "changes": list(processed.changes),
         "duration_ms": round((time.perf_counter() - started) * 1000, 1),
         "reason": None,
+        "renderable": processed.renderable,
     }
     stored = StoredFile(
         id=new_id(),
@@ -108,7 +109,7 @@ async def ingest(
     )
     try:
         async with cs.engine.begin() as conn:
-            await _insert_blobs(conn, renditions, now)
+            await insert_blobs(conn, renditions, now)
             await _insert_file(conn, stored)
             await record_event(conn, principal, "file.uploaded", patient_id=patient_id, file_id=stored.id)
             # Promote last: a failed insert rolls back and the staged copy is discarded.
@@ -119,7 +120,7 @@ async def ingest(
     return stored
 
 
-async def _insert_blobs(conn: AsyncConnection, renditions: list[RenditionRecord], now: Any) -> None:
+async def insert_blobs(conn: AsyncConnection, renditions: list[RenditionRecord], now: Any) -> None:
     unique = {r.sha256: r.size for r in renditions}
     existing = set((await conn.execute(sa.select(db.blobs.c.sha256).where(db.blobs.c.sha256.in_(unique)))).scalars())
     new = [{"sha256": h, "size": s, "created_at": now} for h, s in unique.items() if h not in existing]

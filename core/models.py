@@ -87,6 +87,8 @@ class Processed:
     metadata: dict[str, Any] = attrs.field(factory=dict)
     renditions: tuple[RenditionOutput, ...] = ()
     changes: tuple[str, ...] = ()
+    #: The handler reads the policy's render options (frame, window): a clinician may render again.
+    renderable: bool = False
 
 
 @attrs.frozen

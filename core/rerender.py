@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from careshare.core import db
 from careshare.core.audit import record_event
-from careshare.core.files import ORIGINAL, _insert_blobs, get_file
+from careshare.core.files import ORIGINAL, insert_blobs, get_file
 from careshare.core.models import RenditionRecord, Source
 from careshare.core.problems import Problem, ProblemType
 from careshare.core.storage import content_key
@@ -21,16 +21,13 @@ if TYPE_CHECKING:
     from careshare.core.models import Principal, StoredFile
     from careshare.core.runtime import Careshare
 
-__all__ = ["RENDERABLE_KINDS", "RENDER_NOT_SUPPORTED", "RenderOptions", "rerender"]
-
-#: Kinds whose handler reads the render options of the policy (``dicom_frame``, ``dicom_window_*``).
-RENDERABLE_KINDS = frozenset({"dicom"})
+__all__ = ["RENDER_NOT_SUPPORTED", "RenderOptions", "rerender"]
 
 RENDER_NOT_SUPPORTED = ProblemType(
     "render-not-supported",
     422,
     "File cannot be rendered again",
-    "Only DICOM files can be rendered again with a frame or window; this file is shared as it is.",
+    "Only images with frames and windows (DICOM) can be rendered again; this file is shared as it is.",
 )
 
 
@@ -68,7 +65,7 @@ async def rerender(cs: Careshare, principal: Principal, file_id: str, options: R
     async with cs.reader.connect() as conn:
         stored = await get_file(conn, principal, file_id)
     original = stored.rendition(ORIGINAL)
-    if stored.kind not in RENDERABLE_KINDS or original is None:
+    if not stored.check.get("renderable") or original is None:
         raise Problem(RENDER_NOT_SUPPORTED)
     policy = attrs.evolve(
         cs.settings.policy,
@@ -107,12 +104,13 @@ async def rerender(cs: Careshare, principal: Principal, file_id: str, options: R
         "reason": None,
         "rendered_by": principal.subject,
         "render_options": attrs.asdict(options),
+        "renderable": processed.renderable,
     }
     now = db.utcnow()
     async with cs.engine.begin() as conn:
         # Again inside the transaction: the file may have been deleted while it was rendering.
         await get_file(conn, principal, file_id)
-        await _insert_blobs(conn, renditions, now)
+        await insert_blobs(conn, renditions, now)
         await conn.execute(
             sa.delete(db.renditions).where(db.renditions.c.file_id == file_id, db.renditions.c.role != ORIGINAL)
         )

@@ -247,6 +247,7 @@ def _render(source: Source, policy: Policy, caught: list[warnings.WarningMessage
         metadata=metadata,
         renditions=(shareable, thumbnail),
         changes=tuple(changes),
+        renderable=True,
     )
 
 
