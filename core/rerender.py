@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from careshare.core import db
 from careshare.core.audit import record_event
-from careshare.core.files import ORIGINAL, insert_blobs, get_file
+from careshare.core.files import ORIGINAL, get_file, insert_blobs
 from careshare.core.models import RenditionRecord, Source
 from careshare.core.problems import Problem, ProblemType
 from careshare.core.storage import content_key
