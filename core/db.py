@@ -22,6 +22,7 @@ __all__ = [
     "audit_events",
     "blobs",
     "create_engine",
+    "deliveries",
     "files",
     "metadata",
     "migrate",
@@ -29,6 +30,7 @@ __all__ = [
     "organisations",
     "patients",
     "renditions",
+    "shares",
     "utcnow",
 ]
 
@@ -164,6 +166,37 @@ audit_events = sa.Table(
     sa.Column("item_id", ID),
     sa.Column("at", UTCDateTime, nullable=False),
     sa.Index("ix_audit_events_org_patient", "org_id", "patient_id", "id"),
+)
+
+shares = sa.Table(
+    "shares",
+    metadata,
+    # An item that reached a patient: the grant behind every read of its attachments, for good.
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("org_id", sa.String(200), sa.ForeignKey("organisations.id"), nullable=False),
+    sa.Column("patient_id", ID, sa.ForeignKey("patients.id"), nullable=False),
+    sa.Column("channel", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(64), nullable=False),
+    sa.Column("item_id", ID, nullable=False),
+    sa.Column("title", sa.String(200), nullable=False),
+    sa.Column("shared_by", sa.String(200), nullable=False),
+    sa.Column("shared_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("target", "item_id", "patient_id", name="uq_shares_item_patient"),
+    sa.Index("ix_shares_patient", "org_id", "patient_id", "id"),
+)
+
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    # The outbox: one row per notification and delivery plugin, retried with backoff until done.
+    sa.Column("notification_id", ID, sa.ForeignKey("notifications.id"), primary_key=True),
+    sa.Column("channel", sa.String(64), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),  # pending | delivered | failed
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=False),
+    sa.Column("last_error", sa.String(200)),
+    sa.Column("delivered_at", UTCDateTime),
+    sa.Index("ix_deliveries_due", "state", "next_attempt_at"),
 )
 
 notifications = sa.Table(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -42,6 +44,7 @@ class CareshareInit(InitPlugin):
         from careshare.host.routes.me import MeController
         from careshare.host.routes.patients import PatientController
         from careshare.host.routes.render import RenderController
+        from careshare.host.routes.sharing import AttachmentController, AuditController, InboxController
 
         cs = self.cs
         plugin_routes = list(itertools.chain.from_iterable(cs.plugins.hook.careshare_routes()))
@@ -52,6 +55,9 @@ class CareshareInit(InitPlugin):
                 LibraryController,
                 FileController,
                 RenderController,
+                AttachmentController,
+                InboxController,
+                AuditController,
                 MeController,
                 *plugin_routes,
             ]
@@ -65,10 +71,16 @@ class CareshareInit(InitPlugin):
 
         @asynccontextmanager
         async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+            from careshare.core.notifications import run_delivery_loop
+
             await cs.start()
+            delivery = asyncio.create_task(run_delivery_loop(cs.engine, cs.plugins), name="careshare-delivery")
             try:
                 yield
             finally:
+                delivery.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await delivery
                 await cs.close()
 
         app_config.lifespan.append(lifespan)

@@ -106,11 +106,11 @@ async def test_compare_metadata_would_notice_drift(db_url: str) -> None:
     engine = db.create_engine(db_url)
     try:
         async with engine.begin() as conn:
-            await conn.execute(sa.text("DROP TABLE notifications"))
+            await conn.execute(sa.text("DROP TABLE audit_events"))
     finally:
         await engine.dispose()
     diff = await _run(db_url, _diff)
-    assert [(op[0], op[1].name) for op in diff if op[0] == "add_table"] == [("add_table", "notifications")]
+    assert [(op[0], op[1].name) for op in diff if op[0] == "add_table"] == [("add_table", "audit_events")]
 
 
 async def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from careshare.core.models import Principal
     from careshare.core.runtime import Careshare
 
-__all__ = ["FileController"]
+__all__ = ["FileController", "blob_response", "download_name"]
 
 RANGE_NOT_SATISFIABLE = ProblemType(
     "range-not-satisfiable",
@@ -85,6 +85,33 @@ def download_name(filename: str, media_type: str, role: str) -> str:
     return f"{stem}{_EXTENSIONS.get(media_type, '')}"
 
 
+def blob_response(
+    request: Request[Any, Any, Any], cs: Careshare, sha256: str, size: int, media_type: str, filename: str
+) -> Response[Any]:
+    """Stream a blob with its ETag (304), a single Range (206, 416) and safe download headers."""
+    etag = f'"{sha256}"'
+    headers = {
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "private, no-cache",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Disposition": content_disposition(filename),
+    }
+    if _none_match(request.headers.get("if-none-match"), etag):
+        return Response(content=b"", status_code=304, headers=headers)
+    try:
+        span = parse_range(request.headers.get("range"), size)
+    except Problem as problem:
+        return problem_response(problem, request, headers={"Content-Range": f"bytes */{size}"})
+    if span is None:
+        headers["Content-Length"] = str(size)
+        return Stream(cs.store.read(sha256), media_type=media_type, headers=headers)
+    start, end = span
+    headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    headers["Content-Length"] = str(end - start)
+    return Stream(cs.store.read(sha256, start, end), status_code=206, media_type=media_type, headers=headers)
+
+
 class FileController(Controller):
     path = "/v1/files"
     dependencies = {"principal": Provide(signed_in)}
@@ -94,7 +121,7 @@ class FileController(Controller):
     async def show(
         self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], fid: FromPath[str]
     ) -> dict[str, Any]:
-        async with cs.engine.connect() as conn:
+        async with cs.reader.connect() as conn:
             return file_json(await get_file(conn, principal, fid))
 
     @get("/{fid:str}/content")
@@ -114,26 +141,5 @@ class FileController(Controller):
             await record_event(
                 conn, principal, "file.read", patient_id=stored.patient_id, file_id=stored.id, rendition=rendition
             )
-        etag = f'"{record.sha256}"'
-        headers = {
-            "ETag": etag,
-            "Accept-Ranges": "bytes",
-            "Cache-Control": "private, no-cache",
-            "X-Content-Type-Options": "nosniff",
-            "Content-Disposition": content_disposition(download_name(stored.filename, record.media_type, rendition)),
-        }
-        if _none_match(request.headers.get("if-none-match"), etag):
-            return Response(content=b"", status_code=304, headers=headers)
-        try:
-            span = parse_range(request.headers.get("range"), record.size)
-        except Problem as problem:
-            return problem_response(problem, request, headers={"Content-Range": f"bytes */{record.size}"})
-        if span is None:
-            headers["Content-Length"] = str(record.size)
-            return Stream(cs.store.read(record.sha256), media_type=record.media_type, headers=headers)
-        start, end = span
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{record.size}"
-        headers["Content-Length"] = str(end - start)
-        return Stream(
-            cs.store.read(record.sha256, start, end), status_code=206, media_type=record.media_type, headers=headers
-        )
+        name = download_name(stored.filename, record.media_type, rendition)
+        return blob_response(request, cs, record.sha256, record.size, record.media_type, name)

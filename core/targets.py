@@ -1,0 +1,307 @@
+"""Attachment targets: where a channel lets files attach, its declarative limits, and attaching itself.
+
+A channel plugin declares its targets (``careshare_targets``); core checks every declared limit and
+asks ``careshare_check_attachment`` for the channel's own rules, then pins the rendition the
+patient receives by its hash. What is pinned stays readable whatever later happens to the file.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+import sqlalchemy as sa
+
+from careshare.core import db
+from careshare.core.files import get_file
+from careshare.core.ids import new_id
+from careshare.core.problems import NOT_FOUND, Problem, ProblemType
+
+if TYPE_CHECKING:
+    import pluggy
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    from careshare.core.models import Principal, StoredFile
+
+__all__ = [
+    "ALL_KINDS",
+    "Attachment",
+    "Item",
+    "Target",
+    "attach",
+    "attachments_of",
+    "find_target",
+    "targets",
+]
+
+ALL_KINDS = frozenset({"pdf", "image", "dicom", "video"})
+
+FILE_TOO_LARGE = ProblemType(
+    "file-too-large", 422, "File too large for this item", "This file is larger than this item accepts."
+)
+ATTACHMENTS_TOO_LARGE = ProblemType(
+    "attachments-too-large",
+    422,
+    "Attachments too large together",
+    "The files attached to this item would be larger together than it accepts. Remove a file or attach a smaller one.",
+)
+TOO_MANY_ATTACHMENTS = ProblemType(
+    "too-many-attachments", 422, "Too many files", "This item already carries as many files as it accepts."
+)
+KIND_NOT_ALLOWED = ProblemType(
+    "kind-not-allowed", 422, "File type not allowed here", "This kind of file cannot be attached to this item."
+)
+VIDEO_NOT_ALLOWED = ProblemType(
+    "video-not-allowed", 422, "Video not allowed here", "Videos cannot be attached to this item."
+)
+FILE_NOT_READY = ProblemType(
+    "file-not-ready",
+    409,
+    "File still being checked",
+    "This file is still being checked. Attach it once its status is 'ready'.",
+)
+FILE_REJECTED = ProblemType(
+    "file-rejected", 422, "File was refused", "This file was refused when it was checked, so it cannot be shared."
+)
+DRAFT_REQUIRED = ProblemType(
+    "draft-required",
+    409,
+    "Only drafts take attachments",
+    "Files can only be attached while this item is a draft; it has been sent. Start a new one.",
+)
+FILE_NOT_AVAILABLE = ProblemType(
+    "file-not-available",
+    422,
+    "File not available for this patient",
+    "This file belongs to another patient's record. Attach files from this patient's files or the organisation library.",
+)
+
+
+@attrs.frozen
+class Target:
+    """Where files attach in a channel, and the rules every attachment there must meet.
+
+    ``None`` for a limit means no limit. Sizes count the rendition the patient receives.
+    """
+
+    name: str
+    channel: str
+    accepts: frozenset[str] = ALL_KINDS
+    max_file_bytes: int | None = None
+    max_total_bytes: int | None = None
+    max_count: int | None = None
+    video_allowed: bool = True
+    draft_required: bool = False
+    #: Which rendition the patient receives (DICOM, for one, is never sent as DICOM).
+    rendition: str = "shareable"
+    #: Files may come from the item's patient's files, the organisation library, or both.
+    sources: frozenset[Literal["patient", "library"]] = frozenset({"patient", "library"})
+    #: What the patient receives, in a few words (shown to product teams by ``GET /v1/targets``).
+    description: str = ""
+
+    def rules(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "channel": self.channel,
+            "accepts": sorted(self.accepts),
+            "max_file_bytes": self.max_file_bytes,
+            "max_total_bytes": self.max_total_bytes,
+            "max_count": self.max_count,
+            "video_allowed": self.video_allowed,
+            "draft_required": self.draft_required,
+            "rendition": self.rendition,
+            "sources": sorted(self.sources),
+            "description": self.description,
+        }
+
+
+@attrs.frozen
+class Item:
+    """The thing files attach to: a message, a letter, an appointment type ... as core needs to see it."""
+
+    target: str
+    id: str
+    org: str
+    #: The patient the item is for; None for templates (appointment types, information packs).
+    patient_id: str | None
+    is_draft: bool = False
+    #: The channel's own record, for ``careshare_check_attachment`` implementations.
+    record: Any = None
+
+
+@attrs.frozen
+class Attachment:
+    id: str
+    target: str
+    item_id: str
+    file_id: str
+    role: str
+    sha256: str
+    media_type: str
+    size: int
+    filename: str
+    kind: str
+    position: int
+
+
+def targets(pm: pluggy.PluginManager) -> dict[str, Target]:
+    """Every target of every loaded plugin, by name (a name declared twice is an error)."""
+    found: dict[str, Target] = {}
+    for target in itertools.chain.from_iterable(pm.hook.careshare_targets()):
+        if target.name in found:
+            raise ValueError(f"attachment target {target.name!r} is declared twice")
+        found[target.name] = target
+    return found
+
+
+def find_target(pm: pluggy.PluginManager, name: str) -> Target:
+    target = targets(pm).get(name)
+    if target is None:
+        raise LookupError(f"no attachment target {name!r} is loaded")
+    return target
+
+
+async def attachments_of(conn: AsyncConnection, target: str, item_ids: list[str]) -> dict[str, list[Attachment]]:
+    """The attachments of each item, in the order they were attached."""
+    by_item: dict[str, list[Attachment]] = {item_id: [] for item_id in item_ids}
+    if not item_ids:
+        return by_item
+    rows = await conn.execute(
+        sa.select(db.attachments, db.files.c.kind)
+        .join(db.files, db.files.c.id == db.attachments.c.file_id)
+        .where(db.attachments.c.target == target, db.attachments.c.item_id.in_(item_ids))
+        .order_by(db.attachments.c.item_id, db.attachments.c.position)
+    )
+    for row in rows:
+        by_item[row.item_id].append(
+            Attachment(
+                id=row.id,
+                target=row.target,
+                item_id=row.item_id,
+                file_id=row.file_id,
+                role=row.role,
+                sha256=row.sha256,
+                media_type=row.media_type,
+                size=row.size,
+                filename=row.filename,
+                kind=row.kind,
+                position=row.position,
+            )
+        )
+    return by_item
+
+
+def _where(target: Target, rule: str) -> str:
+    return f"{rule} of target '{target.name}' ({target.channel})"
+
+
+def check_declared(target: Target, item: Item, file: StoredFile, attached: list[Attachment]) -> None:
+    """Raise the first declared rule ``file`` breaks on ``item``; the detail names the rule and target."""
+    if target.draft_required and not item.is_draft:
+        raise Problem(DRAFT_REQUIRED, rule=_where(target, "draft_required"))
+    if file.status == "processing":
+        raise Problem(FILE_NOT_READY)
+    if file.status == "rejected":
+        raise Problem(FILE_REJECTED)
+    if file.owner_type not in target.sources or (file.owner_type == "patient" and file.patient_id != item.patient_id):
+        raise Problem(FILE_NOT_AVAILABLE)
+    if file.kind == "video" and not target.video_allowed:
+        raise Problem(
+            VIDEO_NOT_ALLOWED,
+            f"Videos cannot be attached here: {target.description or target.name} can't contain streaming video.",
+            rule=_where(target, "video_allowed"),
+        )
+    if file.kind not in target.accepts:
+        raise Problem(
+            KIND_NOT_ALLOWED,
+            f"A {file.kind} file cannot be attached here; this accepts {', '.join(sorted(target.accepts))}.",
+            rule=_where(target, "accepts"),
+        )
+    rendition = file.rendition(target.rendition)
+    if rendition is None:
+        raise Problem(FILE_NOT_READY, f"This file has no '{target.rendition}' copy to send yet.")
+    if target.max_count is not None and len(attached) + 1 > target.max_count:
+        raise Problem(
+            TOO_MANY_ATTACHMENTS,
+            f"This item carries at most {target.max_count} files.",
+            rule=_where(target, "max_count"),
+            limit=target.max_count,
+        )
+    if target.max_file_bytes is not None and rendition.size > target.max_file_bytes:
+        raise Problem(
+            FILE_TOO_LARGE,
+            f"This file is {rendition.size:,} bytes; this item accepts files of at most {target.max_file_bytes:,} bytes.",
+            rule=_where(target, "max_file_bytes"),
+            limit=target.max_file_bytes,
+            size=rendition.size,
+        )
+    total = sum(a.size for a in attached) + rendition.size
+    if target.max_total_bytes is not None and total > target.max_total_bytes:
+        raise Problem(
+            ATTACHMENTS_TOO_LARGE,
+            f"The files attached would total {total:,} bytes; this item accepts at most"
+            f" {target.max_total_bytes:,} bytes. Remove a file or attach a smaller one.",
+            rule=_where(target, "max_total_bytes"),
+            limit=target.max_total_bytes,
+            total=total,
+        )
+
+
+async def attach(
+    conn: AsyncConnection,
+    pm: pluggy.PluginManager,
+    principal: Principal,
+    target: Target,
+    item: Item,
+    file_ids: list[str],
+) -> list[Attachment]:
+    """Attach files to ``item`` in the caller's transaction, or raise the first rule broken.
+
+    Every declared rule is checked, then ``careshare_check_attachment``; all files attach or none
+    (the caller's transaction rolls back on a Problem). The rendition is pinned by hash.
+    """
+    if item.org != principal.org:
+        raise Problem(NOT_FOUND)
+    attached = (await attachments_of(conn, target.name, [item.id]))[item.id]
+    added: list[Attachment] = []
+    for file_id in file_ids:
+        file = await get_file(conn, principal, file_id)
+        check_declared(target, item, file, attached)
+        for problems in pm.hook.careshare_check_attachment(target=target, item=item, file=file, attached=attached):
+            if problems:
+                raise problems[0]
+        rendition = file.rendition(target.rendition)
+        assert rendition is not None  # check_declared refused files without it
+        attachment = Attachment(
+            id=new_id(),
+            target=target.name,
+            item_id=item.id,
+            file_id=file.id,
+            role=rendition.role,
+            sha256=rendition.sha256,
+            media_type=rendition.media_type,
+            size=rendition.size,
+            filename=file.filename,
+            kind=file.kind,
+            position=len(attached),
+        )
+        await conn.execute(
+            db.attachments.insert().values(
+                id=attachment.id,
+                org_id=item.org,
+                target=attachment.target,
+                item_id=attachment.item_id,
+                file_id=attachment.file_id,
+                role=attachment.role,
+                sha256=attachment.sha256,
+                media_type=attachment.media_type,
+                size=attachment.size,
+                filename=attachment.filename,
+                position=attachment.position,
+                created_at=db.utcnow(),
+            )
+        )
+        attached = [*attached, attachment]
+        added.append(attachment)
+    return added
