@@ -31,6 +31,7 @@ __all__ = [
     "patients",
     "renditions",
     "shares",
+    "uploads",
     "utcnow",
 ]
 
@@ -119,6 +120,9 @@ files = sa.Table(
     sa.Column("uploaded_by", sa.String(200), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("deleted_at", UTCDateTime),
+    # Files a patient sent stay "new" for the clinic until a clinician marks them seen.
+    sa.Column("seen_at", UTCDateTime),
+    sa.Column("seen_by", sa.String(200)),
     sa.Index("ix_files_org_patient", "org_id", "patient_id", "id"),
 )
 
@@ -166,6 +170,25 @@ audit_events = sa.Table(
     sa.Column("item_id", ID),
     sa.Column("at", UTCDateTime, nullable=False),
     sa.Index("ix_audit_events_org_patient", "org_id", "patient_id", "id"),
+)
+
+uploads = sa.Table(
+    "uploads",
+    metadata,
+    # Resumable (tus) uploads in progress: bytes so far live in <data dir>/uploads/<id>.
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("org_id", sa.String(200), sa.ForeignKey("organisations.id"), nullable=False),
+    sa.Column("patient_id", ID, sa.ForeignKey("patients.id"), nullable=False),
+    sa.Column("created_by", sa.String(200), nullable=False),
+    sa.Column("created_by_role", sa.String(16), nullable=False),
+    sa.Column("length", sa.BigInteger, nullable=False),
+    sa.Column("offset", sa.BigInteger, nullable=False),
+    sa.Column("filename", sa.String(1024)),
+    sa.Column("purpose", sa.JSON, nullable=False),  # where the finished file goes (patient files, a request ...)
+    sa.Column("file_id", ID),  # set once finished and ingested
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Index("ix_uploads_expires", "expires_at"),
 )
 
 shares = sa.Table(

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import attrs
 import sqlalchemy as sa
 
 from careshare.core import db
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from careshare.core.policy import Policy
     from careshare.core.runtime import Careshare
 
-__all__ = ["ORIGINAL", "get_file", "ingest", "insert_blobs", "list_files"]
+__all__ = ["ORIGINAL", "get_file", "ingest", "insert_blobs", "list_files", "mark_seen"]
 
 ORIGINAL = "original"
 logger = logging.getLogger(__name__)
@@ -184,6 +185,7 @@ def _row_to_file(row: sa.Row[Any], renditions: list[RenditionRecord]) -> StoredF
         renditions=tuple(renditions),
         uploaded_by=row.uploaded_by,
         created_at=row.created_at,
+        seen_at=row.seen_at,
     )
 
 
@@ -222,6 +224,7 @@ async def list_files(
     owner_type: Literal["patient", "library"],
     patient_id: str | None,
     source: str | None = None,
+    unseen: bool = False,
     cursor: str | None = None,
     limit: int = 50,
 ) -> tuple[list[StoredFile], str | None]:
@@ -234,8 +237,23 @@ async def list_files(
     )
     if source is not None:
         query = query.where(db.files.c.source == source)
+    if unseen:
+        query = query.where(db.files.c.seen_at.is_(None))
     if cursor:
         query = query.where(db.files.c.id < cursor)
     rows = list((await conn.execute(query.order_by(db.files.c.id.desc()).limit(limit + 1))).all())
     next_cursor = rows[limit - 1].id if len(rows) > limit else None
     return await _with_renditions(conn, rows[:limit]), next_cursor
+
+
+async def mark_seen(conn: AsyncConnection, principal: Principal, file_id: str) -> StoredFile:
+    """A clinician has looked at a file the patient sent: it is no longer new (idempotent)."""
+    stored = await get_file(conn, principal, file_id)
+    if stored.seen_at is None:
+        now = db.utcnow()
+        await conn.execute(
+            sa.update(db.files).where(db.files.c.id == file_id).values(seen_at=now, seen_by=principal.subject)
+        )
+        await record_event(conn, principal, "file.seen", patient_id=stored.patient_id, file_id=file_id)
+        stored = attrs.evolve(stored, seen_at=now)
+    return stored

@@ -119,6 +119,8 @@ class StoredFile:
     renditions: tuple[RenditionRecord, ...]
     uploaded_by: str
     created_at: datetime
+    #: When a clinician marked a file the patient sent as seen (None: still new).
+    seen_at: datetime | None = None
 
     def rendition(self, role: str) -> RenditionRecord | None:
         return next((r for r in self.renditions if r.role == role), None)

@@ -46,6 +46,8 @@ def file_json(f: StoredFile) -> dict[str, Any]:
         ],
         "uploaded_by": f.uploaded_by,
         "created_at": f.created_at.isoformat(),
+        "seen": f.seen_at is not None,
+        "seen_at": f.seen_at.isoformat() if f.seen_at else None,
     }
 
 

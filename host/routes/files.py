@@ -5,15 +5,15 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from litestar import Controller, Request, Response, get
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
 from careshare.core.audit import record_event
 from careshare.core.filenames import content_disposition
-from careshare.core.files import get_file
-from careshare.core.problems import NOT_FOUND, Problem, ProblemType
+from careshare.core.files import get_file, mark_seen
+from careshare.core.problems import FORBIDDEN_ROLE, NOT_FOUND, Problem, ProblemType
 from careshare.host.auth import signed_in
 from careshare.host.problems import problem_response
 from careshare.host.views import file_json
@@ -123,6 +123,16 @@ class FileController(Controller):
     ) -> dict[str, Any]:
         async with cs.reader.connect() as conn:
             return file_json(await get_file(conn, principal, fid))
+
+    @post("/{fid:str}/seen", status_code=200)
+    async def seen(
+        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], fid: FromPath[str]
+    ) -> dict[str, Any]:
+        """Clinicians: a file the patient sent is no longer new."""
+        if not principal.is_clinician:
+            raise Problem(FORBIDDEN_ROLE, "Only clinicians mark files as seen.")
+        async with cs.engine.begin() as conn:
+            return file_json(await mark_seen(conn, principal, fid))
 
     @get("/{fid:str}/content")
     async def content(

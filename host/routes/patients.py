@@ -88,10 +88,18 @@ class PatientController(Controller):
         cursor: FromQuery[str | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
         source: Annotated[str | None, QueryParameter(pattern="^(clinic|patient)$")] = None,
+        unseen: FromQuery[bool] = False,
     ) -> dict[str, Any]:
         async with cs.reader.connect() as conn:
             await get_patient(conn, principal, pid)
             items, next_cursor = await list_files(
-                conn, principal, owner_type="patient", patient_id=pid, source=source, cursor=cursor, limit=limit
+                conn,
+                principal,
+                owner_type="patient",
+                patient_id=pid,
+                source=source,
+                unseen=unseen,
+                cursor=cursor,
+                limit=limit,
             )
         return page_json([file_json(f) for f in items], next_cursor)
