@@ -23,7 +23,7 @@ from careshare.testing import bearer
 if TYPE_CHECKING:
     from careshare.core.settings import Settings
 
-CHANNELS = ("chat", "letters", "appointments", "medication", "consents")
+CHANNELS = ("chat", "letters", "appointments", "medication", "consents", "file-requests")
 LETTER_SENT = ProblemType("letter-already-sent", 409, "Letter already sent", "This letter was sent; start a new one.")
 
 

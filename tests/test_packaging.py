@@ -37,6 +37,8 @@ ENTRY_POINTS = {
     "appointments": "careshare.plugins.appointments",
     "medication": "careshare.plugins.medication",
     "consents": "careshare.plugins.consents",
+    "file-requests": "careshare.plugins.requests",
+    "webhook": "careshare.plugins.webhook",
 }
 
 # Imports the packages and reports where each came from, as JSON on stdout.

@@ -31,9 +31,23 @@ from careshare.testing import make_pdf
 if TYPE_CHECKING:
     from click.testing import Result
 
-BUILT_INS = {"pdf", "image", "dicom", "video", "chat", "letters", "appointments", "medication", "consents"}
+BUILT_INS = {
+    "pdf",
+    "image",
+    "dicom",
+    "video",
+    "chat",
+    "letters",
+    "appointments",
+    "medication",
+    "consents",
+    "file-requests",
+    "webhook",
+}
 FILE_TYPES = {"pdf", "image", "dicom", "video"}
-CHANNELS = BUILT_INS - FILE_TYPES
+DELIVERY = {"webhook"}
+MODULES = {"file-requests": "careshare.plugins.requests"}
+CHANNELS = BUILT_INS - FILE_TYPES - DELIVERY
 JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
@@ -121,7 +135,7 @@ def test_plugin_hooks_rows_list_the_hooks_each_implements() -> None:
         "hooks": ["careshare_identify", "careshare_process"],
     }
     for name in CHANNELS:
-        assert rows[name]["module"] == f"careshare.plugins.{name}"
+        assert rows[name]["module"] == MODULES.get(name, f"careshare.plugins.{name}")
         assert rows[name]["hooks"] == ["careshare_targets"]
         assert rows[name]["distribution"] == "careshare 0.1.0"
     [extra_row] = [row for row in rows.values() if row["distribution"] is None]
