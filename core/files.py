@@ -16,6 +16,7 @@ from careshare.core.filenames import sanitise_filename
 from careshare.core.ids import new_id
 from careshare.core.models import RenditionRecord, Source, StoredFile
 from careshare.core.problems import NOT_FOUND, UNSUPPORTED_FILE_TYPE, Problem
+from careshare.core.storage import content_key
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from careshare.core.policy import Policy
     from careshare.core.runtime import Careshare
 
-__all__ = ["ORIGINAL", "get_file", "ingest", "insert_blobs", "list_files", "mark_seen"]
+__all__ = ["ORIGINAL", "discard_new_files", "get_file", "ingest", "insert_blobs", "list_files", "mark_seen"]
 
 ORIGINAL = "original"
 logger = logging.getLogger(__name__)
@@ -127,6 +128,42 @@ async def insert_blobs(conn: AsyncConnection, renditions: list[RenditionRecord],
     new = [{"sha256": h, "size": s, "created_at": now} for h, s in unique.items() if h not in existing]
     if new:
         await conn.execute(_insert_ignore(conn, db.blobs), new)
+
+
+async def discard_new_files(cs: Careshare, file_ids: list[str]) -> None:
+    """Undo ``ingest`` for files a refused request stored: their rows, and blobs nothing else uses.
+
+    For all-or-nothing requests (a message with several uploads, one refused). A file something
+    already refers to (an attachment) is kept. Blob objects go inside the transaction, so on SQLite
+    no upload of the same bytes can slip in between the check and the delete.
+    """
+    if not file_ids:
+        return
+    async with cs.engine.begin() as conn:
+        attached = sa.select(db.attachments.c.file_id).where(db.attachments.c.file_id.in_(file_ids))
+        doomed = list(
+            (
+                await conn.execute(
+                    sa.select(db.files.c.id).where(db.files.c.id.in_(file_ids), db.files.c.id.not_in(attached))
+                )
+            ).scalars()
+        )
+        if not doomed:
+            return
+        hashes = set(
+            (await conn.execute(sa.select(db.renditions.c.sha256).where(db.renditions.c.file_id.in_(doomed)))).scalars()
+        )
+        hashes |= set((await conn.execute(sa.select(db.files.c.sha256).where(db.files.c.id.in_(doomed)))).scalars())
+        await conn.execute(sa.delete(db.renditions).where(db.renditions.c.file_id.in_(doomed)))
+        await conn.execute(sa.delete(db.files).where(db.files.c.id.in_(doomed)))
+        used: set[str] = set()
+        for column in (db.files.c.sha256, db.renditions.c.sha256, db.attachments.c.sha256):
+            used |= set((await conn.execute(sa.select(column).where(column.in_(hashes)).distinct())).scalars())
+        unused = sorted(hashes - used)
+        if unused:
+            await conn.execute(sa.delete(db.blobs).where(db.blobs.c.sha256.in_(unused)))
+            for sha256 in unused:
+                await cs.store.discard(content_key(sha256))
 
 
 def _insert_ignore(conn: AsyncConnection, table: sa.Table) -> Any:

@@ -3,14 +3,20 @@
 Every ``careshare_deliver`` plugin gets its own delivery row per notification, retried with
 exponential backoff until it answers True (delivered) or None (not for it), or until the attempts
 run out (``failed``, with the error's type). Receivers de-duplicate by ``dedupe_key``.
+
+A round claims its due rows before calling any plugin (compare-and-set on ``attempts``, and
+``next_attempt_at`` pushed ``CLAIM_SECONDS`` ahead), so concurrent rounds, in one process or
+several, do not try the same delivery twice; a worker that dies mid-call leaves its rows to be
+tried again once the claim lapses (at least once, never silently dropped).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import sqlalchemy as sa
@@ -22,13 +28,30 @@ if TYPE_CHECKING:
     import pluggy
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-__all__ = ["Notification", "backoff", "deliver_due", "enqueue", "inbox", "mark_read", "run_delivery_loop"]
+__all__ = [
+    "Delivery",
+    "Notification",
+    "backoff",
+    "deliver_due",
+    "deliveries_of",
+    "delivery_channels",
+    "enqueue",
+    "inbox",
+    "mark_read",
+    "run_delivery_loop",
+]
 
 logger = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 10
+#: Tries before a delivery is ``failed``: 2 s, 4 s ... then hourly; about five hours in all, so a
+#: push gateway that is down for an afternoon still gets every notification.
+MAX_ATTEMPTS = 16
 FIRST_RETRY_SECONDS = 2.0
 LONGEST_RETRY_SECONDS = 3600.0
+#: How long a claimed delivery stays out of other rounds: longer than any plugin call should take.
+CLAIM_SECONDS = 300.0
+#: Plugin calls in flight at once per round (each runs in a worker thread).
+CONCURRENT_DELIVERIES = 8
 
 
 @attrs.frozen
@@ -75,8 +98,31 @@ def _from_row(row: sa.Row[object]) -> Notification:
     )
 
 
+@attrs.frozen
+class Delivery:
+    """One notification over one channel: ``pending`` -> ``delivered`` | ``failed``."""
+
+    notification_id: str
+    channel: str
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    delivered_at: datetime | None
+
+
+def _delivery_impls(pm: pluggy.PluginManager) -> dict[str, pluggy.HookImpl]:
+    # Wrappers (timing, audit) wrap deliveries; they are not channels of their own.
+    return {
+        str(pm.get_name(impl.plugin)): impl
+        for impl in pm.hook.careshare_deliver.get_hookimpls()
+        if not (impl.wrapper or impl.hookwrapper)
+    }
+
+
 def delivery_channels(pm: pluggy.PluginManager) -> list[str]:
-    return sorted({str(pm.get_name(impl.plugin)) for impl in pm.hook.careshare_deliver.get_hookimpls()})
+    """The names of the plugins that deliver notifications: one delivery row each per notification."""
+    return sorted(_delivery_impls(pm))
 
 
 async def enqueue(
@@ -177,65 +223,160 @@ async def mark_read(conn: AsyncConnection, org: str, patient_id: str, notificati
 
 def backoff(attempts: int) -> float:
     """Seconds before the next try after ``attempts`` failures: 2, 4, 8 ... capped at an hour."""
-    return float(min(FIRST_RETRY_SECONDS * 2 ** max(attempts - 1, 0), LONGEST_RETRY_SECONDS))
+    exponent = min(max(attempts - 1, 0), 32)  # 2**32 s is far past the cap; keeps the float finite
+    return float(min(FIRST_RETRY_SECONDS * 2**exponent, LONGEST_RETRY_SECONDS))
+
+
+async def deliveries_of(conn: AsyncConnection, notification_id: str) -> list[Delivery]:
+    """The delivery state of one notification, one entry per channel (for operators and tests)."""
+    rows = await conn.execute(
+        sa.select(db.deliveries)
+        .where(db.deliveries.c.notification_id == notification_id)
+        .order_by(db.deliveries.c.channel)
+    )
+    return [
+        Delivery(
+            notification_id=row.notification_id,
+            channel=row.channel,
+            state=row.state,
+            attempts=row.attempts,
+            next_attempt_at=row.next_attempt_at,
+            last_error=row.last_error,
+            delivered_at=row.delivered_at,
+        )
+        for row in rows
+    ]
 
 
 async def deliver_due(
-    engine: AsyncEngine, pm: pluggy.PluginManager, *, now: datetime | None = None, batch: int = 50
+    engine: AsyncEngine,
+    pm: pluggy.PluginManager,
+    *,
+    now: datetime | None = None,
+    batch: int = 50,
+    concurrency: int = CONCURRENT_DELIVERIES,
 ) -> int:
-    """Try every delivery that is due once; returns how many were tried. Safe to run in several processes
-    (a delivery may then be tried twice: delivery is at least once)."""
-    now = now or db.utcnow()
-    impls = {str(pm.get_name(impl.plugin)): impl for impl in pm.hook.careshare_deliver.get_hookimpls()}
-    async with engine.connect() as conn:
+    """Try every delivery that is due once; returns how many were tried.
+
+    ``now`` is the clock for this round: what is due, and when a retry falls due. Tests pass a
+    time past the backoff instead of sleeping. Deliveries of channels that are not loaded (a
+    plugin disabled since) wait, pending, for their plugin to come back.
+    """
+    impls = _delivery_impls(pm)
+    if not impls:
+        return 0
+    started = now or db.utcnow()
+    claimed = await _claim(engine, list(impls), started, batch)
+    gate = asyncio.Semaphore(max(concurrency, 1))
+
+    async def one(row: sa.Row[Any]) -> None:
+        notification = _from_row(row)
+        async with gate:
+            outcome, error = await _try(row.channel, impls[row.channel], notification)
+        await _record(engine, row, outcome, error, now)
+
+    results = await asyncio.gather(*(one(row) for row in claimed), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result  # the others finished first; an unrecorded row comes back when its claim lapses
+    return len(claimed)
+
+
+async def _claim(engine: AsyncEngine, channels: list[str], now: datetime, batch: int) -> list[sa.Row[Any]]:
+    """Take the due rows for this round: each counts its attempt and leaves other rounds' view."""
+    async with engine.begin() as conn:
         due = list(
             await conn.execute(
                 sa.select(db.deliveries, db.notifications)
                 .join(db.notifications, db.notifications.c.id == db.deliveries.c.notification_id)
-                .where(db.deliveries.c.state == "pending", db.deliveries.c.next_attempt_at <= now)
+                .where(
+                    db.deliveries.c.state == "pending",
+                    db.deliveries.c.next_attempt_at <= now,
+                    db.deliveries.c.channel.in_(channels),
+                )
                 .order_by(db.deliveries.c.next_attempt_at)
                 .limit(batch)
             )
         )
-    for row in due:
-        impl = impls.get(row.channel)
-        notification = _from_row(row)
-        outcome, error = await _try(impl, notification) if impl else (None, None)
-        attempts = row.attempts + 1
-        values: dict[str, object] = {"attempts": attempts, "last_error": error}
-        if outcome is None or outcome is True:
-            values.update(state="delivered", delivered_at=db.utcnow())
-        elif attempts >= MAX_ATTEMPTS:
-            values.update(state="failed")
-            logger.warning("delivery failed for good channel=%s notification=%s", row.channel, notification.id)
-        else:
-            values.update(next_attempt_at=db.utcnow() + timedelta(seconds=backoff(attempts)))
-        async with engine.begin() as conn:
-            await conn.execute(
+        claimed = []
+        for row in due:
+            taken = await conn.execute(
                 sa.update(db.deliveries)
-                .where(db.deliveries.c.notification_id == notification.id, db.deliveries.c.channel == row.channel)
-                .values(**values)
+                .where(
+                    db.deliveries.c.notification_id == row.notification_id,
+                    db.deliveries.c.channel == row.channel,
+                    db.deliveries.c.state == "pending",
+                    db.deliveries.c.attempts == row.attempts,  # another round got there first otherwise
+                )
+                .values(attempts=row.attempts + 1, next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS))
             )
-    return len(due)
+            if taken.rowcount == 1:
+                claimed.append(row)
+    return claimed
 
 
-async def _try(impl: pluggy.HookImpl, notification: Notification) -> tuple[bool | None, str | None]:
+async def _record(
+    engine: AsyncEngine, row: sa.Row[Any], outcome: bool | None, error: str | None, now: datetime | None
+) -> None:
+    attempts = row.attempts + 1
+    values: dict[str, object] = {"last_error": error}
+    if outcome is None or outcome is True:
+        values.update(state="delivered", delivered_at=db.utcnow())
+    elif attempts >= MAX_ATTEMPTS:
+        values.update(state="failed")
+        logger.warning(
+            "delivery failed for good channel=%s notification=%s attempts=%d error=%s",
+            row.channel,
+            row.notification_id,
+            attempts,
+            error,
+        )
+    else:
+        values.update(next_attempt_at=(now or db.utcnow()) + timedelta(seconds=backoff(attempts)))
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.update(db.deliveries)
+            .where(
+                db.deliveries.c.notification_id == row.notification_id,
+                db.deliveries.c.channel == row.channel,
+                db.deliveries.c.attempts == attempts,  # still our claim
+            )
+            .values(**values)
+        )
+
+
+async def _try(channel: str, impl: pluggy.HookImpl, notification: Notification) -> tuple[bool | None, str | None]:
+    """Call one plugin: True delivered, None not for it, False retry (with the reason to keep)."""
+    kwargs = {"notification": notification} if "notification" in impl.argnames else {}
     try:
-        kwargs = {"notification": notification} if "notification" in impl.argnames else {}
-        result = await asyncio.to_thread(impl.function, **kwargs)
-    except Exception as exc:  # a receiver that is down must not stop the others
-        logger.warning("delivery error channel=%s error=%s", impl.plugin_name, type(exc).__name__)
-        return False, type(exc).__name__
-    return (bool(result) if result is not None else None), None if result in (True, None) else "not delivered"
+        if inspect.iscoroutinefunction(impl.function):
+            result = await impl.function(**kwargs)
+        else:
+            result = await asyncio.to_thread(impl.function, **kwargs)
+    except Exception as exc:  # a receiver that is down must not stop the others; its message may hold secrets
+        logger.warning(
+            "delivery error channel=%s notification=%s error=%s", channel, notification.id, type(exc).__name__
+        )
+        return False, type(exc).__name__[:200]
+    if result is True or result is None:
+        return result, None
+    return False, "not delivered"
 
 
 async def run_delivery_loop(engine: AsyncEngine, pm: pluggy.PluginManager, interval: float = 1.0) -> None:
-    """Deliver due notifications until cancelled (the host runs this beside the API)."""
+    """Deliver due notifications until cancelled (the host runs this beside the API).
+
+    A failed round (the database briefly away) is logged and the loop goes on; a full batch is
+    followed at once by the next round, so a backlog drains without waiting ``interval`` each time.
+    """
+    batch = 50
     while True:
+        tried = 0
         try:
-            await deliver_due(engine, pm)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the database may be briefly unavailable: try again next round
+            tried = await deliver_due(engine, pm, batch=batch)
+        except Exception as exc:
             logger.warning("delivery round failed error=%s", type(exc).__name__)
-        await asyncio.sleep(interval)
+        if tried < batch:
+            await asyncio.sleep(interval)
+        else:
+            await asyncio.sleep(0)

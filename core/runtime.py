@@ -7,6 +7,7 @@ import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from careshare import PROJECT_NAME
 from careshare.core.db import create_engine, migrate
 from careshare.core.plugins import get_plugin_manager
 from careshare.core.processing import Processor
@@ -60,6 +61,7 @@ class Careshare:
     async def start(self) -> None:
         """Run every pending migration (core and plugins) and sweep stale staging uploads."""
         dirs = [Path(p) for p in itertools.chain.from_iterable(self.plugins.hook.careshare_migrations())]
+        dirs += [d for d in _blocked_plugin_migrations(self.settings.disabled_plugins) if d not in dirs]
         await asyncio.to_thread(migrate, self.settings.database_url, dirs)
         await asyncio.to_thread(self.store.sweep_staging)
 
@@ -67,3 +69,22 @@ class Careshare:
         await self.engine.dispose()
         if self.reader is not self.engine:
             await self.reader.dispose()
+
+
+def _blocked_plugin_migrations(blocked: frozenset[str]) -> list[Path]:
+    """Migration directories of installed plugins that are disabled.
+
+    A disabled plugin's tables stay migrated: its revisions may already be recorded in the database
+    (Alembic refuses to start on a revision it cannot locate), and its data is kept for when it is
+    enabled again. Only its ``careshare_migrations`` function runs; the plugin is not registered.
+    """
+    from importlib.metadata import entry_points
+
+    dirs: list[Path] = []
+    for entry in entry_points(group=PROJECT_NAME):
+        if entry.name not in blocked:
+            continue
+        hook = getattr(entry.load(), "careshare_migrations", None)
+        if callable(hook):
+            dirs.extend(Path(p) for p in hook())
+    return dirs

@@ -16,9 +16,11 @@ from careshare.core.policy import Policy
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "Settings"]
+__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_UPLOAD_EXPIRY_SECONDS", "Settings"]
 
 DEFAULT_MAX_UPLOAD_BYTES = 1024**3
+#: How long an unfinished resumable (tus) upload waits for its next bytes before it is swept.
+DEFAULT_UPLOAD_EXPIRY_SECONDS = 24 * 3600.0
 SECRET_FILE = "secret.key"
 
 
@@ -32,6 +34,7 @@ class Settings:
     secret_key: str
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     disabled_plugins: frozenset[str] = frozenset()
+    upload_expiry_seconds: float = DEFAULT_UPLOAD_EXPIRY_SECONDS
     #: Limits and options handlers apply (the defaults of every organisation).
     policy: Policy = attrs.field(factory=Policy)
 
@@ -51,6 +54,10 @@ class Settings:
         max_upload = int(env.get("CARESHARE_MAX_UPLOAD_BYTES") or DEFAULT_MAX_UPLOAD_BYTES)
         if max_upload <= 0:
             raise ValueError("CARESHARE_MAX_UPLOAD_BYTES must be a positive number of bytes")
+        expiry_hours = env.get("CARESHARE_UPLOAD_EXPIRY_HOURS")
+        upload_expiry = float(expiry_hours) * 3600 if expiry_hours else DEFAULT_UPLOAD_EXPIRY_SECONDS
+        if not 0 < upload_expiry < float("inf"):
+            raise ValueError("CARESHARE_UPLOAD_EXPIRY_HOURS must be a positive number of hours")
         policy = Policy()
         if env.get("CARESHARE_HANDLER_TIME_LIMIT"):
             policy = attrs.evolve(policy, time_limit_seconds=float(env["CARESHARE_HANDLER_TIME_LIMIT"]))
@@ -68,6 +75,7 @@ class Settings:
             secret_key=secret_key,
             max_upload_bytes=max_upload,
             disabled_plugins=disabled,
+            upload_expiry_seconds=upload_expiry,
             policy=policy,
         )
 

@@ -45,6 +45,7 @@ class CareshareInit(InitPlugin):
         from careshare.host.routes.patients import PatientController
         from careshare.host.routes.render import RenderController
         from careshare.host.routes.sharing import AttachmentController, AuditController, InboxController
+        from careshare.host.routes.tus import ClinicUploadController, PatientUploadController
 
         cs = self.cs
         plugin_routes = list(itertools.chain.from_iterable(cs.plugins.hook.careshare_routes()))
@@ -59,6 +60,8 @@ class CareshareInit(InitPlugin):
                 InboxController,
                 AuditController,
                 MeController,
+                PatientUploadController,
+                ClinicUploadController,
                 *plugin_routes,
             ]
         )
@@ -72,15 +75,18 @@ class CareshareInit(InitPlugin):
         @asynccontextmanager
         async def lifespan(_app: Litestar) -> AsyncIterator[None]:
             from careshare.core.notifications import run_delivery_loop
+            from careshare.core.tus import run_sweeper
 
             await cs.start()
             delivery = asyncio.create_task(run_delivery_loop(cs.engine, cs.plugins), name="careshare-delivery")
+            sweeper = asyncio.create_task(run_sweeper(cs), name="careshare-upload-sweeper")
             try:
                 yield
             finally:
-                delivery.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await delivery
+                for task in (delivery, sweeper):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
                 await cs.close()
 
         app_config.lifespan.append(lifespan)

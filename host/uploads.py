@@ -1,4 +1,4 @@
-"""Upload bodies, streamed: a raw body or the multipart field ``file``, never held whole in memory."""
+"""Upload bodies, streamed: a raw body, the multipart field ``file`` or a form's files, never held whole in memory."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from litestar.exceptions import HTTPException
 from multipart import MultipartError, MultipartSegment, PushMultipartParser, parse_options_header
 
 from careshare.core.problems import UPLOAD_INCOMPLETE, UPLOAD_MALFORMED, UPLOAD_TOO_LARGE, Problem
+from careshare.host.problems import REQUEST_TOO_LARGE
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncGenerator, AsyncIterator
 
     from litestar import Request
 
-__all__ = ["Upload", "filename_from_disposition"]
+__all__ = ["FilePart", "FormField", "FormParts", "Upload", "filename_from_disposition"]
 
 #: Room for multipart boundaries, part headers and small text fields around the file.
 ENVELOPE_BYTES = 64 * 1024
@@ -40,6 +41,21 @@ def filename_from_disposition(header: str | None) -> str | None:
                 pass
     _, options = parse_options_header(header)
     return options.get("filename")
+
+
+async def _capped_body(request: Request[Any, Any, Any], max_body: int, max_bytes: int) -> AsyncIterator[bytes]:
+    """The request body's chunks; crossing ``max_body`` refuses the upload (named by its file limit)."""
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_body:
+                raise _too_large(max_bytes)
+            if chunk:
+                yield chunk
+    except HTTPException:
+        # Litestar raises when the client goes away mid-body.
+        raise Problem(UPLOAD_INCOMPLETE) from None
 
 
 def _too_large(max_bytes: int) -> Problem:
@@ -72,18 +88,8 @@ class Upload:
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._multipart() if self.boundary else self._body()
 
-    async def _body(self) -> AsyncIterator[bytes]:
-        received = 0
-        try:
-            async for chunk in self.request.stream():
-                received += len(chunk)
-                if received > self.max_body:
-                    raise _too_large(self.max_bytes)
-                if chunk:
-                    yield chunk
-        except HTTPException:
-            # Litestar raises when the client goes away mid-body.
-            raise Problem(UPLOAD_INCOMPLETE) from None
+    def _body(self) -> AsyncIterator[bytes]:
+        return _capped_body(self.request, self.max_body, self.max_bytes)
 
     async def _multipart(self) -> AsyncIterator[bytes]:
         assert self.boundary is not None
@@ -112,3 +118,122 @@ class Upload:
             raise Problem(
                 UPLOAD_MALFORMED, "The multipart body has no 'file' field. Put the file in a field named 'file'."
             )
+
+
+class FormField:
+    """A text field of a multipart form, read whole (text fields are small)."""
+
+    def __init__(self, name: str, value: str) -> None:
+        self.name = name
+        self.value = value
+
+
+class FilePart:
+    """One file part of a multipart form, streamed: iterate it (once) before asking for the next part."""
+
+    def __init__(self, name: str, filename: str | None, chunks: AsyncIterator[bytes]) -> None:
+        self.name = name
+        self.filename = filename
+        self._chunks = chunks
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks
+
+
+_END = object()
+
+
+class FormParts:
+    """The parts of a ``multipart/form-data`` body in their order: text fields and streamed files.
+
+    A part named ``file`` (or carrying a file name) is a :class:`FilePart` whose bytes arrive as the
+    consumer reads them, so several files pass one after the other without being held in memory;
+    every other part is a :class:`FormField`, buffered up to ``max_text_bytes`` for all of them
+    together. Each file's own size limit is the consumer's (``ingest`` enforces it while staging).
+    """
+
+    #: Text fields a form may carry besides its files.
+    MAX_TEXT_FIELDS = 32
+
+    def __init__(
+        self,
+        request: Request[Any, Any, Any],
+        max_file_bytes: int,
+        *,
+        max_files: int,
+        max_text_bytes: int = ENVELOPE_BYTES,
+    ) -> None:
+        self.request = request
+        self.max_file_bytes = max_file_bytes
+        self.max_files = max_files
+        self.max_text_bytes = max_text_bytes
+        media_type, options = parse_options_header(request.headers.get("content-type", ""))
+        self.boundary = options.get("boundary")
+        if media_type != "multipart/form-data" or not self.boundary:
+            raise Problem(
+                UPLOAD_MALFORMED, "Send a multipart/form-data body with its boundary. Let your HTTP client build it."
+            )
+        # One more file than allowed may arrive, so the consumer can refuse it by its own rule.
+        self.max_body = (max_files + 1) * (max_file_bytes + ENVELOPE_BYTES) + max_text_bytes + ENVELOPE_BYTES
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            raise _too_large(max_file_bytes)
+
+    def __aiter__(self) -> AsyncIterator[FormField | FilePart]:
+        return self._parts()
+
+    async def _events(self) -> AsyncGenerator[Any, None]:
+        assert self.boundary is not None
+        segments = self.max_files + 1 + self.MAX_TEXT_FIELDS
+        parser = PushMultipartParser(self.boundary, max_segment_count=segments, strict=True)
+        try:
+            async for chunk in _capped_body(self.request, self.max_body, self.max_file_bytes):
+                for event in parser.parse(chunk):
+                    yield event
+            for event in parser.parse(b""):
+                yield event
+        except MultipartError:
+            raise Problem(UPLOAD_MALFORMED) from None
+        if not parser.closed:
+            raise Problem(UPLOAD_INCOMPLETE)
+
+    async def _parts(self) -> AsyncIterator[FormField | FilePart]:
+        events = self._events()
+        text_bytes = 0
+        try:
+            while (event := await anext(events, _END)) is not _END:
+                if not isinstance(event, MultipartSegment):
+                    raise Problem(UPLOAD_MALFORMED)
+                if event.name == FILE_FIELD or event.filename is not None:
+                    state = {"ended": False}
+                    yield FilePart(event.name, event.filename, self._file_bytes(events, state))
+                    if not state["ended"]:  # the consumer skipped the part: pass over its bytes
+                        async for _ in self._file_bytes(events, state):
+                            pass
+                    continue
+                value = bytearray()
+                while (data := await anext(events, _END)) is not None:
+                    if data is _END:
+                        raise Problem(UPLOAD_INCOMPLETE)
+                    text_bytes += len(data)
+                    if text_bytes > self.max_text_bytes:
+                        raise Problem(
+                            REQUEST_TOO_LARGE,
+                            f"The form's text fields are larger than the {self.max_text_bytes:,} bytes this address accepts.",
+                        )
+                    value += data
+                try:
+                    text = value.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise Problem(UPLOAD_MALFORMED, "A text field of the form is not UTF-8 text.") from None
+                yield FormField(event.name, text)
+        finally:
+            await events.aclose()
+
+    @staticmethod
+    async def _file_bytes(events: AsyncGenerator[Any, None], state: dict[str, bool]) -> AsyncIterator[bytes]:
+        while (data := await anext(events, _END)) is not None:
+            if data is _END:
+                raise Problem(UPLOAD_INCOMPLETE)
+            yield bytes(data)
+        state["ended"] = True

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import pikepdf
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
 from PIL import Image
@@ -472,7 +472,25 @@ def test_generated_pdfs_are_refused_for_a_password_or_shared_clean(generated: An
             assert max(thumb.size) == 320
 
 
+def make_damaged_names_key() -> bytes:
+    """A PDF whose catalog holds its JavaScript name tree under the key '/\\x00Names' (qpdf reads it anyway)."""
+    pdf = pikepdf.new()
+    pdf.add_blank_page(page_size=(72, 72))
+    script = pdf.make_indirect(
+        pikepdf.Dictionary(Type=pikepdf.Name.Action, S=pikepdf.Name.JavaScript, JS="app.alert(1);")
+    )
+    pdf.Root.Names = pikepdf.Dictionary(JavaScript=pikepdf.Dictionary(Names=pikepdf.Array(["init", script])))
+    out = io.BytesIO()
+    pdf.save(out, compress_streams=False, object_stream_mode=pikepdf.ObjectStreamMode.disable)
+    return out.getvalue().replace(b"/Names <<", b"\x00Names <<", 1)
+
+
+# Found by Hypothesis: a NUL inside the catalog's /Names key leaves the JavaScript name tree under another key.
+DAMAGED_NAMES_KEY = make_damaged_names_key()
+
+
 @given(st.one_of(st.binary(max_size=600), st.binary(max_size=600).map(lambda b: b"%PDF-1.7\n" + b), damaged_pdfs()))
+@example(DAMAGED_NAMES_KEY)
 def test_any_bytes_end_in_a_refusal_or_a_clean_copy(body: bytes) -> None:
     pdf.careshare_identify(head=body)
     with tempfile.TemporaryDirectory() as directory:

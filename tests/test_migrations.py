@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import textwrap
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -21,8 +23,6 @@ from careshare.core.runtime import Careshare
 from careshare.testing import make_settings
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from careshare.testing import PostgresCluster
 
 
@@ -53,11 +53,34 @@ def _versions(conn: sa.Connection) -> list[str]:
     return sorted(conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars())
 
 
-def _core_heads() -> list[str]:
-    """The newest core revisions, read from the migration scripts themselves."""
+def _plugin_dirs() -> list[Path]:
+    """The version directories of every installed plugin; loading them puts their tables on ``db.metadata``."""
+    pm = get_plugin_manager()
+    return [Path(p) for p in itertools.chain.from_iterable(pm.hook.careshare_migrations())]
+
+
+def _migrate(url: str) -> None:
+    """Core's migrations and every plugin's, as the host runs them at start-up."""
+    db.migrate(url, _plugin_dirs())
+
+
+def _heads() -> list[str]:
+    """The newest revisions, read from the scripts of core and every plugin.
+
+    The database records heads only: a core revision a plugin's branch depends on is implied by it.
+    """
     config = Config()
     config.set_main_option("script_location", str(db.MIGRATIONS_DIR))
-    return sorted(ScriptDirectory.from_config(config).get_heads())
+    locations = [str(db.MIGRATIONS_DIR / "versions"), *(str(d) for d in _plugin_dirs())]
+    config.set_main_option("version_locations", " ".join(locations))
+    config.set_main_option("path_separator", "space")
+    script = ScriptDirectory.from_config(config)
+    heads = set(script.get_heads())
+    implied: set[str] = set()
+    for head in heads:
+        dependencies = script.get_revision(head).dependencies or ()
+        implied.update((dependencies,) if isinstance(dependencies, str) else dependencies)
+    return sorted(heads - implied)
 
 
 def _diff(conn: sa.Connection) -> list[Any]:
@@ -67,16 +90,16 @@ def _diff(conn: sa.Connection) -> list[Any]:
 
 async def test_migrating_an_empty_database_creates_every_table(db_url: str) -> None:
     assert await _run(db_url, _tables) == set()
-    assert _core_heads()
-    await asyncio.to_thread(db.migrate, db_url)
+    assert _heads()
+    await asyncio.to_thread(_migrate, db_url)
     tables = await _run(db_url, _tables)
     assert set(db.metadata.tables) <= tables
     assert tables - set(db.metadata.tables) == {"alembic_version"}
-    assert await _run(db_url, _versions) == _core_heads()
+    assert await _run(db_url, _versions) == _heads()
 
 
 async def test_migrating_twice_is_a_no_op(db_url: str) -> None:
-    await asyncio.to_thread(db.migrate, db_url)
+    await asyncio.to_thread(_migrate, db_url)
     engine = db.create_engine(db_url)
     try:
         async with engine.begin() as conn:
@@ -85,10 +108,10 @@ async def test_migrating_twice_is_a_no_op(db_url: str) -> None:
         await engine.dispose()
     tables, versions = await _run(db_url, _tables), await _run(db_url, _versions)
 
-    await asyncio.to_thread(db.migrate, db_url)
+    await asyncio.to_thread(_migrate, db_url)
 
     assert await _run(db_url, _tables) == tables
-    assert await _run(db_url, _versions) == versions == _core_heads()
+    assert await _run(db_url, _versions) == versions == _heads()
     kept = await _run(db_url, lambda conn: list(conn.execute(sa.select(db.organisations.c.id)).scalars()))
     assert kept == ["org-kept"]
     assert await _run(db_url, _diff) == []
@@ -96,13 +119,13 @@ async def test_migrating_twice_is_a_no_op(db_url: str) -> None:
 
 async def test_migrated_schema_matches_the_table_definitions(db_url: str) -> None:
     """Autogenerate finds nothing to do: the migration and ``db.metadata`` cannot drift apart."""
-    await asyncio.to_thread(db.migrate, db_url)
+    await asyncio.to_thread(_migrate, db_url)
     assert await _run(db_url, _diff) == []
 
 
 async def test_compare_metadata_would_notice_drift(db_url: str) -> None:
     """The comparison above is not vacuous: a table missing from the database is reported."""
-    await asyncio.to_thread(db.migrate, db_url)
+    await asyncio.to_thread(_migrate, db_url)
     engine = db.create_engine(db_url)
     try:
         async with engine.begin() as conn:
@@ -195,3 +218,20 @@ async def test_hook_careshare_migrations(db_url: str, tmp_path: Path) -> None:
             assert (await conn.execute(sa.text("SELECT count(*) FROM demo_items"))).scalar() == 1
     finally:
         await cs.close()
+
+
+async def test_disabling_a_plugin_after_its_migrations_ran_still_starts(tmp_path: Path) -> None:
+    """Alembic refuses a recorded revision it cannot locate: a disabled plugin's revisions stay known."""
+    from litestar.testing import AsyncTestClient
+
+    from careshare.host import create_app
+    from careshare.testing import make_settings
+
+    data = tmp_path / "data"
+    async with AsyncTestClient(app=create_app(make_settings(data))) as client:
+        assert (await client.get("/healthz")).status_code == 200
+    disabled = make_settings(data, CARESHARE_DISABLE_PLUGINS="chat,file-requests")
+    async with AsyncTestClient(app=create_app(disabled)) as client:
+        health = await client.get("/healthz")
+        assert health.status_code == 200
+        assert "chat" not in health.json()["plugins"]

@@ -136,7 +136,8 @@ def test_plugin_hooks_rows_list_the_hooks_each_implements() -> None:
     }
     for name in CHANNELS:
         assert rows[name]["module"] == MODULES.get(name, f"careshare.plugins.{name}")
-        assert rows[name]["hooks"] == ["careshare_targets"]
+        # Every channel declares its targets; a working channel adds its tables, routes ...
+        assert "careshare_targets" in rows[name]["hooks"]
         assert rows[name]["distribution"] == "careshare 0.1.0"
     [extra_row] = [row for row in rows.values() if row["distribution"] is None]
     assert extra_row["module"] == "Extra"
@@ -266,10 +267,12 @@ def test_cli_migrate_creates_the_sqlite_tables(tmp_path: Path) -> None:
     assert sqlite_tables(database) >= CORE_TABLES
     with sqlite3.connect(database) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        [(revision,)] = db.execute("SELECT version_num FROM alembic_version").fetchall()
+        # One head per branch: core's, implied by the channel plugins' own branches that depend on it.
+        revisions = sorted(db.execute("SELECT version_num FROM alembic_version").fetchall())
+    assert revisions
     assert invoke(tmp_path, "migrate").exit_code == 0, "migrating again is a no-op"
     with sqlite3.connect(database) as db:
-        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(revision,)]
+        assert sorted(db.execute("SELECT version_num FROM alembic_version").fetchall()) == revisions
 
 
 # -- file-type hooks -------------------------------------------------------------------------------

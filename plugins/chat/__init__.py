@@ -1,12 +1,47 @@
-"""Chat: messages in the patient conversation (channel plugin; targets and routes land with its issue)."""
+"""Chat: messages between the clinic and a patient, with files, in the patient's conversation.
+
+The first real channel, and only a plugin: it declares the ``chat-message`` target, owns the
+``chat_messages`` table (and its migrations) and serves its routes; core knows no word of chat.
+"""
 
 from __future__ import annotations
 
-from careshare import hookimpl
+from pathlib import Path
+from typing import Any
 
-__all__ = ["careshare_targets"]
+from careshare import hookimpl
+from careshare.core.targets import ALL_KINDS, Target
+from careshare.plugins.chat import tables as tables
+
+__all__ = ["CHANNEL", "MAX_FILES", "TARGET", "careshare_migrations", "careshare_routes", "careshare_targets"]
+
+CHANNEL = "chat"
+#: Ten files per message: enough for a set of scans or photos, few enough to read on a phone.
+MAX_FILES = 10
+TARGET = Target(
+    name="chat-message",
+    channel=CHANNEL,
+    accepts=ALL_KINDS,
+    max_count=MAX_FILES,
+    video_allowed=True,
+    sources=frozenset({"patient", "library"}),
+    description="a message in the patient's conversation",
+)
 
 
 @hookimpl
-def careshare_targets() -> list[object]:
-    return []
+def careshare_targets() -> list[Target]:
+    return [TARGET]
+
+
+@hookimpl
+def careshare_migrations() -> list[Path]:
+    return [Path(__file__).parent / "migrations"]
+
+
+@hookimpl
+def careshare_routes() -> list[Any]:
+    # Imported here: the rest of the plugin stays free of the host.
+    from careshare.plugins.chat.routes import ClinicianMessages, PatientMessages
+
+    return [ClinicianMessages, PatientMessages]

@@ -366,6 +366,12 @@ class ActiveContentRemover:
             for key in ("/S", "/JS"):
                 if key in d:
                     del d[key]
+        # Name trees of scripts or files found anywhere but the catalog's /Names (a damaged or crafted
+        # file): no viewer should reach them, but fail closed and drop them where they stand.
+        for key, kind in (("/JavaScript", "javascript"), ("/EmbeddedFiles", "embedded_files")):
+            if key in d:
+                self._count(kind, d.get(key))
+                del d[key]
         if "/AF" in d:  # associated files (PDF 2.0): every entry is a file specification, none is needed to read
             del d["/AF"]
         if "/EF" in d:

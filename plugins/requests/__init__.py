@@ -1,12 +1,35 @@
-"""File requests: a clinician asks the patient for files (being written: see the chat and file-request issue)."""
+"""File requests: a clinician asks a patient for files, the patient answers by uploading, each file is reviewed.
+
+Tables in :mod:`.tables` (migrations in ``migrations/``), rules in :mod:`.file_requests`, HTTP routes
+in :mod:`.routes` (the only module that imports the host, loaded when routes are asked for).
+"""
 
 from __future__ import annotations
 
-from careshare import hookimpl
+from pathlib import Path
+from typing import Any
 
-__all__ = ["careshare_targets"]
+from careshare import hookimpl
+from careshare.plugins.requests import tables as tables  # loading the plugin puts its tables on the metadata
+
+__all__ = ["careshare_migrations", "careshare_routes", "careshare_targets"]
+
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 @hookimpl
 def careshare_targets() -> list[object]:
+    # Nothing attaches to a request: the patient's answers are files of their own, not attachments.
     return []
+
+
+@hookimpl
+def careshare_migrations() -> list[Path]:
+    return [MIGRATIONS]
+
+
+@hookimpl
+def careshare_routes() -> list[Any]:
+    from careshare.plugins.requests.routes import routes
+
+    return routes()

@@ -1,12 +1,126 @@
-"""Webhook delivery of notifications, HMAC-signed, for push gateways (being written: see the chat issue)."""
+"""Webhook delivery of notifications: one HMAC-signed JSON POST per notification, for push gateways.
+
+Configured from the environment each time a notification is delivered (no restart needed):
+
+- ``CARESHARE_WEBHOOK_URL``: the http or https URL to POST to. Unset or empty: this plugin
+  delivers nothing (answers None) and the in-app inbox is the only channel.
+- ``CARESHARE_WEBHOOK_SECRET``: the HMAC-SHA256 key shared with the receiver. Without it nothing
+  is sent (answers False, so the notification waits for the secret, retried with backoff).
+
+Each request carries the JSON body (never file contents, never clinical text beyond the title) and:
+
+- ``Careshare-Timestamp``: unix seconds when the request was signed;
+- ``Careshare-Signature``: ``sha256=`` + hex HMAC-SHA256(secret, ``<timestamp>.<body>``), the
+  timestamp's ASCII digits, a dot, then the exact body bytes;
+- ``Careshare-Delivery``: the notification's ``dedupe_key``. Delivery is at least once, so a
+  receiver keeps the keys it has seen and ignores repeats.
+
+A receiver recomputes the HMAC over the raw body bytes (before any JSON parsing), compares in
+constant time and refuses timestamps far from its clock (:func:`verify` does all three). A 2xx
+answer means delivered; anything else, a redirect included, is retried with backoff.
+"""
 
 from __future__ import annotations
 
-from careshare import hookimpl
+import hashlib
+import hmac
+import json
+import logging
+import os
+import time
+from typing import Any
+from urllib.parse import urlsplit
 
-__all__ = ["careshare_deliver"]
+import httpx
+
+from careshare import __version__, hookimpl
+
+__all__ = ["careshare_deliver", "payload", "sign", "verify"]
+
+logger = logging.getLogger(__name__)
+
+URL_VARIABLE = "CARESHARE_WEBHOOK_URL"
+SECRET_VARIABLE = "CARESHARE_WEBHOOK_SECRET"
+SIGNATURE_HEADER = "Careshare-Signature"
+TIMESTAMP_HEADER = "Careshare-Timestamp"
+DELIVERY_HEADER = "Careshare-Delivery"
+#: Short: this runs in a worker thread of the delivery loop, and a slow receiver is simply retried.
+TIMEOUT = httpx.Timeout(5.0, connect=3.0)
+#: How far a receiver should accept a timestamp from its own clock (replay window).
+TOLERANCE_SECONDS = 300
+
+
+def payload(notification: Any) -> bytes:
+    """The exact body bytes sent for ``notification``: what happened, never what was shared."""
+    created_at = notification.created_at
+    body = {
+        "id": notification.id,
+        "dedupe_key": notification.dedupe_key,
+        "kind": notification.kind,
+        "title": notification.title,
+        "organisation": notification.org,
+        "patient_id": notification.patient_id,
+        "target": notification.target,
+        "item_id": notification.item_id,
+        "created_at": created_at.isoformat() if hasattr(created_at, "isoformat") else str(created_at),
+    }
+    return json.dumps(body, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+
+
+def sign(secret: str | bytes, timestamp: int | str, body: bytes) -> str:
+    """The ``Careshare-Signature`` value: ``sha256=`` + hex HMAC-SHA256 over ``<timestamp>.<body>``."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    digest = hmac.new(key, str(timestamp).encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def verify(
+    secret: str | bytes,
+    timestamp: str,
+    body: bytes,
+    signature: str,
+    *,
+    now: float | None = None,
+    tolerance: int = TOLERANCE_SECONDS,
+) -> bool:
+    """What a receiver checks: a fresh timestamp and a signature that matches the raw body."""
+    if not timestamp.isascii() or not timestamp.isdigit():
+        return False
+    if abs((time.time() if now is None else now) - int(timestamp)) > tolerance:
+        return False
+    return hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
 @hookimpl
-def careshare_deliver() -> None:
-    return None
+def careshare_deliver(notification: Any) -> bool | None:
+    url = os.environ.get(URL_VARIABLE, "").strip()
+    if not url:
+        return None  # not configured: the in-app inbox is enough
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        # The URL may hold credentials: name only what is wrong with it.
+        logger.warning("webhook not sent: %s must be an http or https URL with a host", URL_VARIABLE)
+        return False
+    secret = os.environ.get(SECRET_VARIABLE, "")
+    if not secret:
+        logger.warning("webhook not sent: %s is not set (unsigned webhooks are never sent)", SECRET_VARIABLE)
+        return False
+    body = payload(notification)
+    timestamp = str(int(time.time()))
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": f"careshare-webhook/{__version__}",
+        TIMESTAMP_HEADER: timestamp,
+        SIGNATURE_HEADER: sign(secret, timestamp, body),
+        DELIVERY_HEADER: notification.dedupe_key,
+    }
+    try:
+        with httpx.Client(timeout=TIMEOUT, follow_redirects=False) as client:
+            response = client.post(url, content=body, headers=headers)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        logger.warning("webhook not delivered host=%s error=%s", parts.hostname, type(exc).__name__)
+        return False
+    if response.is_success:
+        return True
+    logger.warning("webhook not delivered host=%s status=%d", parts.hostname, response.status_code)
+    return False

@@ -1,0 +1,284 @@
+"""HTTP routes of the chat channel: clinicians and patients send and read messages with files.
+
+A message goes out whole or not at all: files uploaded with it are ingested one after the other,
+and if any of them, or any attachment rule, is refused, the files this request stored are
+discarded again and no message, share or notification exists.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Annotated, Any
+
+import attrs
+import sqlalchemy as sa
+from cattrs import ClassValidationError, transform_error
+from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery, QueryParameter
+from multipart import parse_options_header
+
+from careshare.core import db
+from careshare.core.files import discard_new_files, ingest
+from careshare.core.ids import new_id
+from careshare.core.models import converter
+from careshare.core.patients import get_patient
+from careshare.core.problems import Problem
+from careshare.core.sharing import share
+from careshare.core.targets import TOO_MANY_ATTACHMENTS, Attachment, Item, attach, attachments_of
+from careshare.host.auth import clinician, patient
+from careshare.host.problems import BAD_REQUEST, INVALID_REQUEST, REQUEST_TOO_LARGE
+from careshare.host.routes.sharing import attachment_json
+from careshare.host.uploads import FILE_FIELD, FilePart, FormParts
+from careshare.host.views import page_json
+from careshare.plugins.chat import CHANNEL, MAX_FILES, TARGET
+from careshare.plugins.chat.tables import chat_messages
+
+if TYPE_CHECKING:
+    from typing import Literal
+
+    from careshare.core.models import Principal
+    from careshare.core.runtime import Careshare
+
+__all__ = ["ClinicianMessages", "NewMessage", "PatientMessages"]
+
+#: Long enough for any note between a clinic and a patient; a letter is the channel for more.
+MAX_BODY_CHARS = 10_000
+#: JSON bodies of this route are read by hand (the route also streams uploads), capped like the host's.
+MAX_JSON_BYTES = 1024 * 1024
+#: What the patient's inbox, archive and push gateways show: never the message's text.
+CLINIC_MESSAGE_TITLE = "New message from your care team"
+PATIENT_MESSAGE_TITLE = "Your message to your care team"
+NOTIFICATION_KIND = "message"
+BODY_FIELD = "body"
+FILE_ID_FIELDS = ("file_id", "file_ids")
+
+
+@attrs.frozen
+class NewMessage:
+    """``{"body", "file_ids"}``: text, files picked from the patient's files or the library, or both."""
+
+    body: str = ""
+    file_ids: list[str] = attrs.field(factory=list)
+
+
+def _invalid(*errors: str) -> Problem:
+    return Problem(INVALID_REQUEST, errors=list(errors))
+
+
+def _check_count(count: int) -> None:
+    if count > MAX_FILES:
+        raise Problem(
+            TOO_MANY_ATTACHMENTS,
+            f"A message carries at most {MAX_FILES} files.",
+            rule=f"max_count of target '{TARGET.name}' ({TARGET.channel})",
+            limit=MAX_FILES,
+        )
+
+
+def _checked(message: NewMessage) -> NewMessage:
+    """The message as it will be sent, or a refusal naming what is wrong with it."""
+    if not all(isinstance(fid, str) and fid for fid in message.file_ids):
+        raise _invalid("$.file_ids: each file id must be a non-empty string")
+    if len(set(message.file_ids)) != len(message.file_ids):
+        raise _invalid("$.file_ids: a file is listed twice")
+    _check_count(len(message.file_ids))
+    if len(message.body) > MAX_BODY_CHARS:
+        raise _invalid(f"$.body: longer than {MAX_BODY_CHARS} characters")
+    body = message.body.strip()
+    if not body and not message.file_ids:
+        raise _invalid("$.body: a message needs text, a file, or both")
+    return attrs.evolve(message, body=body)
+
+
+async def _json_message(request: Request[Any, Any, Any]) -> NewMessage:
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_JSON_BYTES:
+            raise Problem(REQUEST_TOO_LARGE)
+    try:
+        data = json.loads(bytes(raw) or b"null")
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise Problem(BAD_REQUEST, "The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise _invalid("$: expected an object")
+    try:
+        return _checked(converter.structure(data, NewMessage))
+    except ClassValidationError as exc:
+        raise Problem(INVALID_REQUEST, errors=transform_error(exc, path="$")) from None
+    except (TypeError, ValueError) as exc:
+        raise _invalid(f"$: {type(exc).__name__}") from None
+
+
+async def _form_message(
+    request: Request[Any, Any, Any],
+    cs: Careshare,
+    principal: Principal,
+    patient_id: str,
+    source: Literal["clinic", "patient"],
+    stored: list[str],
+) -> NewMessage:
+    """Read a multipart message, ingesting each ``file`` part into the patient's files as it streams.
+
+    Ids of the files stored land in ``stored`` as they are made, so the caller can discard them
+    whatever fails later; the message's files keep the order of the form.
+    """
+    body: str | None = None
+    file_ids: list[str] = []
+    async for part in FormParts(request, cs.settings.max_upload_bytes, max_files=MAX_FILES):
+        if isinstance(part, FilePart):
+            if part.name != FILE_FIELD:
+                raise _invalid(f"$.{part.name}: files go in fields named '{FILE_FIELD}'")
+            _check_count(len(file_ids) + 1)
+            file = await ingest(
+                cs, part, principal=principal, owner_type="patient", patient_id=patient_id, source=source
+            )
+            stored.append(file.id)
+            file_ids.append(file.id)
+        elif part.name == BODY_FIELD:
+            if body is not None:
+                raise _invalid("$.body: give the message's text once")
+            body = part.value
+        elif part.name in FILE_ID_FIELDS:
+            file_ids.append(part.value.strip())
+            _check_count(len(file_ids))
+        else:
+            raise _invalid(f"$.{part.name}: unknown field; a message takes 'body', 'file_id' and 'file' parts")
+    return _checked(NewMessage(body=body or "", file_ids=file_ids))
+
+
+def message_json(row: Any, attached: list[Attachment], *, for_clinician: bool) -> dict[str, Any]:
+    shown: dict[str, Any] = {
+        "id": row.id,
+        "author_role": row.author_role,
+        "body": row.body,
+        "created_at": row.created_at.isoformat(),
+        "attachments": [attachment_json(a) for a in attached],
+    }
+    if for_clinician:
+        shown["author"] = row.author
+    return shown
+
+
+async def send_message(
+    request: Request[Any, Any, Any], cs: Careshare, principal: Principal, patient_id: str
+) -> dict[str, Any]:
+    """Receive, check and send one message from ``principal`` in ``patient_id``'s conversation, or nothing."""
+    async with cs.reader.connect() as conn:
+        await get_patient(conn, principal, patient_id)
+    from_clinic = principal.is_clinician
+    stored: list[str] = []
+    try:
+        media_type, _ = parse_options_header(request.headers.get("content-type", ""))
+        if media_type == "multipart/form-data":
+            source: Literal["clinic", "patient"] = "clinic" if from_clinic else "patient"
+            message = await _form_message(request, cs, principal, patient_id, source, stored)
+        else:
+            message = await _json_message(request)
+        async with cs.engine.begin() as conn:
+            message_id = new_id()
+            await conn.execute(
+                chat_messages.insert().values(
+                    id=message_id,
+                    org_id=principal.org,
+                    patient_id=patient_id,
+                    author=principal.subject,
+                    author_role=principal.role,
+                    body=message.body,
+                    created_at=db.utcnow(),
+                )
+            )
+            item = Item(target=TARGET.name, id=message_id, org=principal.org, patient_id=patient_id)
+            await attach(conn, cs.plugins, principal, TARGET, item, message.file_ids)
+            # The patient's own message joins their archive without notifying them of it.
+            await share(
+                conn,
+                cs.plugins,
+                principal,
+                channel=CHANNEL,
+                target=TARGET.name,
+                item_id=message_id,
+                patient_id=patient_id,
+                title=CLINIC_MESSAGE_TITLE if from_clinic else PATIENT_MESSAGE_TITLE,
+                notification_kind=NOTIFICATION_KIND if from_clinic else None,
+            )
+            row = (await conn.execute(sa.select(chat_messages).where(chat_messages.c.id == message_id))).one()
+            attached = (await attachments_of(conn, TARGET.name, [message_id]))[message_id]
+    except BaseException:
+        await discard_new_files(cs, stored)
+        raise
+    return message_json(row, attached, for_clinician=from_clinic)
+
+
+async def conversation(
+    cs: Careshare, org: str, patient_id: str, *, cursor: str | None, limit: int, for_clinician: bool
+) -> dict[str, Any]:
+    """A page of the patient's conversation, newest first, each message with its attachments."""
+    query = sa.select(chat_messages).where(chat_messages.c.org_id == org, chat_messages.c.patient_id == patient_id)
+    if cursor:
+        query = query.where(chat_messages.c.id < cursor)
+    async with cs.reader.connect() as conn:
+        rows = list(await conn.execute(query.order_by(chat_messages.c.id.desc()).limit(limit + 1)))
+        page = rows[:limit]
+        attached = await attachments_of(conn, TARGET.name, [row.id for row in page])
+    next_cursor = page[-1].id if len(rows) > limit else None
+    return page_json([message_json(row, attached[row.id], for_clinician=for_clinician) for row in page], next_cursor)
+
+
+class ClinicianMessages(Controller):
+    path = "/v1/patients"
+    dependencies = {"principal": Provide(clinician)}
+    tags = ["chat"]
+
+    @post("/{pid:str}/messages", status_code=201, request_max_body_size=None)
+    async def send(
+        self,
+        request: Request[Any, Any, Any],
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        pid: FromPath[str],
+    ) -> dict[str, Any]:
+        """Send a message to the patient: JSON ``{"body", "file_ids"}``, or multipart with ``file`` parts."""
+        return await send_message(request, cs, principal, pid)
+
+    @get("/{pid:str}/messages")
+    async def list_messages(
+        self,
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        pid: FromPath[str],
+        cursor: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+    ) -> dict[str, Any]:
+        """The patient's conversation, newest first."""
+        async with cs.reader.connect() as conn:
+            await get_patient(conn, principal, pid)
+        return await conversation(cs, principal.org, pid, cursor=cursor, limit=limit, for_clinician=True)
+
+
+class PatientMessages(Controller):
+    path = "/v1/me"
+    dependencies = {"principal": Provide(patient)}
+    tags = ["chat"]
+
+    @post("/messages", status_code=201, request_max_body_size=None)
+    async def reply(
+        self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
+    ) -> dict[str, Any]:
+        """Write to the care team: JSON with ``file_ids`` of files the patient sent, or multipart uploads."""
+        return await send_message(request, cs, principal, str(principal.patient))
+
+    @get("/messages")
+    async def list_messages(
+        self,
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        cursor: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+    ) -> dict[str, Any]:
+        """The signed-in patient's conversation with the clinic, newest first."""
+        me = str(principal.patient)
+        async with cs.reader.connect() as conn:
+            await get_patient(conn, principal, me)
+        return await conversation(cs, principal.org, me, cursor=cursor, limit=limit, for_clinician=False)

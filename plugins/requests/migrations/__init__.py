@@ -1,0 +1,1 @@
+"""Alembic revisions of the file-request tables (returned by ``careshare_migrations``)."""

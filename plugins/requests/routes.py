@@ -1,0 +1,266 @@
+"""HTTP routes of file requests: clinicians ask and review, patients answer (mounted by ``careshare_routes``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import attrs
+from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery, QueryParameter
+
+from careshare.core import db
+from careshare.core.problems import Problem
+from careshare.core.targets import ALL_KINDS
+from careshare.host.auth import clinician, patient
+from careshare.host.problems import INVALID_REQUEST
+from careshare.host.uploads import Upload
+from careshare.host.views import file_json, page_json, parse_body
+from careshare.plugins.requests.file_requests import (
+    MAX_FILES,
+    MAX_MESSAGE_CHARS,
+    MAX_REASON_CHARS,
+    Answer,
+    FileRequest,
+    answer_with_upload,
+    cancel_request,
+    complete_request,
+    create_request,
+    get_request,
+    list_requests,
+    review_answer,
+)
+
+if TYPE_CHECKING:
+    from careshare.core.models import Principal
+    from careshare.core.runtime import Careshare
+
+__all__ = ["FileRequestController", "MyFileRequestController", "PatientFileRequestController", "routes"]
+
+
+@attrs.frozen
+class NewFileRequest:
+    message: str
+    accepted_kinds: list[str]
+    max_files: int
+    due_at: str
+
+
+@attrs.frozen
+class Review:
+    decision: Literal["accepted", "rejected"]
+    reason: str | None = None
+
+
+def _invalid(errors: list[str]) -> Problem:
+    return Problem(INVALID_REQUEST, errors=errors)
+
+
+def _due_at(value: str, errors: list[str]) -> datetime | None:
+    try:
+        due = datetime.fromisoformat(value)
+    except ValueError:
+        errors.append("$.due_at: expected an ISO 8601 date and time, such as 2030-01-31T17:00:00+00:00")
+        return None
+    if due.tzinfo is None:
+        errors.append("$.due_at: give a time zone offset (Z or +01:00, for example)")
+        return None
+    if due <= db.utcnow():
+        errors.append("$.due_at: must be in the future")
+        return None
+    return due
+
+
+def _validated(body: NewFileRequest) -> tuple[str, frozenset[str], datetime]:
+    errors = []
+    message = body.message.strip()
+    if not message:
+        errors.append("$.message: must not be blank")
+    elif len(message) > MAX_MESSAGE_CHARS:
+        errors.append(f"$.message: at most {MAX_MESSAGE_CHARS} characters")
+    kinds = frozenset(body.accepted_kinds)
+    if not kinds:
+        errors.append("$.accepted_kinds: name at least one kind")
+    elif unknown := sorted(kinds - ALL_KINDS):
+        errors.append(f"$.accepted_kinds: unknown kind(s) {', '.join(unknown)}; use {', '.join(sorted(ALL_KINDS))}")
+    if not 1 <= body.max_files <= MAX_FILES:
+        errors.append(f"$.max_files: must be between 1 and {MAX_FILES}")
+    due = _due_at(body.due_at, errors)
+    if errors or due is None:
+        raise _invalid(errors)
+    return message, kinds, due
+
+
+def answer_json(a: Answer, *, for_clinician: bool) -> dict[str, Any]:
+    shown: dict[str, Any] = {
+        "file_id": a.file_id,
+        "filename": a.filename,
+        "kind": a.kind,
+        "media_type": a.media_type,
+        "size": a.size,
+        "position": a.position,
+        "decision": a.decision,
+        "reason": a.reason,
+        "reviewed_at": a.reviewed_at.isoformat() if a.reviewed_at else None,
+        "created_at": a.created_at.isoformat(),
+        "url": f"/v1/files/{a.file_id}",
+    }
+    if for_clinician:
+        shown["reviewed_by"] = a.reviewed_by
+    return shown
+
+
+def request_json(r: FileRequest, *, for_clinician: bool) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "patient_id": r.patient_id,
+        "message": r.message,
+        "accepted_kinds": list(r.accepted_kinds),
+        "max_files": r.max_files,
+        "due_at": r.due_at.isoformat(),
+        "status": r.status,
+        "remaining": r.remaining,
+        "counts": {d: r.count(d) for d in ("pending", "accepted", "rejected")},
+        "answers": [answer_json(a, for_clinician=for_clinician) for a in r.answers],
+        "requested_by": r.requested_by if for_clinician else None,
+        "created_at": r.created_at.isoformat(),
+        "updated_at": r.updated_at.isoformat(),
+    }
+
+
+class PatientFileRequestController(Controller):
+    path = "/v1/patients/{pid:str}/file-requests"
+    dependencies = {"principal": Provide(clinician)}
+    tags = ["file-requests"]
+
+    @post("/", status_code=201)
+    async def ask(
+        self,
+        request: Request[Any, Any, Any],
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        pid: FromPath[str],
+    ) -> dict[str, Any]:
+        """Ask the patient for files: which kinds, how many, by when. The patient is notified."""
+        body = await parse_body(request, NewFileRequest)
+        message, kinds, due_at = _validated(body)
+        async with cs.engine.begin() as conn:
+            created = await create_request(
+                conn,
+                cs.plugins,
+                principal,
+                pid,
+                message=message,
+                accepted_kinds=kinds,
+                max_files=body.max_files,
+                due_at=due_at,
+            )
+        return request_json(created, for_clinician=True)
+
+    @get("/")
+    async def list_for_patient(
+        self,
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        pid: FromPath[str],
+        cursor: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+    ) -> dict[str, Any]:
+        async with cs.reader.connect() as conn:
+            items, next_cursor = await list_requests(conn, principal, pid, cursor=cursor, limit=limit)
+        return page_json([request_json(r, for_clinician=True) for r in items], next_cursor)
+
+
+class FileRequestController(Controller):
+    path = "/v1/file-requests"
+    dependencies = {"principal": Provide(clinician)}
+    tags = ["file-requests"]
+
+    @get("/{rid:str}")
+    async def show(
+        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], rid: FromPath[str]
+    ) -> dict[str, Any]:
+        async with cs.reader.connect() as conn:
+            return request_json(await get_request(conn, principal, rid), for_clinician=True)
+
+    @post("/{rid:str}/files/{fid:str}/review", status_code=200)
+    async def review(
+        self,
+        request: Request[Any, Any, Any],
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        rid: FromPath[str],
+        fid: FromPath[str],
+    ) -> dict[str, Any]:
+        """Accept or reject one file the patient sent; a rejection needs a reason and tells the patient."""
+        body = await parse_body(request, Review)
+        reason = body.reason.strip() if body.reason is not None else None
+        if body.decision == "rejected" and not reason:
+            raise _invalid(["$.reason: give the patient a reason when rejecting a file"])
+        if reason is not None and len(reason) > MAX_REASON_CHARS:
+            raise _invalid([f"$.reason: at most {MAX_REASON_CHARS} characters"])
+        async with cs.engine.begin() as conn:
+            reviewed = await review_answer(
+                conn, cs.plugins, principal, rid, fid, decision=body.decision, reason=reason or None
+            )
+        return request_json(reviewed, for_clinician=True)
+
+    @post("/{rid:str}/complete", status_code=200)
+    async def complete(
+        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], rid: FromPath[str]
+    ) -> dict[str, Any]:
+        async with cs.engine.begin() as conn:
+            return request_json(await complete_request(conn, principal, rid), for_clinician=True)
+
+    @post("/{rid:str}/cancel", status_code=200)
+    async def cancel(
+        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], rid: FromPath[str]
+    ) -> dict[str, Any]:
+        async with cs.engine.begin() as conn:
+            return request_json(await cancel_request(conn, principal, rid), for_clinician=True)
+
+
+class MyFileRequestController(Controller):
+    path = "/v1/me/file-requests"
+    dependencies = {"principal": Provide(patient)}
+    tags = ["me"]
+
+    @get("/")
+    async def mine(
+        self,
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        cursor: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+    ) -> dict[str, Any]:
+        """The requests sent to the signed-in patient, newest first, with each file's decision and reason."""
+        async with cs.reader.connect() as conn:
+            items, next_cursor = await list_requests(
+                conn, principal, str(principal.patient), cursor=cursor, limit=limit
+            )
+        return page_json([request_json(r, for_clinician=False) for r in items], next_cursor)
+
+    @get("/{rid:str}")
+    async def show_mine(
+        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], rid: FromPath[str]
+    ) -> dict[str, Any]:
+        async with cs.reader.connect() as conn:
+            return request_json(await get_request(conn, principal, rid), for_clinician=False)
+
+    @post("/{rid:str}/files", status_code=201, request_max_body_size=None)
+    async def answer(
+        self,
+        request: Request[Any, Any, Any],
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        rid: FromPath[str],
+    ) -> dict[str, Any]:
+        """Send one file in answer (raw body or multipart ``file``); it lands in the patient's files too."""
+        upload = Upload(request, cs.settings.max_upload_bytes)
+        answered, stored = await answer_with_upload(cs, principal, rid, upload)
+        return {"file": file_json(stored), "request": request_json(answered, for_clinician=False)}
+
+
+def routes() -> list[type[Controller]]:
+    return [PatientFileRequestController, FileRequestController, MyFileRequestController]
