@@ -23,11 +23,21 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-    from careshare.core.models import Principal
+    from careshare.core.models import Principal, Processed
     from careshare.core.policy import Policy
     from careshare.core.runtime import Careshare
 
-__all__ = ["ORIGINAL", "discard_new_files", "get_file", "ingest", "insert_blobs", "list_files", "mark_seen"]
+__all__ = [
+    "ORIGINAL",
+    "check_record",
+    "discard_new_files",
+    "get_file",
+    "ingest",
+    "insert_blobs",
+    "list_files",
+    "mark_seen",
+    "store_renditions",
+]
 
 ORIGINAL = "original"
 logger = logging.getLogger(__name__)
@@ -69,28 +79,14 @@ async def ingest(
             processed = await cs.processor.process(src, ident.kind, policy or cs.settings.policy)
             if processed is None:
                 raise Problem(UNSUPPORTED_FILE_TYPE)
-            renditions = [RenditionRecord(ORIGINAL, ident.media_type, staged.size, staged.sha256)]
-            for output in processed.renditions:
-                if output.path is None:
-                    renditions.append(RenditionRecord(output.role, ident.media_type, staged.size, staged.sha256))
-                else:
-                    sha256, size = await cs.store.put_file(output.path)
-                    renditions.append(RenditionRecord(output.role, output.media_type, size, sha256))
+            original = RenditionRecord(ORIGINAL, ident.media_type, staged.size, staged.sha256)
+            renditions = await store_renditions(cs, processed, original)
     except BaseException:
         await cs.store.discard(staged.key)
         raise
 
     now = db.utcnow()
-    check = {
-        "handler": processed.handler,
-        "handler_version": processed.handler_version,
-        "input_sha256": staged.sha256,
-        "outputs": {r.role: r.sha256 for r in renditions},
-        "changes": list(processed.changes),
-        "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-        "reason": None,
-        "renderable": processed.renderable,
-    }
+    check = check_record(processed, original, renditions, started)
     stored = StoredFile(
         id=new_id(),
         org=principal.org,
@@ -120,6 +116,34 @@ async def ingest(
         await cs.store.discard(staged.key)
         raise
     return stored
+
+
+async def store_renditions(cs: Careshare, processed: Processed, original: RenditionRecord) -> list[RenditionRecord]:
+    """The original plus every rendition a handler made, each stored by content (path None: the original's bytes)."""
+    renditions = [original]
+    for output in processed.renditions:
+        if output.path is None:
+            renditions.append(RenditionRecord(output.role, original.media_type, original.size, original.sha256))
+        else:
+            sha256, size = await cs.store.put_file(output.path)
+            renditions.append(RenditionRecord(output.role, output.media_type, size, sha256))
+    return renditions
+
+
+def check_record(
+    processed: Processed, original: RenditionRecord, renditions: list[RenditionRecord], started: float
+) -> dict[str, Any]:
+    """What was checked, by which handler and version, on which bytes, what came out and how long it took."""
+    return {
+        "handler": processed.handler,
+        "handler_version": processed.handler_version,
+        "input_sha256": original.sha256,
+        "outputs": {r.role: r.sha256 for r in renditions},
+        "changes": list(processed.changes),
+        "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+        "reason": None,
+        "renderable": processed.renderable,
+    }
 
 
 async def insert_blobs(conn: AsyncConnection, renditions: list[RenditionRecord], now: Any) -> None:

@@ -12,8 +12,8 @@ import sqlalchemy as sa
 
 from careshare.core import db
 from careshare.core.audit import record_event
-from careshare.core.files import ORIGINAL, get_file, insert_blobs
-from careshare.core.models import RenditionRecord, Source
+from careshare.core.files import ORIGINAL, check_record, get_file, insert_blobs, store_renditions
+from careshare.core.models import Source
 from careshare.core.problems import Problem, ProblemType
 from careshare.core.storage import content_key
 
@@ -86,25 +86,12 @@ async def rerender(cs: Careshare, principal: Principal, file_id: str, options: R
         processed = await cs.processor.process(source, stored.kind, policy)
         if processed is None:
             raise Problem(RENDER_NOT_SUPPORTED)
-        renditions = [original]
-        for output in processed.renditions:
-            if output.path is None:
-                renditions.append(RenditionRecord(output.role, stored.media_type, original.size, original.sha256))
-            else:
-                sha256, size = await cs.store.put_file(output.path)
-                renditions.append(RenditionRecord(output.role, output.media_type, size, sha256))
+        renditions = await store_renditions(cs, processed, original)
 
     check = {
-        "handler": processed.handler,
-        "handler_version": processed.handler_version,
-        "input_sha256": original.sha256,
-        "outputs": {r.role: r.sha256 for r in renditions},
-        "changes": list(processed.changes),
-        "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-        "reason": None,
+        **check_record(processed, original, renditions, started),
         "rendered_by": principal.subject,
         "render_options": attrs.asdict(options),
-        "renderable": processed.renderable,
     }
     now = db.utcnow()
     async with cs.engine.begin() as conn:
