@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from cattrs import ClassValidationError, transform_error
+from litestar.params import QueryParameter
 
 from careshare.core.models import converter
 from careshare.core.problems import Problem
@@ -16,9 +17,12 @@ if TYPE_CHECKING:
 
     from careshare.core.models import Patient, StoredFile
 
-__all__ = ["file_json", "page_json", "parse_body", "patient_json"]
+__all__ = ["PageLimit", "file_json", "page_json", "parse_body", "patient_json"]
 
 T = TypeVar("T")
+
+#: The ``limit`` query parameter of every list: 1 to 200 items a page, 50 by default.
+PageLimit = Annotated[int, QueryParameter(ge=1, le=200)]
 
 
 def file_json(f: StoredFile) -> dict[str, Any]:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromQuery, QueryParameter
+from litestar.params import FromQuery
 
 from careshare.core.files import ingest, list_files
 from careshare.host.auth import clinician
 from careshare.host.uploads import Upload
-from careshare.host.views import file_json, page_json
+from careshare.host.views import PageLimit, file_json, page_json
 
 if TYPE_CHECKING:
     from careshare.core.models import Principal
@@ -39,7 +39,7 @@ class LibraryController(Controller):
         cs: NamedDependency[Careshare],
         principal: NamedDependency[Principal],
         cursor: FromQuery[str | None] = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        limit: PageLimit = 50,
     ) -> dict[str, Any]:
         async with cs.reader.connect() as conn:
             items, next_cursor = await list_files(

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromQuery, QueryParameter
+from litestar.params import FromQuery
 
 from careshare.core.files import ingest, list_files
 from careshare.core.patients import get_patient
 from careshare.host.auth import patient
 from careshare.host.uploads import Upload
-from careshare.host.views import file_json, page_json, patient_json
+from careshare.host.views import PageLimit, file_json, page_json, patient_json
 
 if TYPE_CHECKING:
     from careshare.core.models import Principal
@@ -49,7 +49,7 @@ class MeController(Controller):
         cs: NamedDependency[Careshare],
         principal: NamedDependency[Principal],
         cursor: FromQuery[str | None] = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        limit: PageLimit = 50,
     ) -> dict[str, Any]:
         async with cs.reader.connect() as conn:
             items, next_cursor = await list_files(

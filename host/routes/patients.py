@@ -14,7 +14,7 @@ from careshare.core.files import ingest, list_files
 from careshare.core.patients import get_patient, register_patient
 from careshare.host.auth import clinician
 from careshare.host.uploads import Upload
-from careshare.host.views import file_json, page_json, parse_body, patient_json
+from careshare.host.views import PageLimit, file_json, page_json, parse_body, patient_json
 
 if TYPE_CHECKING:
     from careshare.core.models import Principal
@@ -86,7 +86,7 @@ class PatientController(Controller):
         principal: NamedDependency[Principal],
         pid: FromPath[str],
         cursor: FromQuery[str | None] = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        limit: PageLimit = 50,
         source: Annotated[str | None, QueryParameter(pattern="^(clinic|patient)$")] = None,
         unseen: FromQuery[bool] = False,
     ) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from careshare.core.sharing import attachment_for_patient, shared_items
 from careshare.core.targets import Attachment, attachments_of, targets
 from careshare.host.auth import clinician, patient, signed_in
 from careshare.host.routes.files import blob_response, download_name
-from careshare.host.views import page_json
+from careshare.host.views import PageLimit, page_json
 
 __all__ = ["AttachmentController", "AuditController", "InboxController", "attachment_json"]
 
@@ -138,7 +138,7 @@ class InboxController(Controller):
         cs: NamedDependency[Careshare],
         principal: NamedDependency[Principal],
         cursor: FromQuery[str | None] = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        limit: PageLimit = 50,
         unread: FromQuery[bool] = False,
     ) -> dict[str, Any]:
         async with cs.reader.connect() as conn:

@@ -8,14 +8,14 @@ discarded again and no message, share or notification exists.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import sqlalchemy as sa
 from cattrs import ClassValidationError, transform_error
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.params import FromPath, FromQuery
 from multipart import parse_options_header
 
 from careshare.core import db
@@ -30,7 +30,7 @@ from careshare.host.auth import clinician, patient
 from careshare.host.problems import BAD_REQUEST, INVALID_REQUEST, REQUEST_TOO_LARGE
 from careshare.host.routes.sharing import attachment_json
 from careshare.host.uploads import FILE_FIELD, FilePart, FormParts
-from careshare.host.views import page_json
+from careshare.host.views import PageLimit, page_json
 from careshare.plugins.chat import CHANNEL, MAX_FILES, TARGET
 from careshare.plugins.chat.tables import chat_messages
 
@@ -249,7 +249,7 @@ class ClinicianMessages(Controller):
         principal: NamedDependency[Principal],
         pid: FromPath[str],
         cursor: FromQuery[str | None] = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        limit: PageLimit = 50,
     ) -> dict[str, Any]:
         """The patient's conversation, newest first."""
         async with cs.reader.connect() as conn:
@@ -275,7 +275,7 @@ class PatientMessages(Controller):
         cs: NamedDependency[Careshare],
         principal: NamedDependency[Principal],
         cursor: FromQuery[str | None] = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        limit: PageLimit = 50,
     ) -> dict[str, Any]:
         """The signed-in patient's conversation with the clinic, newest first."""
         me = str(principal.patient)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.params import FromPath, FromQuery
 
 from careshare.core import db
 from careshare.core.problems import Problem
@@ -16,7 +16,7 @@ from careshare.core.targets import ALL_KINDS
 from careshare.host.auth import clinician, patient
 from careshare.host.problems import INVALID_REQUEST
 from careshare.host.uploads import Upload
-from careshare.host.views import file_json, page_json, parse_body
+from careshare.host.views import PageLimit, file_json, page_json, parse_body
 from careshare.plugins.requests.file_requests import (
     MAX_FILES,
     MAX_MESSAGE_CHARS,
@@ -165,7 +165,7 @@ class PatientFileRequestController(Controller):
         principal: NamedDependency[Principal],
         pid: FromPath[str],
         cursor: FromQuery[str | None] = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        limit: PageLimit = 50,
     ) -> dict[str, Any]:
         async with cs.reader.connect() as conn:
             items, next_cursor = await list_requests(conn, principal, pid, cursor=cursor, limit=limit)
@@ -232,7 +232,7 @@ class MyFileRequestController(Controller):
         cs: NamedDependency[Careshare],
         principal: NamedDependency[Principal],
         cursor: FromQuery[str | None] = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        limit: PageLimit = 50,
     ) -> dict[str, Any]:
         """The requests sent to the signed-in patient, newest first, with each file's decision and reason."""
         async with cs.reader.connect() as conn:
