@@ -19,6 +19,8 @@ from careshare.core.ids import new_id
 from careshare.core.problems import NOT_FOUND, Problem, ProblemType
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     import pluggy
     from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -31,6 +33,7 @@ __all__ = [
     "Target",
     "attach",
     "attachments_of",
+    "copy_attachments",
     "find_target",
     "targets",
 ]
@@ -204,7 +207,14 @@ def check_declared(target: Target, item: Item, file: StoredFile, attached: list[
         raise Problem(FILE_NOT_READY)
     if file.status == "rejected":
         raise Problem(FILE_REJECTED)
-    if file.owner_type not in target.sources or (file.owner_type == "patient" and file.patient_id != item.patient_id):
+    if file.owner_type not in target.sources:
+        where = "the organisation library" if target.sources == {"library"} else "the patient's files"
+        raise Problem(
+            FILE_NOT_AVAILABLE,
+            f"Files attached to {target.description or target.name} come from {where} only.",
+            rule=_where(target, "sources"),
+        )
+    if file.owner_type == "patient" and file.patient_id != item.patient_id:
         raise Problem(FILE_NOT_AVAILABLE)
     if file.kind == "video" and not target.video_allowed:
         raise Problem(
@@ -248,6 +258,13 @@ def check_declared(target: Target, item: Item, file: StoredFile, attached: list[
         )
 
 
+def _row(attachment: Attachment, org: str, now: datetime) -> dict[str, Any]:
+    """The ``attachments`` row of ``attachment`` (``kind`` lives on the file, not the row)."""
+    row = attrs.asdict(attachment)
+    del row["kind"]
+    return {**row, "org_id": org, "created_at": now}
+
+
 async def attach(
     conn: AsyncConnection,
     pm: pluggy.PluginManager,
@@ -286,22 +303,42 @@ async def attach(
             kind=file.kind,
             position=len(attached),
         )
-        await conn.execute(
-            db.attachments.insert().values(
-                id=attachment.id,
-                org_id=item.org,
-                target=attachment.target,
-                item_id=attachment.item_id,
-                file_id=attachment.file_id,
-                role=attachment.role,
-                sha256=attachment.sha256,
-                media_type=attachment.media_type,
-                size=attachment.size,
-                filename=attachment.filename,
-                position=attachment.position,
-                created_at=db.utcnow(),
-            )
-        )
+        await conn.execute(db.attachments.insert(), [_row(attachment, item.org, db.utcnow())])
         attached = [*attached, attachment]
         added.append(attachment)
     return added
+
+
+async def copy_attachments(
+    conn: AsyncConnection,
+    principal: Principal,
+    source_target: Target | str,
+    source_item_id: str,
+    dest_target: Target | str,
+    dest_item_id: str,
+) -> list[Attachment]:
+    """Pin the attachments of a template item onto another item as they are now, in the caller's transaction.
+
+    The copies are new rows (new ids) with the same hash, role, media type, size, filename and
+    position: what the destination carries no longer follows later edits of the template. Nothing is
+    checked again (the rules held when the files were attached to the template).
+    """
+    source_name = source_target if isinstance(source_target, str) else source_target.name
+    dest_name = dest_target if isinstance(dest_target, str) else dest_target.name
+    org_rows = await conn.execute(
+        sa.select(db.attachments.c.id).where(
+            db.attachments.c.target == source_name,
+            db.attachments.c.item_id == source_item_id,
+            db.attachments.c.org_id != principal.org,
+        )
+    )
+    if org_rows.first() is not None:
+        raise Problem(NOT_FOUND)
+    now = db.utcnow()
+    copies = [
+        attrs.evolve(a, id=new_id(), target=dest_name, item_id=dest_item_id)
+        for a in (await attachments_of(conn, source_name, [source_item_id]))[source_item_id]
+    ]
+    if copies:
+        await conn.execute(db.attachments.insert(), [_row(a, principal.org, now) for a in copies])
+    return copies

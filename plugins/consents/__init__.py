@@ -1,12 +1,64 @@
-"""Consent forms and information packs (channel plugin; targets and routes land with its issue)."""
+"""Consents: information packs (files about a consent or treatment), consent forms, and consents asked of patients.
+
+Packs and forms are the organisation's templates. Asking a patient copies each pack of the form as
+it is then (names and pinned files), so what the patient was asked to read never changes after.
+Tables in :mod:`.tables` (migrations in ``migrations/``), rules in :mod:`.consents`, HTTP routes in
+:mod:`.routes` (the only module that imports the host).
+"""
 
 from __future__ import annotations
 
-from careshare import hookimpl
+from pathlib import Path
+from typing import Any
 
-__all__ = ["careshare_targets"]
+from careshare import hookimpl
+from careshare.core.targets import ALL_KINDS, Target
+from careshare.plugins.consents import tables as tables  # loading the plugin puts its tables on the metadata
+
+__all__ = [
+    "CHANNEL",
+    "CONSENT_TARGET",
+    "MAX_PACK_FILES",
+    "PACK_COPY_TARGET",
+    "TARGET",
+    "careshare_migrations",
+    "careshare_routes",
+    "careshare_targets",
+]
+
+CHANNEL = "consents"
+#: Ten files a pack: what a patient can be expected to read on a phone before deciding.
+MAX_PACK_FILES = 10
+TARGET = Target(
+    name="information-pack",
+    channel=CHANNEL,
+    accepts=ALL_KINDS - {"video"},
+    max_count=MAX_PACK_FILES,
+    # Files only: a consent rests on documents the patient can keep, not on a stream.
+    video_allowed=False,
+    # A template for many patients: one patient's record has no place in it.
+    sources=frozenset({"library"}),
+    # Read in the refusal of a video: "... information packs can't contain streaming video."
+    description="information packs",
+)
+#: Items shared with a patient that no file is attached to directly (their files are copies):
+#: the consent request itself, and each pack as it was when the patient was asked.
+CONSENT_TARGET = "consent-request"
+PACK_COPY_TARGET = "consent-pack"
 
 
 @hookimpl
-def careshare_targets() -> list[object]:
-    return []
+def careshare_targets() -> list[Target]:
+    return [TARGET]
+
+
+@hookimpl
+def careshare_migrations() -> list[Path]:
+    return [Path(__file__).parent / "migrations"]
+
+
+@hookimpl
+def careshare_routes() -> list[Any]:
+    from careshare.plugins.consents.routes import routes
+
+    return routes()

@@ -1,0 +1,324 @@
+"""HTTP routes of the consents channel: clinicians build packs and forms and ask; patients read and decide."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from litestar import Controller, Request, delete, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery
+
+from careshare.core.problems import Problem
+from careshare.host.auth import clinician, patient
+from careshare.host.problems import INVALID_REQUEST
+from careshare.host.routes.sharing import attachment_json
+from careshare.host.views import PageLimit, page_json, parse_body
+from careshare.plugins.consents.consents import (
+    ConsentForm,
+    ConsentRequest,
+    Decision,
+    InformationPack,
+    attach_to_pack,
+    create_form,
+    create_pack,
+    decide,
+    get_consent,
+    get_form,
+    get_pack,
+    list_consents,
+    list_forms,
+    list_packs,
+    remove_from_pack,
+    request_consent,
+)
+
+if TYPE_CHECKING:
+    from careshare.core.models import Principal
+    from careshare.core.runtime import Careshare
+
+__all__ = ["routes"]
+
+MAX_NAME_CHARS = 200
+MAX_DESCRIPTION_CHARS = 4000
+#: Packs a form may name: each is something the patient is asked to read first.
+MAX_FORM_PACKS = 20
+
+
+@attrs.frozen
+class NewPack:
+    name: str
+    description: str = ""
+
+
+@attrs.frozen
+class NewAttachment:
+    file_id: str
+
+
+@attrs.frozen
+class NewForm:
+    name: str
+    information_pack_ids: list[str]
+
+
+@attrs.frozen
+class NewConsent:
+    form_id: str
+
+
+@attrs.frozen
+class Answer:
+    decision: Decision
+
+
+def _name(value: str, errors: list[str]) -> str:
+    name = value.strip()
+    if not name:
+        errors.append("$.name: must not be blank")
+    elif len(name) > MAX_NAME_CHARS:
+        errors.append(f"$.name: at most {MAX_NAME_CHARS} characters")
+    return name
+
+
+def _refuse(errors: list[str]) -> None:
+    if errors:
+        raise Problem(INVALID_REQUEST, errors=errors)
+
+
+def pack_json(p: InformationPack) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "name": p.name,
+        "description": p.description,
+        "attachments": [attachment_json(a) for a in p.attachments],
+        "created_by": p.created_by,
+        "created_at": p.created_at.isoformat(),
+        "updated_at": p.updated_at.isoformat(),
+    }
+
+
+def form_json(f: ConsentForm) -> dict[str, Any]:
+    return {
+        "id": f.id,
+        "name": f.name,
+        "information_pack_ids": [p.id for p in f.packs],
+        "information_packs": [pack_json(p) for p in f.packs],
+        "created_by": f.created_by,
+        "created_at": f.created_at.isoformat(),
+    }
+
+
+def consent_json(c: ConsentRequest, *, for_clinician: bool) -> dict[str, Any]:
+    shown: dict[str, Any] = {
+        "id": c.id,
+        "patient_id": c.patient_id,
+        "form": {"id": c.form_id, "name": c.form_name},
+        "status": c.status,
+        "requested_at": c.requested_at.isoformat(),
+        "decided_at": c.decided_at.isoformat() if c.decided_at else None,
+        "information_packs": [
+            {
+                "id": p.id,
+                "information_pack_id": p.pack_id,
+                "name": p.name,
+                "description": p.description,
+                "attachments": [attachment_json(a) for a in p.attachments],
+            }
+            for p in c.packs
+        ],
+    }
+    if for_clinician:
+        shown.update(requested_by=c.requested_by, decided_by=c.decided_by)
+    return shown
+
+
+class InformationPackController(Controller):
+    path = "/v1/information-packs"
+    dependencies = {"principal": Provide(clinician)}
+    tags = ["consents"]
+
+    @post("/", status_code=201)
+    async def create(
+        self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
+    ) -> dict[str, Any]:
+        """A new, empty information pack ``{"name", "description"?}``: files about a consent or treatment."""
+        body = await parse_body(request, NewPack)
+        errors: list[str] = []
+        name = _name(body.name, errors)
+        if len(body.description) > MAX_DESCRIPTION_CHARS:
+            errors.append(f"$.description: at most {MAX_DESCRIPTION_CHARS} characters")
+        _refuse(errors)
+        async with cs.engine.begin() as conn:
+            return pack_json(await create_pack(conn, principal, name=name, description=body.description.strip()))
+
+    @get("/")
+    async def list_all(
+        self,
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        cursor: FromQuery[str | None] = None,
+        limit: PageLimit = 50,
+    ) -> dict[str, Any]:
+        async with cs.reader.connect() as conn:
+            items, next_cursor = await list_packs(conn, principal, cursor=cursor, limit=limit)
+        return page_json([pack_json(p) for p in items], next_cursor)
+
+    @get("/{pack_id:str}")
+    async def show(
+        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], pack_id: FromPath[str]
+    ) -> dict[str, Any]:
+        async with cs.reader.connect() as conn:
+            return pack_json(await get_pack(conn, principal, pack_id))
+
+    @post("/{pack_id:str}/attachments", status_code=201)
+    async def add_file(
+        self,
+        request: Request[Any, Any, Any],
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        pack_id: FromPath[str],
+    ) -> dict[str, Any]:
+        """Attach a library file ``{"file_id"}``: PDFs, images and DICOM renderings; never video."""
+        body = await parse_body(request, NewAttachment)
+        async with cs.engine.begin() as conn:
+            return attachment_json(await attach_to_pack(conn, cs.plugins, principal, pack_id, body.file_id))
+
+    @delete("/{pack_id:str}/attachments/{aid:str}", status_code=204)
+    async def remove_file(
+        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], pack_id: FromPath[str], aid: FromPath[str]
+    ) -> None:
+        """Take a file out of the pack; consents already asked keep the files they were sent with."""
+        async with cs.engine.begin() as conn:
+            await remove_from_pack(conn, principal, pack_id, aid)
+
+
+class ConsentFormController(Controller):
+    path = "/v1/consent-forms"
+    dependencies = {"principal": Provide(clinician)}
+    tags = ["consents"]
+
+    @post("/", status_code=201)
+    async def create(
+        self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
+    ) -> dict[str, Any]:
+        """A consent form ``{"name", "information_pack_ids"}`` naming packs of the organisation, in reading order."""
+        body = await parse_body(request, NewForm)
+        errors: list[str] = []
+        name = _name(body.name, errors)
+        pack_ids = body.information_pack_ids
+        if not 1 <= len(pack_ids) <= MAX_FORM_PACKS:
+            errors.append(f"$.information_pack_ids: name between 1 and {MAX_FORM_PACKS} information packs")
+        elif len(set(pack_ids)) != len(pack_ids):
+            errors.append("$.information_pack_ids: a pack is listed twice")
+        _refuse(errors)
+        async with cs.engine.begin() as conn:
+            return form_json(await create_form(conn, principal, name=name, pack_ids=pack_ids))
+
+    @get("/")
+    async def list_all(
+        self,
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        cursor: FromQuery[str | None] = None,
+        limit: PageLimit = 50,
+    ) -> dict[str, Any]:
+        async with cs.reader.connect() as conn:
+            items, next_cursor = await list_forms(conn, principal, cursor=cursor, limit=limit)
+        return page_json([form_json(f) for f in items], next_cursor)
+
+    @get("/{form_id:str}")
+    async def show(
+        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], form_id: FromPath[str]
+    ) -> dict[str, Any]:
+        async with cs.reader.connect() as conn:
+            return form_json(await get_form(conn, principal, form_id))
+
+
+class PatientConsentController(Controller):
+    path = "/v1/patients/{pid:str}/consents"
+    dependencies = {"principal": Provide(clinician)}
+    tags = ["consents"]
+
+    @post("/", status_code=201)
+    async def ask(
+        self,
+        request: Request[Any, Any, Any],
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        pid: FromPath[str],
+    ) -> dict[str, Any]:
+        """Ask the patient for consent ``{"form_id"}``; they are notified and read the packs as they are now."""
+        body = await parse_body(request, NewConsent)
+        async with cs.engine.begin() as conn:
+            asked = await request_consent(conn, cs.plugins, principal, pid, body.form_id)
+        return consent_json(asked, for_clinician=True)
+
+    @get("/")
+    async def list_for_patient(
+        self,
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        pid: FromPath[str],
+        cursor: FromQuery[str | None] = None,
+        limit: PageLimit = 50,
+    ) -> dict[str, Any]:
+        async with cs.reader.connect() as conn:
+            items, next_cursor = await list_consents(conn, principal, pid, cursor=cursor, limit=limit)
+        return page_json([consent_json(c, for_clinician=True) for c in items], next_cursor)
+
+
+class ConsentController(Controller):
+    path = "/v1/consents"
+    dependencies = {"principal": Provide(clinician)}
+    tags = ["consents"]
+
+    @get("/{cid:str}")
+    async def show(
+        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], cid: FromPath[str]
+    ) -> dict[str, Any]:
+        async with cs.reader.connect() as conn:
+            return consent_json(await get_consent(conn, principal, cid), for_clinician=True)
+
+
+class MyConsentController(Controller):
+    path = "/v1/me/consents"
+    dependencies = {"principal": Provide(patient)}
+    tags = ["me"]
+
+    @get("/")
+    async def mine(
+        self,
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        cursor: FromQuery[str | None] = None,
+        limit: PageLimit = 50,
+    ) -> dict[str, Any]:
+        """The consents the signed-in patient was asked for, newest first, each with its packs and files."""
+        async with cs.reader.connect() as conn:
+            items, next_cursor = await list_consents(conn, principal, str(principal.patient), cursor=cursor, limit=limit)
+        return page_json([consent_json(c, for_clinician=False) for c in items], next_cursor)
+
+    @get("/{cid:str}")
+    async def show_mine(
+        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], cid: FromPath[str]
+    ) -> dict[str, Any]:
+        async with cs.reader.connect() as conn:
+            return consent_json(await get_consent(conn, principal, cid), for_clinician=False)
+
+    @post("/{cid:str}/decision", status_code=200)
+    async def decide(
+        self,
+        request: Request[Any, Any, Any],
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        cid: FromPath[str],
+    ) -> dict[str, Any]:
+        """Answer ``{"decision": "given" | "declined"}``, once (the same answer again changes nothing)."""
+        body = await parse_body(request, Answer)
+        async with cs.engine.begin() as conn:
+            return consent_json(await decide(conn, principal, cid, body.decision), for_clinician=False)
+
+
+def routes() -> list[type[Controller]]:
+    return [InformationPackController, ConsentFormController, PatientConsentController, ConsentController, MyConsentController]
