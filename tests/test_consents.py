@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pytest
 import sqlalchemy as sa
 
 from careshare.core import db
@@ -26,6 +24,8 @@ from careshare.testing.strategies.video import AUDIO_CODECS, VIDEO_CODECS, Video
 from careshare.testing.targets import outcome, sample_file
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import httpx
     from litestar.testing import AsyncTestClient
 
@@ -62,7 +62,9 @@ async def new_pack(client: AsyncTestClient[Any], clinician: dict[str, str], name
 
 
 async def attach(client: AsyncTestClient[Any], clinician: dict[str, str], pack_id: str, file_id: str) -> httpx.Response:
-    return await client.post(f"/v1/information-packs/{pack_id}/attachments", json={"file_id": file_id}, headers=clinician)
+    return await client.post(
+        f"/v1/information-packs/{pack_id}/attachments", json={"file_id": file_id}, headers=clinician
+    )
 
 
 async def ask(client: AsyncTestClient[Any], clinician: dict[str, str], patient_id: str, pack_ids: list[str]) -> str:
@@ -73,7 +75,9 @@ async def ask(client: AsyncTestClient[Any], clinician: dict[str, str], patient_i
         201,
     )
     assert form["information_pack_ids"] == pack_ids
-    asked = ok(await client.post(f"/v1/patients/{patient_id}/consents", json={"form_id": form["id"]}, headers=clinician), 201)
+    asked = ok(
+        await client.post(f"/v1/patients/{patient_id}/consents", json={"form_id": form["id"]}, headers=clinician), 201
+    )
     return str(asked["id"])
 
 
@@ -127,7 +131,9 @@ async def test_a_patient_reads_the_packs_and_gives_consent(
     seen = ok(await client.get(f"/v1/consents/{cid}", headers=clinician))
     assert seen["status"] == "given" and seen["decided_by"] == f"patient:{patient_id}"
     assert seen["requested_by"] == "dr-a"
-    assert [c["id"] for c in ok(await client.get(f"/v1/patients/{patient_id}/consents", headers=clinician))["items"]] == [cid]
+    assert [
+        c["id"] for c in ok(await client.get(f"/v1/patients/{patient_id}/consents", headers=clinician))["items"]
+    ] == [cid]
     audit = ok(await client.get(f"/v1/patients/{patient_id}/audit", headers=clinician))["items"]
     actions = [(e["action"], e["target"]) for e in audit]
     assert ("consent.given", "consent-request") in actions
@@ -170,7 +176,9 @@ async def test_removing_a_file_closes_the_gap_in_the_pack(
     pack = await new_pack(client, clinician)
     ids = [await library_file(client, clinician, make_pdf(1, text=f"part {n}"), f"part-{n}.pdf") for n in range(3)]
     pinned = [ok(await attach(client, clinician, pack, fid), 201) for fid in ids]
-    assert (await client.delete(f"/v1/information-packs/{pack}/attachments/{pinned[0]['id']}", headers=clinician)).status_code == 204
+    assert (
+        await client.delete(f"/v1/information-packs/{pack}/attachments/{pinned[0]['id']}", headers=clinician)
+    ).status_code == 204
     ok(await attach(client, clinician, pack, ids[0]), 201)
     shown = ok(await client.get(f"/v1/information-packs/{pack}", headers=clinician))
     assert [a["filename"] for a in shown["attachments"]] == ["part-1.pdf", "part-2.pdf", "part-0.pdf"]
@@ -213,7 +221,10 @@ async def test_a_pack_takes_library_files_only_and_ten_at_most(
     client: AsyncTestClient[Any], clinician: dict[str, str], patient_id: str
 ) -> None:
     pack = await new_pack(client, clinician)
-    mine = ok(await client.post(f"/v1/patients/{patient_id}/files", content=make_pdf(1, text="record"), headers=clinician), 201)
+    mine = ok(
+        await client.post(f"/v1/patients/{patient_id}/files", content=make_pdf(1, text="record"), headers=clinician),
+        201,
+    )
     refused = problem(await attach(client, clinician, pack, mine["id"]), "file-not-available")
     assert refused["detail"] == "Files attached to information packs come from the organisation library only."
     leaflet = await library_file(client, clinician, make_pdf(), "leaflet.pdf")
@@ -233,7 +244,9 @@ async def test_a_form_naming_unknown_packs_is_refused_naming_them(
     elsewhere = await new_pack(client, bearer(settings, "clinician", "org-b", sub="dr-b"))
     missing = "01zzzzzzzzzzzzzzzzzzzzzzzz"
     body = {"name": "Form", "information_pack_ids": [known, elsewhere, missing]}
-    refused = problem(await client.post("/v1/consent-forms", json=body, headers=clinician), "information-pack-not-found")
+    refused = problem(
+        await client.post("/v1/consent-forms", json=body, headers=clinician), "information-pack-not-found"
+    )
     assert refused["information_pack_ids"] == [elsewhere, missing]
     assert elsewhere in refused["detail"] and missing in refused["detail"]
     assert ok(await client.get("/v1/consent-forms", headers=clinician))["items"] == []
@@ -254,8 +267,14 @@ async def test_asking_with_an_unknown_form_or_for_an_unknown_patient_is_refused(
     refused = await client.post(f"/v1/patients/{patient_id}/consents", json={"form_id": missing}, headers=clinician)
     assert problem(refused, "consent-form-not-found")["form_id"] == missing
     pack = await new_pack(client, clinician)
-    form = ok(await client.post("/v1/consent-forms", json={"name": "F", "information_pack_ids": [pack]}, headers=clinician), 201)
-    problem(await client.post(f"/v1/patients/{missing}/consents", json={"form_id": form["id"]}, headers=clinician), "not-found")
+    form = ok(
+        await client.post("/v1/consent-forms", json={"name": "F", "information_pack_ids": [pack]}, headers=clinician),
+        201,
+    )
+    problem(
+        await client.post(f"/v1/patients/{missing}/consents", json={"form_id": form["id"]}, headers=clinician),
+        "not-found",
+    )
 
 
 # -- the decision ------------------------------------------------------------------------------
@@ -281,21 +300,31 @@ async def test_a_decision_is_made_once(
 
 
 async def test_nobody_else_sees_or_decides_a_consent(
-    client: AsyncTestClient[Any], clinician: dict[str, str], patient: dict[str, str], patient_id: str, settings: Settings
+    client: AsyncTestClient[Any],
+    clinician: dict[str, str],
+    patient: dict[str, str],
+    patient_id: str,
+    settings: Settings,
 ) -> None:
     leaflet = await library_file(client, clinician, make_pdf(), "leaflet.pdf")
     pack = await new_pack(client, clinician)
     ok(await attach(client, clinician, pack, leaflet), 201)
     cid = await ask(client, clinician, patient_id, [pack])
-    url = ok(await client.get(f"/v1/me/consents/{cid}", headers=patient))["information_packs"][0]["attachments"][0]["url"]
-    other_id = ok(await client.post("/v1/patients", json={"name": "Pat Two", "external_id": "MRN-2"}, headers=clinician), 201)["id"]
+    url = ok(await client.get(f"/v1/me/consents/{cid}", headers=patient))["information_packs"][0]["attachments"][0][
+        "url"
+    ]
+    other_id = ok(
+        await client.post("/v1/patients", json={"name": "Pat Two", "external_id": "MRN-2"}, headers=clinician), 201
+    )["id"]
     other = bearer(settings, "patient", "org-a", patient=other_id)
     outsider = bearer(settings, "clinician", "org-b", sub="dr-b")
 
     for path in (f"/v1/me/consents/{cid}", url):
         problem(await client.get(path, headers=other), "not-found")
     assert ok(await client.get("/v1/me/consents", headers=other))["items"] == []
-    problem(await client.post(f"/v1/me/consents/{cid}/decision", json={"decision": "given"}, headers=other), "not-found")
+    problem(
+        await client.post(f"/v1/me/consents/{cid}/decision", json={"decision": "given"}, headers=other), "not-found"
+    )
     for path in (f"/v1/consents/{cid}", f"/v1/information-packs/{pack}", f"/v1/patients/{patient_id}/consents", url):
         problem(await client.get(path, headers=outsider), "not-found")
     problem(await attach(client, outsider, pack, leaflet), "not-found")

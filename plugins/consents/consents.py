@@ -200,12 +200,16 @@ async def list_packs(
     query = sa.select(information_packs).where(information_packs.c.org_id == principal.org)
     if cursor:
         query = query.where(information_packs.c.id < cursor)
-    rows, next_cursor = _page(list(await conn.execute(query.order_by(information_packs.c.id.desc()).limit(limit + 1))), limit)
+    rows, next_cursor = _page(
+        list(await conn.execute(query.order_by(information_packs.c.id.desc()).limit(limit + 1))), limit
+    )
     return await _packs(conn, rows), next_cursor
 
 
 async def _touch(conn: AsyncConnection, pack_id: str) -> None:
-    await conn.execute(sa.update(information_packs).where(information_packs.c.id == pack_id).values(updated_at=db.utcnow()))
+    await conn.execute(
+        sa.update(information_packs).where(information_packs.c.id == pack_id).values(updated_at=db.utcnow())
+    )
 
 
 async def attach_to_pack(
@@ -254,7 +258,9 @@ async def _forms(conn: AsyncConnection, rows: list[sa.Row[object]]) -> list[Cons
         )
     )
     pack_rows = list(
-        await conn.execute(sa.select(information_packs).where(information_packs.c.id.in_({link.pack_id for link in links})))
+        await conn.execute(
+            sa.select(information_packs).where(information_packs.c.id.in_({link.pack_id for link in links}))
+        )
     )
     packs = {pack.id: pack for pack in await _packs(conn, pack_rows)}
     return [
@@ -317,7 +323,9 @@ async def list_forms(
     query = sa.select(consent_forms).where(consent_forms.c.org_id == principal.org)
     if cursor:
         query = query.where(consent_forms.c.id < cursor)
-    rows, next_cursor = _page(list(await conn.execute(query.order_by(consent_forms.c.id.desc()).limit(limit + 1))), limit)
+    rows, next_cursor = _page(
+        list(await conn.execute(query.order_by(consent_forms.c.id.desc()).limit(limit + 1))), limit
+    )
     return await _forms(conn, rows), next_cursor
 
 
@@ -355,7 +363,11 @@ async def _consents(conn: AsyncConnection, rows: list[sa.Row[object]]) -> list[C
             decided_at=r.decided_at,
             packs=tuple(
                 RequestedPack(
-                    id=p.id, pack_id=p.pack_id, name=p.name, description=p.description, attachments=tuple(attached[p.id])
+                    id=p.id,
+                    pack_id=p.pack_id,
+                    name=p.name,
+                    description=p.description,
+                    attachments=tuple(attached[p.id]),
                 )
                 for p in pack_rows
                 if p.consent_id == r.id
@@ -386,7 +398,9 @@ async def list_consents(
     query = sa.select(consent_requests).where(*_visible(principal), consent_requests.c.patient_id == patient_id)
     if cursor:
         query = query.where(consent_requests.c.id < cursor)
-    rows, next_cursor = _page(list(await conn.execute(query.order_by(consent_requests.c.id.desc()).limit(limit + 1))), limit)
+    rows, next_cursor = _page(
+        list(await conn.execute(query.order_by(consent_requests.c.id.desc()).limit(limit + 1))), limit
+    )
     return await _consents(conn, rows), next_cursor
 
 

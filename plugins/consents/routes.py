@@ -186,7 +186,11 @@ class InformationPackController(Controller):
 
     @delete("/{pack_id:str}/attachments/{aid:str}", status_code=204)
     async def remove_file(
-        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], pack_id: FromPath[str], aid: FromPath[str]
+        self,
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        pack_id: FromPath[str],
+        aid: FromPath[str],
     ) -> None:
         """Take a file out of the pack; consents already asked keep the files they were sent with."""
         async with cs.engine.begin() as conn:
@@ -296,7 +300,9 @@ class MyConsentController(Controller):
     ) -> dict[str, Any]:
         """The consents the signed-in patient was asked for, newest first, each with its packs and files."""
         async with cs.reader.connect() as conn:
-            items, next_cursor = await list_consents(conn, principal, str(principal.patient), cursor=cursor, limit=limit)
+            items, next_cursor = await list_consents(
+                conn, principal, str(principal.patient), cursor=cursor, limit=limit
+            )
         return page_json([consent_json(c, for_clinician=False) for c in items], next_cursor)
 
     @get("/{cid:str}")
@@ -321,4 +327,10 @@ class MyConsentController(Controller):
 
 
 def routes() -> list[type[Controller]]:
-    return [InformationPackController, ConsentFormController, PatientConsentController, ConsentController, MyConsentController]
+    return [
+        InformationPackController,
+        ConsentFormController,
+        PatientConsentController,
+        ConsentController,
+        MyConsentController,
+    ]

@@ -73,17 +73,13 @@ def upgrade() -> None:
         sa.Column("decided_by", sa.String(length=200), nullable=True),
         sa.Column("decided_at", UTCDateTime(timezone=True), nullable=True),
         _org("consent_requests"),
-        sa.ForeignKeyConstraint(
-            ["patient_id"], ["patients.id"], name=op.f("fk_consent_requests_patient_id_patients")
-        ),
+        sa.ForeignKeyConstraint(["patient_id"], ["patients.id"], name=op.f("fk_consent_requests_patient_id_patients")),
         sa.ForeignKeyConstraint(
             ["form_id"], ["consent_forms.id"], name=op.f("fk_consent_requests_form_id_consent_forms")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_consent_requests")),
     )
-    op.create_index(
-        "ix_consent_requests_org_patient", "consent_requests", ["org_id", "patient_id", "id"], unique=False
-    )
+    op.create_index("ix_consent_requests_org_patient", "consent_requests", ["org_id", "patient_id", "id"], unique=False)
     op.create_table(
         "consent_request_packs",
         sa.Column("id", sa.String(length=26), nullable=False),
