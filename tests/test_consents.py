@@ -10,15 +10,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import uuid
 from typing import TYPE_CHECKING, Any
 
+import pytest
 import sqlalchemy as sa
+from litestar.testing import AsyncTestClient
 
 from careshare.core import db
+from careshare.host import create_app
 from careshare.plugins.consents import MAX_PACK_FILES, careshare_migrations
 from careshare.plugins.consents.consents import CONSENT_TITLE, PACK_TITLE
 from careshare.plugins.consents.tables import information_packs
-from careshare.testing import bearer, make_pdf
+from careshare.testing import bearer, make_pdf, make_settings
 from careshare.testing.strategies.images import FORMATS, encode, quadrants
 from careshare.testing.strategies.video import AUDIO_CODECS, VIDEO_CODECS, VideoSpec, make_video
 from careshare.testing.targets import outcome, sample_file
@@ -27,15 +31,16 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     import httpx
-    from litestar.testing import AsyncTestClient
 
     from careshare.core.settings import Settings
+    from careshare.testing import PostgresCluster
 
-#: Every container and codec pair the video strategies write (and the video handler accepts), with and without sound.
+#: Every container the video strategies write (all the video handler streams), each of its video codecs and
+#: each of its sound tracks (none included) at least once.
 VIDEO_VARIANTS = [
-    (container, video, audio)
+    (container, codecs[i % len(codecs)], AUDIO_CODECS[container][i % len(AUDIO_CODECS[container])])
     for container, codecs in VIDEO_CODECS.items()
-    for video, audio in itertools.product(codecs, AUDIO_CODECS[container])
+    for i in range(max(len(codecs), len(AUDIO_CODECS[container])))
 ]
 
 
@@ -89,6 +94,28 @@ def pack_files(consent: dict[str, Any]) -> list[list[tuple[str, str]]]:
 
 
 async def test_a_patient_reads_the_packs_and_gives_consent(
+    client: AsyncTestClient[Any], clinician: dict[str, str], patient: dict[str, str], patient_id: str
+) -> None:
+    await consent_flow(client, clinician, patient, patient_id)
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresCluster) -> str:
+    """A new empty database of the session's PostgreSQL cluster (made before the test's event loop runs)."""
+    return postgres.create_database(f"consents_{uuid.uuid4().hex}")
+
+
+async def test_the_same_flow_on_postgresql(pg_url: str, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", CARESHARE_DATABASE_URL=pg_url)
+    clinician = bearer(settings, "clinician", "org-a", sub="dr-a")
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        pid = ok(await client.post("/v1/patients", json={"name": "P", "external_id": "P1"}, headers=clinician), 201)[
+            "id"
+        ]
+        await consent_flow(client, clinician, bearer(settings, "patient", "org-a", patient=pid), pid)
+
+
+async def consent_flow(
     client: AsyncTestClient[Any], clinician: dict[str, str], patient: dict[str, str], patient_id: str
 ) -> None:
     leaflet = make_pdf(2, text="knee leaflet")
@@ -198,7 +225,9 @@ async def test_a_pack_refuses_every_video_format(client: AsyncTestClient[Any], c
         refused = problem(await attach(client, clinician, pack, stored["id"]), "video-not-allowed")
         assert "information packs can't contain streaming video" in refused["detail"]
         assert refused["rule"] == "video_allowed of target 'information-pack' (consents)"
-    assert len(VIDEO_VARIANTS) == 14
+    tried = {(c, v) for c, v, _ in VIDEO_VARIANTS} | {(c, a) for c, _, a in VIDEO_VARIANTS}
+    every = itertools.chain(VIDEO_CODECS.items(), AUDIO_CODECS.items())
+    assert tried == {(container, codec) for container, codecs in every for codec in codecs}
     assert ok(await client.get(f"/v1/information-packs/{pack}", headers=clinician))["attachments"] == []
 
 
@@ -297,6 +326,11 @@ async def test_a_decision_is_made_once(
         assert [(e["action"], e["item_id"]) for e in audit].count((f"consent.{first}", cid)) == 1
     for invalid in ({"decision": "maybe"}, {}, {"decision": "given", "extra": 1}):
         problem(await client.post(f"/v1/me/consents/{cid}/decision", json=invalid, headers=patient), "invalid-request")
+    first_page = ok(await client.get("/v1/me/consents", params={"limit": 3}, headers=patient))
+    rest = ok(await client.get("/v1/me/consents", params={"cursor": first_page["next_cursor"]}, headers=patient))
+    pages = [c["id"] for c in first_page["items"] + rest["items"]]
+    assert len(first_page["items"]) == 3 and len(set(pages)) == 4 and pages[0] == cid  # newest first
+    assert rest["next_cursor"] is None
 
 
 async def test_nobody_else_sees_or_decides_a_consent(

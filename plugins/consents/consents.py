@@ -139,8 +139,23 @@ class ConsentRequest:
     packs: tuple[RequestedPack, ...] = ()
 
 
-def _page(rows: list[sa.Row[object]], limit: int) -> tuple[list[sa.Row[object]], str | None]:
+async def _page(
+    conn: AsyncConnection, table: sa.Table, where: list[sa.ColumnElement[bool]], cursor: str | None, limit: int
+) -> tuple[list[sa.Row[object]], str | None]:
+    """A page of ``table``'s rows, newest first, and the cursor of the next page (None at the end)."""
+    query = sa.select(table).where(*where)
+    if cursor:
+        query = query.where(table.c.id < cursor)
+    rows = list(await conn.execute(query.order_by(table.c.id.desc()).limit(limit + 1)))
     return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+
+
+async def _one(conn: AsyncConnection, table: sa.Table, row_id: str, org: str) -> sa.Row[object]:
+    """The row of the organisation's template ``row_id``, else ``not-found``."""
+    row = (await conn.execute(sa.select(table).where(table.c.id == row_id, table.c.org_id == org))).first()
+    if row is None:
+        raise Problem(NOT_FOUND)
+    return row
 
 
 # -- information packs ------------------------------------------------------------------------------
@@ -182,27 +197,14 @@ async def create_pack(conn: AsyncConnection, principal: Principal, *, name: str,
 
 async def get_pack(conn: AsyncConnection, principal: Principal, pack_id: str) -> InformationPack:
     """The pack with its files, if it is the clinician's organisation's; else ``not-found``."""
-    row = (
-        await conn.execute(
-            sa.select(information_packs).where(
-                information_packs.c.id == pack_id, information_packs.c.org_id == principal.org
-            )
-        )
-    ).first()
-    if row is None:
-        raise Problem(NOT_FOUND)
-    return (await _packs(conn, [row]))[0]
+    return (await _packs(conn, [await _one(conn, information_packs, pack_id, principal.org)]))[0]
 
 
 async def list_packs(
     conn: AsyncConnection, principal: Principal, *, cursor: str | None, limit: int
 ) -> tuple[list[InformationPack], str | None]:
-    query = sa.select(information_packs).where(information_packs.c.org_id == principal.org)
-    if cursor:
-        query = query.where(information_packs.c.id < cursor)
-    rows, next_cursor = _page(
-        list(await conn.execute(query.order_by(information_packs.c.id.desc()).limit(limit + 1))), limit
-    )
+    where = [information_packs.c.org_id == principal.org]
+    rows, next_cursor = await _page(conn, information_packs, where, cursor, limit)
     return await _packs(conn, rows), next_cursor
 
 
@@ -307,25 +309,13 @@ async def create_form(conn: AsyncConnection, principal: Principal, *, name: str,
 
 
 async def get_form(conn: AsyncConnection, principal: Principal, form_id: str) -> ConsentForm:
-    row = (
-        await conn.execute(
-            sa.select(consent_forms).where(consent_forms.c.id == form_id, consent_forms.c.org_id == principal.org)
-        )
-    ).first()
-    if row is None:
-        raise Problem(NOT_FOUND)
-    return (await _forms(conn, [row]))[0]
+    return (await _forms(conn, [await _one(conn, consent_forms, form_id, principal.org)]))[0]
 
 
 async def list_forms(
     conn: AsyncConnection, principal: Principal, *, cursor: str | None, limit: int
 ) -> tuple[list[ConsentForm], str | None]:
-    query = sa.select(consent_forms).where(consent_forms.c.org_id == principal.org)
-    if cursor:
-        query = query.where(consent_forms.c.id < cursor)
-    rows, next_cursor = _page(
-        list(await conn.execute(query.order_by(consent_forms.c.id.desc()).limit(limit + 1))), limit
-    )
+    rows, next_cursor = await _page(conn, consent_forms, [consent_forms.c.org_id == principal.org], cursor, limit)
     return await _forms(conn, rows), next_cursor
 
 
@@ -395,12 +385,8 @@ async def list_consents(
 ) -> tuple[list[ConsentRequest], str | None]:
     """A page of one patient's consent requests, newest first, and the cursor of the next page."""
     await get_patient(conn, principal, patient_id)
-    query = sa.select(consent_requests).where(*_visible(principal), consent_requests.c.patient_id == patient_id)
-    if cursor:
-        query = query.where(consent_requests.c.id < cursor)
-    rows, next_cursor = _page(
-        list(await conn.execute(query.order_by(consent_requests.c.id.desc()).limit(limit + 1))), limit
-    )
+    where = [*_visible(principal), consent_requests.c.patient_id == patient_id]
+    rows, next_cursor = await _page(conn, consent_requests, where, cursor, limit)
     return await _consents(conn, rows), next_cursor
 
 
