@@ -150,9 +150,13 @@ async def _page(
     return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
 
 
-async def _one(conn: AsyncConnection, table: sa.Table, row_id: str, org: str) -> sa.Row[object]:
+async def _one(
+    conn: AsyncConnection, table: sa.Table, row_id: str, org: str, *, for_update: bool = False
+) -> sa.Row[object]:
     """The row of the organisation's template ``row_id``, else ``not-found``."""
-    row = (await conn.execute(sa.select(table).where(table.c.id == row_id, table.c.org_id == org))).first()
+    query = sa.select(table).where(table.c.id == row_id, table.c.org_id == org)
+    # PostgreSQL: edits of one pack queue here (positions, the file count); SQLite writers are serial anyway.
+    row = (await conn.execute(query.with_for_update() if for_update else query)).first()
     if row is None:
         raise Problem(NOT_FOUND)
     return row
@@ -195,9 +199,12 @@ async def create_pack(conn: AsyncConnection, principal: Principal, *, name: str,
     return await get_pack(conn, principal, pack_id)
 
 
-async def get_pack(conn: AsyncConnection, principal: Principal, pack_id: str) -> InformationPack:
+async def get_pack(
+    conn: AsyncConnection, principal: Principal, pack_id: str, *, for_update: bool = False
+) -> InformationPack:
     """The pack with its files, if it is the clinician's organisation's; else ``not-found``."""
-    return (await _packs(conn, [await _one(conn, information_packs, pack_id, principal.org)]))[0]
+    row = await _one(conn, information_packs, pack_id, principal.org, for_update=for_update)
+    return (await _packs(conn, [row]))[0]
 
 
 async def list_packs(
@@ -218,7 +225,7 @@ async def attach_to_pack(
     conn: AsyncConnection, pm: pluggy.PluginManager, principal: Principal, pack_id: str, file_id: str
 ) -> Attachment:
     """Pin a library file to the pack, or raise the rule it breaks (no video, library files only, ten files)."""
-    pack = await get_pack(conn, principal, pack_id)
+    pack = await get_pack(conn, principal, pack_id, for_update=True)
     item = Item(target=TARGET.name, id=pack.id, org=pack.org, patient_id=None, record=pack)
     [added] = await attach(conn, pm, principal, TARGET, item, [file_id])
     await _touch(conn, pack.id)
@@ -227,7 +234,7 @@ async def attach_to_pack(
 
 async def remove_from_pack(conn: AsyncConnection, principal: Principal, pack_id: str, attachment_id: str) -> None:
     """Take a file out of the pack; consents already asked keep their own copies."""
-    pack = await get_pack(conn, principal, pack_id)
+    pack = await get_pack(conn, principal, pack_id, for_update=True)
     removed = next((a for a in pack.attachments if a.id == attachment_id), None)
     if removed is None:
         raise Problem(NOT_FOUND)
