@@ -118,11 +118,8 @@ class Templates:
     ) -> tuple[list[Template], str | None]:
         """A page of the organisation's templates, newest first, and the next cursor."""
         query = sa.select(self.table).where(self.table.c.org_id == principal.org)
-        if cursor:
-            query = query.where(self.table.c.id < cursor)
-        rows = list(await conn.execute(query.order_by(self.table.c.id.desc()).limit(limit + 1)))
-        page = rows[:limit]
-        return await self._load(conn, page), (page[-1].id if len(rows) > limit else None)
+        rows, next_cursor = await db.newest_first(conn, query, self.table.c.id, cursor=cursor, limit=limit)
+        return await self._load(conn, rows), next_cursor
 
     async def update(
         self,

@@ -145,30 +145,31 @@ async def test_each_reminder_carries_the_type_files_as_they_are_when_it_is_made(
     assert_problem(await client.post(f"/v1/medications/{mid}/reminders", headers=outsider), 404, "not-found")
 
 
-@pytest.mark.parametrize(
-    ("schedule", "field"),
-    [
-        ({"times": ["8:00"], "start": "2030-01-01"}, "$.schedule.times[0]"),
-        ({"times": ["08:00", "24:00"], "start": "2030-01-01"}, "$.schedule.times[1]"),
-        ({"times": [], "start": "2030-01-01"}, "$.schedule.times"),
-        ({"times": ["08:00", "08:00"], "start": "2030-01-01"}, "$.schedule.times"),
-        ({"times": ["08:00"], "start": "01/02/2030"}, "$.schedule.start"),
-        ({"times": ["08:00"], "start": "2030-02-30"}, "$.schedule.start"),
-        ({"times": ["08:00"], "start": "2030-01-02", "end": "2030-01-01"}, "$.schedule.end"),
-        ({"times": ["08:00"], "start": "2030-01-01", "timezone": "Mars/Olympus_Mons"}, "$.schedule.timezone"),
-        ({"times": ["08:00"], "start": "2030-01-01", "timezone": "../../etc/passwd"}, "$.schedule.timezone"),
-        ({"times": [8], "start": "2030-01-01"}, "$.schedule.times"),
-    ],
-)
+#: Schedules that cannot be used, and the field each refusal must name.
+REFUSED_SCHEDULES = [
+    ({"times": ["8:00"], "start": "2030-01-01"}, "$.schedule.times[0]"),
+    ({"times": ["08:00", "24:00"], "start": "2030-01-01"}, "$.schedule.times[1]"),
+    ({"times": [], "start": "2030-01-01"}, "$.schedule.times"),
+    ({"times": ["08:00", "08:00"], "start": "2030-01-01"}, "$.schedule.times"),
+    ({"times": ["08:00"], "start": "01/02/2030"}, "$.schedule.start"),
+    ({"times": ["08:00"], "start": "2030-02-30"}, "$.schedule.start"),
+    ({"times": ["08:00"], "start": "2030-01-02", "end": "2030-01-01"}, "$.schedule.end"),
+    ({"times": ["08:00"], "start": "2030-01-01", "timezone": "Mars/Olympus_Mons"}, "$.schedule.timezone"),
+    ({"times": ["08:00"], "start": "2030-01-01", "timezone": "../../etc/passwd"}, "$.schedule.timezone"),
+    ({"times": [8], "start": "2030-01-01"}, "$.schedule.times"),
+]
+
+
 async def test_a_schedule_that_cannot_be_used_is_refused_naming_the_field(
-    client: AsyncTestClient[Any], clinician: dict[str, str], patient_id: str, schedule: dict[str, Any], field: str
+    client: AsyncTestClient[Any], clinician: dict[str, str], patient_id: str
 ) -> None:
     tid = (await client.post(TYPES, json={"name": "Tablets"}, headers=clinician)).json()["id"]
-    response = await client.post(
-        f"/v1/patients/{patient_id}/medications", json={"type_id": tid, "schedule": schedule}, headers=clinician
-    )
-    problem = assert_problem(response, 422, "invalid-request")
-    assert any(field in error for error in problem["errors"]), problem["errors"]
+    for schedule, field in REFUSED_SCHEDULES:
+        response = await client.post(
+            f"/v1/patients/{patient_id}/medications", json={"type_id": tid, "schedule": schedule}, headers=clinician
+        )
+        problem = assert_problem(response, 422, "invalid-request")
+        assert any(field in error for error in problem["errors"]), (schedule, problem["errors"])
     assert (await client.get(f"/v1/patients/{patient_id}/medications", headers=clinician)).json()["items"] == []
 
 

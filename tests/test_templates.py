@@ -53,6 +53,41 @@ def system(client: AsyncTestClient[Any]) -> Careshare:
     return client.app.plugins.get(CareshareInit).cs
 
 
+async def _attach_and_detach(
+    client: AsyncTestClient[Any], clinician: dict[str, str], base: str, video: dict[str, Any], image: dict[str, Any]
+) -> None:
+    tid = await new_template(client, clinician, base, "Inhaler")
+    for file in (video, image):
+        response = await client.post(f"{base}/{tid}/attachments", json={"file_id": file["id"]}, headers=clinician)
+        assert response.status_code == 201, response.text
+    shown = (await client.get(f"{base}/{tid}", headers=clinician)).json()
+    assert [(a["file_id"], a["kind"]) for a in shown["attachments"]] == [(video["id"], "video"), (image["id"], "image")]
+    shareable = {r["role"]: r["sha256"] for r in video["renditions"]}["shareable"]
+    assert shown["attachments"][0]["sha256"] == shareable
+
+    removed = await client.delete(f"{base}/{tid}/attachments/{shown['attachments'][0]['id']}", headers=clinician)
+    assert removed.status_code == 200, removed.text
+    assert [a["file_id"] for a in removed.json()["attachments"]] == [image["id"]]
+    again = await client.delete(f"{base}/{tid}/attachments/{shown['attachments'][0]['id']}", headers=clinician)
+    assert_problem(again, 404, "not-found")
+
+
+async def _kept_apart(client: AsyncTestClient[Any], settings: Settings, clinician: dict[str, str], base: str) -> None:
+    outsider = bearer(settings, "clinician", "org-b", sub="dr-b")
+    tid = await new_template(client, clinician, base, "Clinic")
+    theirs = await upload(client, outsider, make_pdf(text="b"), "b.pdf")
+    assert_problem(await client.get(f"{base}/{tid}", headers=outsider), 404, "not-found")
+    assert_problem(await client.patch(f"{base}/{tid}", json={"name": "x"}, headers=outsider), 404, "not-found")
+    mine = await client.post(f"{base}/{tid}/attachments", json={"file_id": theirs["id"]}, headers=clinician)
+    assert_problem(mine, 404, "not-found")
+    assert (await client.get(base, headers=outsider)).json()["items"] == []
+    newer = await new_template(client, clinician, base, "Clinic 2")
+    first = (await client.get(base, params={"limit": 1}, headers=clinician)).json()
+    assert [t["id"] for t in first["items"]] == [newer]
+    rest = (await client.get(base, params={"limit": 1, "cursor": first["next_cursor"]}, headers=clinician)).json()
+    assert ([t["id"] for t in rest["items"]], rest["next_cursor"]) == ([tid], None)
+
+
 # -- core: copy_attachments and detach ----------------------------------------------------------
 
 
@@ -83,17 +118,9 @@ async def test_copy_attachments_pins_the_rows_as_they_are_and_later_edits_stay_o
     assert [a.file_id for a in found[second]] == [files[1]["id"], files[2]["id"]]
     # Detaching closed the gap: positions stay 0, 1, ... in order.
     assert [(a.file_id, a.position) for a in on_template] == [(files[1]["id"], 0), (files[2]["id"], 1)]
-
-
-async def test_copy_attachments_reads_only_the_callers_organisation(
-    client: AsyncTestClient[Any], clinician: dict[str, str]
-) -> None:
-    (file,) = await library_files(client, clinician, 1)
-    cs = system(client)
-    template = Item(target=TEMPLATE.name, id=new_id(), org="org-a", patient_id=None)
+    # Another organisation's principal copies nothing from this template.
     outsider = Principal(subject="dr-b", role="clinician", org="org-b")
     async with cs.engine.begin() as conn:
-        await attach(conn, cs.plugins, CLINICIAN, TEMPLATE, template, [file["id"]])
         assert await copy_attachments(conn, outsider, TEMPLATE.name, template.id, COPY, new_id()) == []
 
 
@@ -120,73 +147,46 @@ async def test_detach_refuses_an_item_that_reached_a_patient(
 # -- the template routes, for both kinds --------------------------------------------------------
 
 
-@pytest.mark.parametrize("base", TEMPLATE_ROUTES)
-async def test_a_video_and_an_image_from_the_library_attach_and_detach(
-    client: AsyncTestClient[Any], clinician: dict[str, str], base: str
+async def test_a_video_and_an_image_from_the_library_attach_to_both_types_and_detach(
+    client: AsyncTestClient[Any], clinician: dict[str, str]
 ) -> None:
     video = await upload(client, clinician, make_video(VideoSpec(frames=4, width=32, height=24)), "how-to.mp4")
     image = await upload(client, clinician, png(1), "chart.png")
     assert (video["kind"], image["kind"]) == ("video", "image")
-    tid = await new_template(client, clinician, base, "Inhaler")
-    for file in (video, image):
-        response = await client.post(f"{base}/{tid}/attachments", json={"file_id": file["id"]}, headers=clinician)
-        assert response.status_code == 201, response.text
-    shown = (await client.get(f"{base}/{tid}", headers=clinician)).json()
-    assert [(a["file_id"], a["kind"]) for a in shown["attachments"]] == [(video["id"], "video"), (image["id"], "image")]
-    shareable = {r["role"]: r["sha256"] for r in video["renditions"]}["shareable"]
-    assert shown["attachments"][0]["sha256"] == shareable
-
-    removed = await client.delete(f"{base}/{tid}/attachments/{shown['attachments'][0]['id']}", headers=clinician)
-    assert removed.status_code == 200, removed.text
-    assert [a["file_id"] for a in removed.json()["attachments"]] == [image["id"]]
-    again = await client.delete(f"{base}/{tid}/attachments/{shown['attachments'][0]['id']}", headers=clinician)
-    assert_problem(again, 404, "not-found")
+    for base in TEMPLATE_ROUTES:
+        await _attach_and_detach(client, clinician, base, video, image)
 
 
-@pytest.mark.parametrize("base", TEMPLATE_ROUTES)
 async def test_patient_files_are_refused_for_templates(
-    client: AsyncTestClient[Any], clinician: dict[str, str], patient_id: str, base: str
+    client: AsyncTestClient[Any], clinician: dict[str, str], patient_id: str
 ) -> None:
     own = await upload(client, clinician, make_pdf(text="scan"), "scan.pdf", to=f"/v1/patients/{patient_id}/files")
-    tid = await new_template(client, clinician, base, "Clinic")
-    response = await client.post(f"{base}/{tid}/attachments", json={"file_id": own["id"]}, headers=clinician)
-    assert_problem(response, 422, "file-not-available")
-    assert (await client.get(f"{base}/{tid}", headers=clinician)).json()["attachments"] == []
+    for base in TEMPLATE_ROUTES:
+        tid = await new_template(client, clinician, base, "Clinic")
+        response = await client.post(f"{base}/{tid}/attachments", json={"file_id": own["id"]}, headers=clinician)
+        assert_problem(response, 422, "file-not-available")
+        assert (await client.get(f"{base}/{tid}", headers=clinician)).json()["attachments"] == []
 
 
-@pytest.mark.parametrize("base", TEMPLATE_ROUTES)
-async def test_templates_belong_to_their_organisation(
-    client: AsyncTestClient[Any], settings: Settings, clinician: dict[str, str], base: str
+async def test_templates_belong_to_their_organisation_and_page(
+    client: AsyncTestClient[Any], settings: Settings, clinician: dict[str, str]
 ) -> None:
-    outsider = bearer(settings, "clinician", "org-b", sub="dr-b")
-    tid = await new_template(client, clinician, base, "Clinic")
-    theirs = await upload(client, outsider, make_pdf(text="b"), "b.pdf")
-    assert_problem(await client.get(f"{base}/{tid}", headers=outsider), 404, "not-found")
-    assert_problem(await client.patch(f"{base}/{tid}", json={"name": "x"}, headers=outsider), 404, "not-found")
-    mine = await client.post(f"{base}/{tid}/attachments", json={"file_id": theirs["id"]}, headers=clinician)
-    assert_problem(mine, 404, "not-found")
-    assert (await client.get(base, headers=outsider)).json()["items"] == []
-    listed = (await client.get(base, headers=clinician)).json()["items"]
-    assert [t["id"] for t in listed] == [tid]
+    for base in TEMPLATE_ROUTES:
+        await _kept_apart(client, settings, clinician, base)
 
 
-@pytest.mark.parametrize("base", TEMPLATE_ROUTES)
-async def test_renaming_and_bad_bodies(
-    client: AsyncTestClient[Any], settings: Settings, clinician: dict[str, str], patient: dict[str, str], base: str
+async def test_renaming_bad_bodies_and_the_targets_rules(
+    client: AsyncTestClient[Any], clinician: dict[str, str], patient: dict[str, str]
 ) -> None:
-    tid = await new_template(client, clinician, base, "Clinic")
-    renamed = await client.patch(f"{base}/{tid}", json={"name": " Follow-up clinic "}, headers=clinician)
-    assert renamed.status_code == 200, renamed.text
-    assert (renamed.json()["name"], renamed.json()["description"]) == ("Follow-up clinic", "what to expect")
-    for body, field in (({"name": "  "}, "$.name"), ({"name": "x" * 201}, "$.name"), ({"nom": "x"}, "$")):
-        problem = assert_problem(await client.post(base, json=body, headers=clinician), 422, "invalid-request")
-        assert any(field in e for e in problem["errors"]), problem
-    assert_problem(await client.post(base, json={"name": "x"}, headers=patient), 403, "forbidden")
-
-
-async def test_the_type_targets_are_offered_with_their_rules(
-    client: AsyncTestClient[Any], clinician: dict[str, str]
-) -> None:
+    for base in TEMPLATE_ROUTES:
+        tid = await new_template(client, clinician, base, "Clinic")
+        renamed = await client.patch(f"{base}/{tid}", json={"name": " Follow-up clinic "}, headers=clinician)
+        assert renamed.status_code == 200, renamed.text
+        assert (renamed.json()["name"], renamed.json()["description"]) == ("Follow-up clinic", "what to expect")
+        for body, field in (({"name": "  "}, "$.name"), ({"name": "x" * 201}, "$.name"), ({"nom": "x"}, "$")):
+            problem = assert_problem(await client.post(base, json=body, headers=clinician), 422, "invalid-request")
+            assert any(field in e for e in problem["errors"]), problem
+        assert_problem(await client.post(base, json={"name": "x"}, headers=patient), 403, "forbidden")
     rules = {t["name"]: t for t in (await client.get("/v1/targets", headers=clinician)).json()["items"]}
     for name in ("appointment-type", "medication-type"):
         assert rules[name]["sources"] == ["library"]

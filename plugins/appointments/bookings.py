@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import sqlalchemy as sa
@@ -82,14 +82,12 @@ async def book(
         title=BOOKED_TITLE,
         notification_kind=NOTIFICATION_KIND,
     )
-    (booked,), _ = await _load(conn, sa.select(appointments).where(appointments.c.id == appointment_id), limit=1)
-    return booked
+    row = (await conn.execute(sa.select(appointments).where(appointments.c.id == appointment_id))).one()
+    return (await _load(conn, [row]))[0]
 
 
-async def _load(conn: AsyncConnection, query: sa.Select[tuple[object]], limit: int) -> tuple[list[Appointment], bool]:
-    rows = list(await conn.execute(query.limit(limit + 1)))
-    page = rows[:limit]
-    attached = await attachments_of(conn, APPOINTMENT_TARGET, [row.id for row in page])
+async def _load(conn: AsyncConnection, rows: list[Any]) -> list[Appointment]:
+    attached = await attachments_of(conn, APPOINTMENT_TARGET, [row.id for row in rows])
     return [
         Appointment(
             id=row.id,
@@ -103,8 +101,8 @@ async def _load(conn: AsyncConnection, query: sa.Select[tuple[object]], limit: i
             created_at=row.created_at,
             attachments=tuple(attached[row.id]),
         )
-        for row in page
-    ], len(rows) > limit
+        for row in rows
+    ]
 
 
 async def list_appointments(
@@ -113,7 +111,5 @@ async def list_appointments(
     """A page of the patient's appointments, most recently booked first, each with its files."""
     await get_patient(conn, principal, patient_id)
     query = sa.select(appointments).where(appointments.c.org_id == principal.org, appointments.c.patient_id == patient_id)
-    if cursor:
-        query = query.where(appointments.c.id < cursor)
-    page, more = await _load(conn, query.order_by(appointments.c.id.desc()), limit)
-    return page, (page[-1].id if more else None)
+    rows, next_cursor = await db.newest_first(conn, query, appointments.c.id, cursor=cursor, limit=limit)
+    return await _load(conn, rows), next_cursor

@@ -155,11 +155,8 @@ async def list_medications(
     """A page of the patient's medications, newest first."""
     await get_patient(conn, principal, patient_id)
     query = sa.select(medications).where(medications.c.org_id == principal.org, medications.c.patient_id == patient_id)
-    if cursor:
-        query = query.where(medications.c.id < cursor)
-    rows = list(await conn.execute(query.order_by(medications.c.id.desc()).limit(limit + 1)))
-    page = rows[:limit]
-    return [_medication(row) for row in page], (page[-1].id if len(rows) > limit else None)
+    rows, next_cursor = await db.newest_first(conn, query, medications.c.id, cursor=cursor, limit=limit)
+    return [_medication(row) for row in rows], next_cursor
 
 
 async def list_reminders(
@@ -168,11 +165,8 @@ async def list_reminders(
     """A page of the medication's reminders, newest first, each with the files it carries."""
     await get_medication(conn, principal, medication_id)
     query = sa.select(medication_reminders).where(medication_reminders.c.medication_id == medication_id)
-    if cursor:
-        query = query.where(medication_reminders.c.id < cursor)
-    rows = list(await conn.execute(query.order_by(medication_reminders.c.id.desc()).limit(limit + 1)))
-    page = rows[:limit]
-    return await _reminders(conn, page), (page[-1].id if len(rows) > limit else None)
+    rows, next_cursor = await db.newest_first(conn, query, medication_reminders.c.id, cursor=cursor, limit=limit)
+    return await _reminders(conn, rows), next_cursor
 
 
 async def _reminders(conn: AsyncConnection, rows: list[Any]) -> list[Reminder]:
