@@ -140,7 +140,12 @@ class Templates:
         return await self.get(conn, principal, template_id)
 
     async def attach(
-        self, conn: AsyncConnection, pm: pluggy.PluginManager, principal: Principal, template_id: str, file_ids: list[str]
+        self,
+        conn: AsyncConnection,
+        pm: pluggy.PluginManager,
+        principal: Principal,
+        template_id: str,
+        file_ids: list[str],
     ) -> Template:
         """Attach files to the template under its target's rules (or raise the first rule broken)."""
         await self.get(conn, principal, template_id)

@@ -97,7 +97,11 @@ async def test_each_booking_carries_the_type_files_as_they_were_when_booked(
 
 
 async def test_other_organisations_and_patients_cannot_book(
-    client: AsyncTestClient[Any], settings: Settings, clinician: dict[str, str], patient: dict[str, str], patient_id: str
+    client: AsyncTestClient[Any],
+    settings: Settings,
+    clinician: dict[str, str],
+    patient: dict[str, str],
+    patient_id: str,
 ) -> None:
     outsider = bearer(settings, "clinician", "org-b", sub="dr-b")
     theirs = (await client.post(TYPES, json={"name": "Clinic B"}, headers=outsider)).json()["id"]

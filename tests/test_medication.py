@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time as clock
+import uuid
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -39,7 +40,7 @@ from careshare.plugins.medication.reminders import (
 )
 from careshare.plugins.medication.schedule import Schedule
 from careshare.plugins.medication.tables import medication_reminders, medications
-from careshare.testing import bearer, make_pdf, running_server
+from careshare.testing import bearer, make_pdf, make_settings, running_server
 from careshare.testing.api import assert_problem, download, register, sha256, upload
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from litestar.testing import AsyncTestClient
 
     from careshare.core.settings import Settings
+    from careshare.testing import PostgresCluster
 
 TYPES = "/v1/medication-types"
 #: The catch-up window docs/decisions.md promises: a missed dose is reminded of up to a day late, never later.
@@ -99,7 +101,12 @@ async def test_each_reminder_carries_the_type_files_as_they_are_when_it_is_made(
         client, clinician, patient_id, tid, {"times": ["20:00", "08:00"], "start": day.isoformat()}
     )
     mid = medication["id"]
-    assert medication["schedule"] == {"times": ["08:00", "20:00"], "start": day.isoformat(), "end": None, "timezone": "UTC"}
+    assert medication["schedule"] == {
+        "times": ["08:00", "20:00"],
+        "start": day.isoformat(),
+        "end": None,
+        "timezone": "UTC",
+    }
     assert medication["next_due_at"] == at(day, "08:00").isoformat()
 
     assert await produce_due_reminders(cs, at(day, "08:00", 30)) == 1
@@ -177,8 +184,18 @@ async def test_a_schedule_that_cannot_be_used_is_refused_naming_the_field(
 
 
 @pytest.fixture
-async def cs(settings: Settings) -> AsyncIterator[Careshare]:
-    system = Careshare.build(settings)
+def database(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """The test's settings: SQLite, or (``indirect`` param ``"postgresql"``) a new database of the session's cluster."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return settings
+    cluster: PostgresCluster = request.getfixturevalue("postgres")
+    url = cluster.create_database(f"medication_{uuid.uuid4().hex}")
+    return make_settings(settings.data_dir, CARESHARE_DATABASE_URL=url)
+
+
+@pytest.fixture
+async def cs(database: Settings) -> AsyncIterator[Careshare]:
+    system = Careshare.build(database)
     await system.start()
     try:
         yield system
@@ -201,6 +218,7 @@ async def prescriber(cs: Careshare) -> Any:
     return prescribed
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"], indirect=True)
 async def test_a_round_makes_exactly_the_due_reminders_once_even_when_two_race(cs: Careshare, prescriber: Any) -> None:
     assert CATCH_UP == WINDOW
     day = date(2031, 5, 10)
@@ -315,7 +333,7 @@ async def _prescribed_two_days_ago(settings: Settings) -> tuple[str, str, dateti
 
 
 def test_careshare_reminders_run_due_makes_the_due_reminders_once(settings: Settings) -> None:
-    patient_id, medication_id, dose = asyncio.run(_prescribed_two_days_ago(settings))
+    _, medication_id, dose = asyncio.run(_prescribed_two_days_ago(settings))
     cli = add_plugin_commands(app)
     # The test's data directory decides, not the caller's environment (None unsets a variable).
     env: dict[str, str | None] = dict.fromkeys(

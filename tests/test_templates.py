@@ -134,7 +134,14 @@ async def test_detach_refuses_an_item_that_reached_a_patient(
     async with cs.engine.begin() as conn:
         (pinned,) = await attach(conn, cs.plugins, CLINICIAN, note, item, [file["id"]])
         await share(
-            conn, cs.plugins, CLINICIAN, channel="demo", target=note.name, item_id=item.id, patient_id=patient_id, title="t"
+            conn,
+            cs.plugins,
+            CLINICIAN,
+            channel="demo",
+            target=note.name,
+            item_id=item.id,
+            patient_id=patient_id,
+            title="t",
         )
     with pytest.raises(Problem) as refused:
         async with cs.engine.begin() as conn:

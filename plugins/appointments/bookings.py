@@ -110,6 +110,8 @@ async def list_appointments(
 ) -> tuple[list[Appointment], str | None]:
     """A page of the patient's appointments, most recently booked first, each with its files."""
     await get_patient(conn, principal, patient_id)
-    query = sa.select(appointments).where(appointments.c.org_id == principal.org, appointments.c.patient_id == patient_id)
+    query = sa.select(appointments).where(
+        appointments.c.org_id == principal.org, appointments.c.patient_id == patient_id
+    )
     rows, next_cursor = await db.newest_first(conn, query, appointments.c.id, cursor=cursor, limit=limit)
     return await _load(conn, rows), next_cursor

@@ -215,7 +215,9 @@ async def _remind(
             )
     except IntegrityError:
         return False  # another loop or cron run made this reminder first
-    await copy_attachments(conn, principal, MEDICATION_TYPES.target.name, medication.type_id, REMINDER_TARGET, reminder_id)
+    await copy_attachments(
+        conn, principal, MEDICATION_TYPES.target.name, medication.type_id, REMINDER_TARGET, reminder_id
+    )
     await share(
         conn,
         pm,

@@ -44,7 +44,9 @@ def upgrade() -> None:
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(["org_id"], ["organisations.id"], name="fk_appointments_org_id_organisations"),
         sa.ForeignKeyConstraint(["patient_id"], ["patients.id"], name="fk_appointments_patient_id_patients"),
-        sa.ForeignKeyConstraint(["type_id"], ["appointment_types.id"], name="fk_appointments_type_id_appointment_types"),
+        sa.ForeignKeyConstraint(
+            ["type_id"], ["appointment_types.id"], name="fk_appointments_type_id_appointment_types"
+        ),
         sa.PrimaryKeyConstraint("id", name="pk_appointments"),
     )
     op.create_index("ix_appointments_org_patient", "appointments", ["org_id", "patient_id", "id"], unique=False)

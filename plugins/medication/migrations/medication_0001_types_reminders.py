@@ -62,9 +62,7 @@ def upgrade() -> None:
         sa.Column("notification_key", sa.String(length=200), nullable=False),
         sa.Column("created_by", sa.String(length=200), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["org_id"], ["organisations.id"], name="fk_medication_reminders_org_id_organisations"
-        ),
+        sa.ForeignKeyConstraint(["org_id"], ["organisations.id"], name="fk_medication_reminders_org_id_organisations"),
         sa.ForeignKeyConstraint(
             ["medication_id"], ["medications.id"], name="fk_medication_reminders_medication_id_medications"
         ),
