@@ -282,8 +282,7 @@ async def produce_due_reminders(cs: Careshare, now: datetime | None = None) -> i
     produced = 0
     for row in rows:
         medication = _medication(row)
-        # SQLite hands back max() of a UTC column as naive text: it is UTC.
-        last = _as_utc(row.last_due)
+        last = row.last_due  # max() keeps the column's type: aware UTC on every database
         after = max(floor, medication.created_at, *([last] if last else []))
         due = due_instants(medication.schedule, after, now)
         if not due:
@@ -303,14 +302,6 @@ async def produce_due_reminders(cs: Careshare, now: datetime | None = None) -> i
                 )
                 produced += made
     return produced
-
-
-def _as_utc(value: datetime | str | None) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 async def run_reminder_loop(cs: Careshare, interval: float = LOOP_SECONDS) -> None:
