@@ -17,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
 __all__ = [
     "attachments",
     "audit_events",
@@ -26,6 +28,7 @@ __all__ = [
     "files",
     "metadata",
     "migrate",
+    "newest_first",
     "notifications",
     "organisations",
     "patients",
@@ -236,6 +239,17 @@ notifications = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("read_at", UTCDateTime),
 )
+
+
+async def newest_first(
+    conn: AsyncConnection, query: sa.Select[Any], id_column: sa.ColumnElement[str], *, cursor: str | None, limit: int
+) -> tuple[list[Any], str | None]:
+    """A page of ``query``'s rows, newest first (ids sort by creation), and the cursor of the next page (None at the end)."""
+    if cursor:
+        query = query.where(id_column < cursor)
+    rows = list(await conn.execute(query.order_by(id_column.desc()).limit(limit + 1)))
+    page = rows[:limit]
+    return page, (page[-1]._mapping[id_column] if len(rows) > limit else None)
 
 
 def create_engine(url: str, *, immediate: bool = True) -> AsyncEngine:

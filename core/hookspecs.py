@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "careshare_archive",
+    "careshare_background",
     "careshare_check_attachment",
+    "careshare_commands",
     "careshare_deliver",
     "careshare_identify",
     "careshare_migrations",
@@ -146,4 +148,30 @@ def careshare_routes() -> list[Any]:
     so only plugins meant for the Litestar host implement this hook.
 
     :return: a list of controllers or route handlers.
+    """
+
+
+@hookspec
+def careshare_background(cs: Any) -> list[Any]:
+    """Work the host runs beside the API for as long as it serves (reminders falling due, sweeps).
+
+    The host starts each as an asyncio task once migrations have run, next to notification
+    delivery, and cancels it on shutdown. A job runs until cancelled: it catches and logs the
+    failure of one round itself and carries on. Several processes may run the same job, so a job
+    makes its effects idempotent in the database (a unique key), never by assuming it runs alone.
+
+    :param cs: the running :class:`~careshare.core.runtime.Careshare` (settings, plugins, store, engines).
+    :return: a list of coroutines, or of coroutine functions taking no argument.
+    """
+
+
+@hookspec
+def careshare_commands() -> list[Any]:
+    """Commands this plugin adds to the ``careshare`` command line (for cron jobs and operators).
+
+    A ``typer.Typer`` app with a ``name`` becomes a group (``careshare <name> <command>``); a plain
+    function becomes a command named after it. Import heavy modules inside the command, so
+    ``careshare --help`` stays fast.
+
+    :return: a list of Typer apps or command functions.
     """

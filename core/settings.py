@@ -16,12 +16,18 @@ from careshare.core.policy import Policy
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_UPLOAD_EXPIRY_SECONDS", "Settings"]
+__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_UPLOAD_EXPIRY_SECONDS", "Settings", "disabled_plugins"]
 
 DEFAULT_MAX_UPLOAD_BYTES = 1024**3
 #: How long an unfinished resumable (tus) upload waits for its next bytes before it is swept.
 DEFAULT_UPLOAD_EXPIRY_SECONDS = 24 * 3600.0
 SECRET_FILE = "secret.key"
+
+
+def disabled_plugins(environ: Mapping[str, str] | None = None) -> frozenset[str]:
+    """The plugin names ``CARESHARE_DISABLE_PLUGINS`` blocks (comma-separated), read without touching disk."""
+    env = os.environ if environ is None else environ
+    return frozenset(name.strip() for name in (env.get("CARESHARE_DISABLE_PLUGINS") or "").split(",") if name.strip())
 
 
 @attrs.frozen
@@ -65,9 +71,7 @@ class Settings:
             policy = attrs.evolve(policy, memory_limit_bytes=int(env["CARESHARE_HANDLER_MEMORY_LIMIT"]))
         if policy.time_limit_seconds <= 0 or policy.memory_limit_bytes <= 0:
             raise ValueError("CARESHARE_HANDLER_TIME_LIMIT and CARESHARE_HANDLER_MEMORY_LIMIT must be positive")
-        disabled = frozenset(
-            name.strip() for name in (env.get("CARESHARE_DISABLE_PLUGINS") or "").split(",") if name.strip()
-        )
+        disabled = disabled_plugins(env)
         return cls(
             data_dir=data_dir,
             database_url=database_url,

@@ -34,6 +34,7 @@ __all__ = [
     "attach",
     "attachments_of",
     "copy_attachments",
+    "detach",
     "find_target",
     "targets",
 ]
@@ -72,6 +73,12 @@ DRAFT_REQUIRED = ProblemType(
     409,
     "Only drafts take attachments",
     "Files can only be attached while this item is a draft; it has been sent. Start a new one.",
+)
+ITEM_ALREADY_SHARED = ProblemType(
+    "item-already-shared",
+    409,
+    "Item already shared",
+    "This item has reached a patient, so the files it carries stay as they were sent.",
 )
 FILE_NOT_AVAILABLE = ProblemType(
     "file-not-available",
@@ -177,21 +184,7 @@ async def attachments_of(conn: AsyncConnection, target: str, item_ids: list[str]
         .order_by(db.attachments.c.item_id, db.attachments.c.position)
     )
     for row in rows:
-        by_item[row.item_id].append(
-            Attachment(
-                id=row.id,
-                target=row.target,
-                item_id=row.item_id,
-                file_id=row.file_id,
-                role=row.role,
-                sha256=row.sha256,
-                media_type=row.media_type,
-                size=row.size,
-                filename=row.filename,
-                kind=row.kind,
-                position=row.position,
-            )
-        )
+        by_item[row.item_id].append(_attachment(row))
     return by_item
 
 
@@ -309,36 +302,99 @@ async def attach(
     return added
 
 
+def _attachment(row: Any) -> Attachment:
+    return Attachment(
+        id=row.id,
+        target=row.target,
+        item_id=row.item_id,
+        file_id=row.file_id,
+        role=row.role,
+        sha256=row.sha256,
+        media_type=row.media_type,
+        size=row.size,
+        filename=row.filename,
+        kind=row.kind,
+        position=row.position,
+    )
+
+
 async def copy_attachments(
     conn: AsyncConnection,
     principal: Principal,
-    source_target: Target | str,
+    source_target: str,
     source_item_id: str,
-    dest_target: Target | str,
+    dest_target: str,
     dest_item_id: str,
 ) -> list[Attachment]:
-    """Pin the attachments of a template item onto another item as they are now, in the caller's transaction.
+    """Pin the attachments ``source_item_id`` carries now onto ``dest_item_id`` too, in the caller's transaction.
 
-    The copies are new rows (new ids) with the same hash, role, media type, size, filename and
-    position: what the destination carries no longer follows later edits of the template. Nothing is
-    checked again (the rules held when the files were attached to the template).
+    For items made from a template (an appointment booked from its type, a reminder of a
+    medication): the copy keeps the pinned rows (hash, rendition role, media type, size, filename,
+    order), so later edits of the template reach later items only. Nothing is checked again: each
+    row was checked when it was pinned. Copies follow what ``dest_item_id`` already carries.
     """
-    source_name = source_target if isinstance(source_target, str) else source_target.name
-    dest_name = dest_target if isinstance(dest_target, str) else dest_target.name
-    org_rows = await conn.execute(
-        sa.select(db.attachments.c.id).where(
-            db.attachments.c.target == source_name,
-            db.attachments.c.item_id == source_item_id,
-            db.attachments.c.org_id != principal.org,
+    rows = list(
+        await conn.execute(
+            sa.select(db.attachments, db.files.c.kind)
+            .join(db.files, db.files.c.id == db.attachments.c.file_id)
+            .where(
+                db.attachments.c.org_id == principal.org,
+                db.attachments.c.target == source_target,
+                db.attachments.c.item_id == source_item_id,
+            )
+            .order_by(db.attachments.c.position)
         )
     )
-    if org_rows.first() is not None:
-        raise Problem(NOT_FOUND)
+    already = len((await attachments_of(conn, dest_target, [dest_item_id]))[dest_item_id])
     now = db.utcnow()
     copies = [
-        attrs.evolve(a, id=new_id(), target=dest_name, item_id=dest_item_id)
-        for a in (await attachments_of(conn, source_name, [source_item_id]))[source_item_id]
+        attrs.evolve(
+            _attachment(row),
+            id=new_id(),
+            target=dest_target,
+            item_id=dest_item_id,
+            position=already + index,
+        )
+        for index, row in enumerate(rows)
     ]
     if copies:
         await conn.execute(db.attachments.insert(), [_row(a, principal.org, now) for a in copies])
     return copies
+
+
+async def detach(
+    conn: AsyncConnection, principal: Principal, target: Target, item: Item, attachment_id: str
+) -> Attachment:
+    """Remove one attachment from an item that has not reached a patient, in the caller's transaction.
+
+    This is how a template is edited: items made from it earlier keep their own copies. An item
+    already shared keeps what it carries (``item-already-shared``); the files after the removed one
+    move up one place.
+    """
+    if item.org != principal.org:
+        raise Problem(NOT_FOUND)
+    if target.draft_required and not item.is_draft:
+        raise Problem(DRAFT_REQUIRED, rule=_where(target, "draft_required"))
+    shared = (
+        await conn.execute(
+            sa.select(db.shares.c.id).where(db.shares.c.target == target.name, db.shares.c.item_id == item.id).limit(1)
+        )
+    ).first()
+    if shared is not None:
+        raise Problem(ITEM_ALREADY_SHARED)
+    found = next(
+        (a for a in (await attachments_of(conn, target.name, [item.id]))[item.id] if a.id == attachment_id), None
+    )
+    if found is None:
+        raise Problem(NOT_FOUND)
+    await conn.execute(sa.delete(db.attachments).where(db.attachments.c.id == attachment_id))
+    await conn.execute(
+        sa.update(db.attachments)
+        .where(
+            db.attachments.c.target == target.name,
+            db.attachments.c.item_id == item.id,
+            db.attachments.c.position > found.position,
+        )
+        .values(position=db.attachments.c.position - 1)
+    )
+    return found

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -21,11 +22,34 @@ from careshare.core.runtime import Careshare
 from careshare.core.settings import Settings
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable
 
     import pluggy
 
-__all__ = ["CareshareInit", "create_app"]
+__all__ = ["CareshareInit", "create_app", "start_background"]
+
+logger = logging.getLogger("careshare.host")
+
+
+def _report_failure(task: asyncio.Task[object]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        error = task.exception()
+        logger.error("background job stopped job=%s error=%s", task.get_name(), type(error).__name__)
+
+
+async def _awaited(job: Awaitable[object]) -> object:
+    return await job
+
+
+def start_background(cs: Careshare) -> list[asyncio.Task[object]]:
+    """Start every plugin's ``careshare_background`` job as a task (the caller cancels them)."""
+    tasks: list[asyncio.Task[object]] = []
+    for job in itertools.chain.from_iterable(cs.plugins.hook.careshare_background(cs=cs)):
+        name = f"careshare-{getattr(job, '__qualname__', 'job')}"
+        task = asyncio.create_task(_awaited(job() if callable(job) else job), name=name)
+        task.add_done_callback(_report_failure)
+        tasks.append(task)
+    return tasks
 
 
 class CareshareInit(InitPlugin):
@@ -80,12 +104,14 @@ class CareshareInit(InitPlugin):
             await cs.start()
             delivery = asyncio.create_task(run_delivery_loop(cs.engine, cs.plugins), name="careshare-delivery")
             sweeper = asyncio.create_task(run_sweeper(cs), name="careshare-upload-sweeper")
+            tasks = [delivery, sweeper, *start_background(cs)]
             try:
                 yield
             finally:
-                for task in (delivery, sweeper):
+                for task in tasks:
                     task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
+                    # A job that failed earlier was logged by _report_failure; shutdown goes on.
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
                 await cs.close()
 

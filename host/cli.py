@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["app", "main"]
+if TYPE_CHECKING:
+    import pluggy
+
+__all__ = ["add_plugin_commands", "app", "main"]
 
 app = typer.Typer(help="careshare: share files between clinicians and patients.", no_args_is_help=True)
 err = Console(stderr=True)
@@ -87,5 +90,22 @@ def migrate() -> None:
     err.print("schema up to date")
 
 
+def add_plugin_commands(cli: typer.Typer, pm: pluggy.PluginManager | None = None) -> typer.Typer:
+    """Add every plugin's ``careshare_commands`` to ``cli`` (once each): Typer apps as groups, functions as commands."""
+    import itertools
+
+    from careshare.core.plugins import get_plugin_manager
+    from careshare.core.settings import disabled_plugins
+
+    pm = pm or get_plugin_manager(blocked=disabled_plugins())
+    for contributed in itertools.chain.from_iterable(pm.hook.careshare_commands()):
+        if isinstance(contributed, typer.Typer):
+            if not any(group.typer_instance is contributed for group in cli.registered_groups):
+                cli.add_typer(contributed)
+        elif not any(command.callback is contributed for command in cli.registered_commands):
+            cli.command()(contributed)
+    return cli
+
+
 def main() -> None:
-    app()
+    add_plugin_commands(app)()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from cattrs import ClassValidationError, transform_error
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 
     from careshare.core.models import Patient, StoredFile
 
-__all__ = ["PageLimit", "file_json", "page_json", "parse_body", "patient_json"]
+__all__ = ["PageLimit", "aware_datetime", "file_json", "invalid", "page_json", "parse_body", "patient_json"]
 
 T = TypeVar("T")
 
@@ -84,3 +85,21 @@ async def parse_body(request: Request[Any, Any, Any], cls: type[T]) -> T:
         raise Problem(INVALID_REQUEST, errors=transform_error(exc, path="$")) from None
     except (TypeError, ValueError) as exc:
         raise Problem(INVALID_REQUEST, errors=[f"$: {type(exc).__name__}"]) from None
+
+
+def invalid(*errors: str) -> Problem:
+    """``invalid-request`` naming each field that is wrong (``"$.field: what to do"``), the first as the detail."""
+    return Problem(INVALID_REQUEST, errors[0] if len(errors) == 1 else None, errors=list(errors))
+
+
+def aware_datetime(value: str, field: str) -> datetime:
+    """An ISO 8601 date and time with a UTC offset, or ``invalid-request`` naming ``field``."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise invalid(
+            f"{field}: expected an ISO 8601 date and time with its offset, such as 2030-01-31T09:30:00+00:00"
+        ) from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise invalid(f"{field}: give the time zone offset (Z or +01:00, for example)")
+    return parsed

@@ -93,16 +93,21 @@ class ChatMessage(Adapter):
         )
 
 
-class InformationPack(Adapter):
+class Template(Adapter):
+    """A template (information pack, appointment or medication type): made empty, then files attach one by one."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+
     async def new_item(self, world: World, rules: Mapping[str, Any]) -> str:
-        response = await world.client.post("/v1/information-packs", json={"name": "Pack"}, headers=world.clinician)
+        response = await world.client.post(self.base, json={"name": "Template"}, headers=world.clinician)
         assert response.status_code == 201, response.text
         return str(response.json()["id"])
 
     async def attach(self, world: World, item: Any, files: Sequence[Sample]) -> httpx.Response:
         [file] = files
         return await world.client.post(
-            f"/v1/information-packs/{item}/attachments", json={"file_id": file.file_id}, headers=world.clinician
+            f"{self.base}/{item}/attachments", json={"file_id": file.file_id}, headers=world.clinician
         )
 
 
@@ -144,7 +149,9 @@ class FileRequest(Adapter):
 
 ADAPTERS: dict[str, Adapter] = {
     "chat-message": ChatMessage(),
-    "information-pack": InformationPack(),
+    "information-pack": Template("/v1/information-packs"),
+    "appointment-type": Template("/v1/appointment-types"),
+    "medication-type": Template("/v1/medication-types"),
     "file-request": FileRequest(),
 }
 

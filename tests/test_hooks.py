@@ -7,20 +7,28 @@ sharing, archive, delivery) are checked here for their calling contract.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 import pytest
+import sqlalchemy as sa
+import typer
 from litestar import get
 from litestar.testing import AsyncTestClient
+from typer.testing import CliRunner
 
 from careshare import hookimpl
+from careshare.core import db
 from careshare.core.plugins import get_plugin_manager
 from careshare.core.problems import Problem, ProblemType
 from careshare.host import create_app
+from careshare.host.cli import add_plugin_commands
 from careshare.testing import bearer
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from careshare.core.settings import Settings
 
 CHANNELS = ("chat", "letters", "appointments", "medication", "consents", "file-requests")
@@ -131,3 +139,64 @@ async def test_hook_careshare_routes(settings: Settings) -> None:
         assert response.status_code == 404
         assert response.headers["content-type"].startswith("application/problem+json")
         assert response.json()["code"] == "not-found"
+
+
+async def test_hook_careshare_background(settings: Settings) -> None:
+    """Each job runs once the schema is migrated, beside the API, and is cancelled when the host stops."""
+    ran, stopped = asyncio.Event(), []
+
+    class Heartbeat:
+        @hookimpl
+        def careshare_background(self, cs: Any) -> list[Any]:
+            async def beat() -> None:
+                async with cs.reader.connect() as conn:  # the schema is there already
+                    await conn.execute(sa.select(db.patients.c.id))
+                ran.set()
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    stopped.append("beat")
+                    raise
+
+            async def once() -> None:
+                stopped.append("once")
+
+            return [beat, once()]  # a coroutine function and a coroutine
+
+    pm = get_plugin_manager(load_entrypoints=False, plugins=[Heartbeat()])
+    async with AsyncTestClient(app=create_app(settings, plugins=pm)) as client:
+        await asyncio.wait_for(ran.wait(), timeout=30)
+        assert (await client.get("/healthz")).status_code == 200
+        assert stopped == ["once"]
+    assert stopped == ["once", "beat"]
+
+
+def test_hook_careshare_commands(tmp_path: Path) -> None:
+    group = typer.Typer(name="demo", help="A demo group.", no_args_is_help=True)
+
+    @group.command("hello")
+    def hello(name: str = "clinic") -> None:
+        typer.echo(f"hello {name}")
+
+    def standalone() -> None:
+        typer.echo("standalone ran")
+
+    class Commands:
+        @hookimpl
+        def careshare_commands(self) -> list[Any]:
+            return [group, standalone]
+
+    cli = typer.Typer()
+
+    @cli.command()
+    def base() -> None:
+        """A command of the host's own, so the group and command are added beside it."""
+
+    pm = get_plugin_manager(load_entrypoints=False, plugins=[Commands()])
+    add_plugin_commands(add_plugin_commands(cli, pm), pm)  # twice: each is added once
+    assert CliRunner().invoke(cli, ["demo", "hello", "--name", "ward"]).stdout == "hello ward\n"
+    assert CliRunner().invoke(cli, ["standalone"]).stdout == "standalone ran\n"
+    assert len(cli.registered_groups) == 1 and len(cli.registered_commands) == 2
+    # The built-in medication plugin contributes ``careshare reminders run-due`` this way.
+    listed = CliRunner().invoke(add_plugin_commands(typer.Typer(), get_plugin_manager()), ["reminders", "--help"])
+    assert "run-due" in listed.stdout

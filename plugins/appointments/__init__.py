@@ -1,12 +1,57 @@
-"""Appointment types and bookings (channel plugin; targets and routes land with its issue)."""
+"""Appointments: appointment types are templates with files; every appointment booked from one carries them.
+
+Tables in :mod:`.tables` (migrations in ``migrations/``), booking in :mod:`.bookings`, HTTP routes in
+:mod:`.routes` (the only module that imports the host, loaded when routes are asked for).
+"""
 
 from __future__ import annotations
 
-from careshare import hookimpl
+from pathlib import Path
+from typing import Any
 
-__all__ = ["careshare_targets"]
+from careshare import hookimpl
+from careshare.core.targets import ALL_KINDS, Target
+from careshare.core.templates import Templates
+from careshare.plugins.appointments import tables as tables
+
+__all__ = [
+    "APPOINTMENT_TARGET",
+    "APPOINTMENT_TYPES",
+    "CHANNEL",
+    "TYPE_TARGET",
+    "careshare_migrations",
+    "careshare_routes",
+    "careshare_targets",
+]
+
+CHANNEL = "appointments"
+#: Where a booked appointment's copies of its type's files are pinned (nothing attaches there directly).
+APPOINTMENT_TARGET = "appointment"
+TYPE_TARGET = Target(
+    name="appointment-type",
+    channel=CHANNEL,
+    accepts=ALL_KINDS,
+    # Twenty files and videos: a leaflet set, directions and a video or two, still readable on a phone.
+    max_count=20,
+    video_allowed=True,
+    sources=frozenset({"library"}),
+    description="an appointment type: every appointment booked from it carries these files",
+)
+APPOINTMENT_TYPES = Templates(tables.appointment_types, TYPE_TARGET)
 
 
 @hookimpl
-def careshare_targets() -> list[object]:
-    return []
+def careshare_targets() -> list[Target]:
+    return [TYPE_TARGET]
+
+
+@hookimpl
+def careshare_migrations() -> list[Path]:
+    return [Path(__file__).parent / "migrations"]
+
+
+@hookimpl
+def careshare_routes() -> list[Any]:
+    from careshare.plugins.appointments.routes import routes
+
+    return routes()

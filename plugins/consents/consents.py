@@ -433,7 +433,7 @@ async def request_consent(
                 position=position,
             )
         )
-        await copy_attachments(conn, principal, TARGET, pack.id, PACK_COPY_TARGET, copy_id)
+        await copy_attachments(conn, principal, TARGET.name, pack.id, PACK_COPY_TARGET, copy_id)
         # Each copy is a grant of its own: the patient may download its files for good.
         await share(
             conn,

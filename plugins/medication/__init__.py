@@ -1,12 +1,77 @@
-"""Medication types and reminders (channel plugin; targets and routes land with its issue)."""
+"""Medication: medication types are templates with files; every reminder of a medication carries its type's files.
+
+Tables in :mod:`.tables` (migrations in ``migrations/``), schedules in :mod:`.schedule`, reminders
+and the scheduler in :mod:`.reminders`, HTTP routes in :mod:`.routes` and ``careshare reminders
+run-due`` in :mod:`.cli` (the only modules that import the host and Typer, loaded when asked for).
+"""
 
 from __future__ import annotations
 
-from careshare import hookimpl
+from pathlib import Path
+from typing import Any
 
-__all__ = ["careshare_targets"]
+from careshare import hookimpl
+from careshare.core.targets import ALL_KINDS, Target
+from careshare.core.templates import Templates
+from careshare.plugins.medication import tables as tables
+
+__all__ = [
+    "CHANNEL",
+    "MEDICATION_TYPES",
+    "REMINDER_TARGET",
+    "TYPE_TARGET",
+    "careshare_background",
+    "careshare_commands",
+    "careshare_migrations",
+    "careshare_routes",
+    "careshare_targets",
+]
+
+CHANNEL = "medication"
+#: Where a reminder's copies of its medication type's files are pinned (nothing attaches there directly).
+REMINDER_TARGET = "medication-reminder"
+TYPE_TARGET = Target(
+    name="medication-type",
+    channel=CHANNEL,
+    accepts=ALL_KINDS,
+    # As many as an appointment type: the leaflet, how-to videos, a dosing chart.
+    max_count=20,
+    video_allowed=True,
+    sources=frozenset({"library"}),
+    description="a medication type: every reminder for a medication of this type carries these files",
+)
+MEDICATION_TYPES = Templates(tables.medication_types, TYPE_TARGET)
 
 
 @hookimpl
-def careshare_targets() -> list[object]:
-    return []
+def careshare_targets() -> list[Target]:
+    return [TYPE_TARGET]
+
+
+@hookimpl
+def careshare_migrations() -> list[Path]:
+    return [Path(__file__).parent / "migrations"]
+
+
+@hookimpl
+def careshare_routes() -> list[Any]:
+    from careshare.plugins.medication.routes import routes
+
+    return routes()
+
+
+@hookimpl
+def careshare_background(cs: Any) -> list[Any]:
+    from careshare.plugins.medication.reminders import run_reminder_loop
+
+    async def medication_reminders() -> None:
+        await run_reminder_loop(cs)
+
+    return [medication_reminders]
+
+
+@hookimpl
+def careshare_commands() -> list[Any]:
+    from careshare.plugins.medication.cli import reminders
+
+    return [reminders]

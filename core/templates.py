@@ -1,0 +1,160 @@
+"""Templates: organisation items (an appointment type, a medication type) that patients' items are made from.
+
+A channel owns its template table (``template_table``) and the target its files attach to; the
+:class:`Templates` of the two does the rest. A template is never shared: items made from it carry
+a copy of its attachments as they were then (``core.targets.copy_attachments``), so editing it
+(``Templates.detach``, ``Templates.attach``) changes later items only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import sqlalchemy as sa
+
+from careshare.core import db
+from careshare.core.ids import new_id
+from careshare.core.problems import NOT_FOUND, Problem
+from careshare.core.targets import Attachment, Item, Target, attach, attachments_of, detach
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    import pluggy
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    from careshare.core.models import Principal
+
+__all__ = ["MAX_DESCRIPTION_CHARS", "MAX_NAME_CHARS", "Template", "Templates", "template_table"]
+
+MAX_NAME_CHARS = 200
+MAX_DESCRIPTION_CHARS = 2000
+
+
+def template_table(name: str) -> sa.Table:
+    """A channel's template table on the shared metadata (the channel ships its migration)."""
+    return sa.Table(
+        name,
+        db.metadata,
+        sa.Column("id", db.ID, primary_key=True),
+        sa.Column("org_id", sa.String(200), sa.ForeignKey("organisations.id"), nullable=False),
+        sa.Column("name", sa.String(MAX_NAME_CHARS), nullable=False),
+        sa.Column("description", sa.Text, nullable=False),
+        sa.Column("created_by", sa.String(200), nullable=False),
+        sa.Column("created_at", db.UTCDateTime, nullable=False),
+        sa.Column("updated_at", db.UTCDateTime, nullable=False),
+        sa.Index(f"ix_{name}_org", "org_id", "id"),
+    )
+
+
+@attrs.frozen
+class Template:
+    id: str
+    org: str
+    name: str
+    description: str
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    attachments: tuple[Attachment, ...]
+
+
+@attrs.frozen(eq=False)
+class Templates:
+    """One channel's templates: the table that holds them and the target their files attach to."""
+
+    table: sa.Table
+    target: Target
+
+    def item(self, template_id: str, org: str) -> Item:
+        return Item(target=self.target.name, id=template_id, org=org, patient_id=None)
+
+    async def _load(self, conn: AsyncConnection, rows: list[Any]) -> list[Template]:
+        attached = await attachments_of(conn, self.target.name, [row.id for row in rows])
+        return [
+            Template(
+                id=row.id,
+                org=row.org_id,
+                name=row.name,
+                description=row.description,
+                created_by=row.created_by,
+                created_at=row.created_at,
+                updated_at=row.updated_at,
+                attachments=tuple(attached[row.id]),
+            )
+            for row in rows
+        ]
+
+    async def create(self, conn: AsyncConnection, principal: Principal, *, name: str, description: str) -> Template:
+        now = db.utcnow()
+        template_id = new_id()
+        await conn.execute(
+            self.table.insert().values(
+                id=template_id,
+                org_id=principal.org,
+                name=name,
+                description=description,
+                created_by=principal.subject,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        return await self.get(conn, principal, template_id)
+
+    async def get(self, conn: AsyncConnection, principal: Principal, template_id: str) -> Template:
+        """The template if it belongs to the principal's organisation, else ``not-found``."""
+        row = (
+            await conn.execute(
+                sa.select(self.table).where(self.table.c.id == template_id, self.table.c.org_id == principal.org)
+            )
+        ).first()
+        if row is None:
+            raise Problem(NOT_FOUND)
+        return (await self._load(conn, [row]))[0]
+
+    async def page(
+        self, conn: AsyncConnection, principal: Principal, *, cursor: str | None, limit: int
+    ) -> tuple[list[Template], str | None]:
+        """A page of the organisation's templates, newest first, and the next cursor."""
+        query = sa.select(self.table).where(self.table.c.org_id == principal.org)
+        rows, next_cursor = await db.newest_first(conn, query, self.table.c.id, cursor=cursor, limit=limit)
+        return await self._load(conn, rows), next_cursor
+
+    async def update(
+        self,
+        conn: AsyncConnection,
+        principal: Principal,
+        template_id: str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+    ) -> Template:
+        await self.get(conn, principal, template_id)
+        values: dict[str, object] = {"updated_at": db.utcnow()}
+        if name is not None:
+            values["name"] = name
+        if description is not None:
+            values["description"] = description
+        await conn.execute(sa.update(self.table).where(self.table.c.id == template_id).values(**values))
+        return await self.get(conn, principal, template_id)
+
+    async def attach(
+        self,
+        conn: AsyncConnection,
+        pm: pluggy.PluginManager,
+        principal: Principal,
+        template_id: str,
+        file_ids: list[str],
+    ) -> Template:
+        """Attach files to the template under its target's rules (or raise the first rule broken)."""
+        await self.get(conn, principal, template_id)
+        await attach(conn, pm, principal, self.target, self.item(template_id, principal.org), file_ids)
+        return await self.update(conn, principal, template_id)
+
+    async def detach(
+        self, conn: AsyncConnection, principal: Principal, template_id: str, attachment_id: str
+    ) -> Template:
+        await self.get(conn, principal, template_id)
+        await detach(conn, principal, self.target, self.item(template_id, principal.org), attachment_id)
+        return await self.update(conn, principal, template_id)

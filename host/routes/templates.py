@@ -1,0 +1,151 @@
+"""HTTP routes of a channel's templates (appointment types, medication types): one factory, mounted by each channel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from litestar import Controller, Request, delete, get, patch, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery
+
+from careshare.core.models import Principal
+from careshare.core.runtime import Careshare
+from careshare.core.templates import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, Template, Templates
+from careshare.host.auth import clinician
+from careshare.host.routes.sharing import attachment_json
+from careshare.host.views import PageLimit, invalid, page_json, parse_body
+
+__all__ = ["NewTemplate", "TemplateChange", "template_json", "template_routes"]
+
+
+@attrs.frozen
+class NewTemplate:
+    name: str
+    description: str = ""
+
+
+@attrs.frozen
+class TemplateChange:
+    name: str | None = None
+    description: str | None = None
+
+
+@attrs.frozen
+class NewTemplateAttachment:
+    file_id: str
+
+
+def template_json(t: Template) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "name": t.name,
+        "description": t.description,
+        "attachments": [attachment_json(a) for a in t.attachments],
+        "created_by": t.created_by,
+        "created_at": t.created_at.isoformat(),
+        "updated_at": t.updated_at.isoformat(),
+    }
+
+
+def _name(value: str) -> str:
+    name = value.strip()
+    if not name:
+        raise invalid("$.name: must not be blank")
+    if len(name) > MAX_NAME_CHARS:
+        raise invalid(f"$.name: at most {MAX_NAME_CHARS} characters")
+    return name
+
+
+def _description(value: str) -> str:
+    if len(value) > MAX_DESCRIPTION_CHARS:
+        raise invalid(f"$.description: at most {MAX_DESCRIPTION_CHARS} characters")
+    return value.strip()
+
+
+def template_routes(templates: Templates, *, base: str, tag: str) -> type[Controller]:
+    """A controller serving ``templates`` under ``base``: create, list, show, rename, attach and detach files.
+
+    Files come from where the templates' target allows (for the built-in types: the organisation
+    library); detaching is how a template is edited, and reaches only items made from it later.
+    """
+
+    class TemplateController(Controller):
+        path = base
+        dependencies = {"principal": Provide(clinician)}
+        tags = [tag]
+
+        @post("/", status_code=201)
+        async def create(
+            self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
+        ) -> dict[str, Any]:
+            """Create a template ``{"name", "description"?}``; attach its files next."""
+            body = await parse_body(request, NewTemplate)
+            name, description = _name(body.name), _description(body.description)
+            async with cs.engine.begin() as conn:
+                return template_json(await templates.create(conn, principal, name=name, description=description))
+
+        @get("/")
+        async def list_templates(
+            self,
+            cs: NamedDependency[Careshare],
+            principal: NamedDependency[Principal],
+            cursor: FromQuery[str | None] = None,
+            limit: PageLimit = 50,
+        ) -> dict[str, Any]:
+            """The organisation's templates, newest first, each with its files."""
+            async with cs.reader.connect() as conn:
+                items, next_cursor = await templates.page(conn, principal, cursor=cursor, limit=limit)
+            return page_json([template_json(t) for t in items], next_cursor)
+
+        @get("/{tid:str}")
+        async def show(
+            self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], tid: FromPath[str]
+        ) -> dict[str, Any]:
+            async with cs.reader.connect() as conn:
+                return template_json(await templates.get(conn, principal, tid))
+
+        @patch("/{tid:str}")
+        async def change(
+            self,
+            request: Request[Any, Any, Any],
+            cs: NamedDependency[Careshare],
+            principal: NamedDependency[Principal],
+            tid: FromPath[str],
+        ) -> dict[str, Any]:
+            """Rename or describe again ``{"name"?, "description"?}``; items made earlier keep what they showed."""
+            body = await parse_body(request, TemplateChange)
+            name = _name(body.name) if body.name is not None else None
+            description = _description(body.description) if body.description is not None else None
+            async with cs.engine.begin() as conn:
+                changed = await templates.update(conn, principal, tid, name=name, description=description)
+            return template_json(changed)
+
+        @post("/{tid:str}/attachments", status_code=201)
+        async def attach(
+            self,
+            request: Request[Any, Any, Any],
+            cs: NamedDependency[Careshare],
+            principal: NamedDependency[Principal],
+            tid: FromPath[str],
+        ) -> dict[str, Any]:
+            """Attach a library file ``{"file_id"}``; the template is returned with all its files."""
+            body = await parse_body(request, NewTemplateAttachment)
+            async with cs.engine.begin() as conn:
+                return template_json(await templates.attach(conn, cs.plugins, principal, tid, [body.file_id]))
+
+        @delete("/{tid:str}/attachments/{aid:str}", status_code=200)
+        async def detach(
+            self,
+            cs: NamedDependency[Careshare],
+            principal: NamedDependency[Principal],
+            tid: FromPath[str],
+            aid: FromPath[str],
+        ) -> dict[str, Any]:
+            """Remove a file from the template; appointments, reminders ... made earlier keep theirs."""
+            async with cs.engine.begin() as conn:
+                return template_json(await templates.detach(conn, principal, tid, aid))
+
+    named = "".join(part.title() for part in templates.target.name.split("-"))
+    TemplateController.__name__ = TemplateController.__qualname__ = f"{named}Controller"
+    return TemplateController

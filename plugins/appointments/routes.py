@@ -1,0 +1,106 @@
+"""HTTP routes of appointments: types (templates) and bookings for clinicians, a patient's own appointments."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery
+
+from careshare.host.auth import clinician, patient
+from careshare.host.routes.sharing import attachment_json
+from careshare.host.routes.templates import template_routes
+from careshare.host.views import PageLimit, aware_datetime, page_json, parse_body
+from careshare.plugins.appointments import APPOINTMENT_TYPES
+from careshare.plugins.appointments.bookings import Appointment, book, list_appointments
+
+if TYPE_CHECKING:
+    from careshare.core.models import Principal
+    from careshare.core.runtime import Careshare
+
+__all__ = ["ClinicianAppointments", "PatientAppointments", "appointment_json", "routes"]
+
+
+@attrs.frozen
+class NewAppointment:
+    type_id: str
+    starts_at: str
+
+
+def appointment_json(a: Appointment, *, for_clinician: bool) -> dict[str, Any]:
+    shown: dict[str, Any] = {
+        "id": a.id,
+        "patient_id": a.patient_id,
+        "type": {"id": a.type_id, "name": a.type_name, "description": a.type_description},
+        "starts_at": a.starts_at.isoformat(),
+        "booked_at": a.created_at.isoformat(),
+        "attachments": [attachment_json(x) for x in a.attachments],
+    }
+    if for_clinician:
+        shown["booked_by"] = a.booked_by
+    return shown
+
+
+class ClinicianAppointments(Controller):
+    path = "/v1/patients/{pid:str}/appointments"
+    dependencies = {"principal": Provide(clinician)}
+    tags = ["appointments"]
+
+    @post("/", status_code=201)
+    async def book_appointment(
+        self,
+        request: Request[Any, Any, Any],
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        pid: FromPath[str],
+    ) -> dict[str, Any]:
+        """Book ``{"type_id", "starts_at"}``: it carries the type's files as they are now; the patient is notified."""
+        body = await parse_body(request, NewAppointment)
+        starts_at = aware_datetime(body.starts_at, "$.starts_at")
+        async with cs.engine.begin() as conn:
+            booked = await book(conn, cs.plugins, principal, pid, type_id=body.type_id, starts_at=starts_at)
+        return appointment_json(booked, for_clinician=True)
+
+    @get("/")
+    async def list_for_patient(
+        self,
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        pid: FromPath[str],
+        cursor: FromQuery[str | None] = None,
+        limit: PageLimit = 50,
+    ) -> dict[str, Any]:
+        async with cs.reader.connect() as conn:
+            items, next_cursor = await list_appointments(conn, principal, pid, cursor=cursor, limit=limit)
+        return page_json([appointment_json(a, for_clinician=True) for a in items], next_cursor)
+
+
+class PatientAppointments(Controller):
+    path = "/v1/me/appointments"
+    dependencies = {"principal": Provide(patient)}
+    tags = ["me"]
+
+    @get("/")
+    async def mine(
+        self,
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        cursor: FromQuery[str | None] = None,
+        limit: PageLimit = 50,
+    ) -> dict[str, Any]:
+        """The signed-in patient's appointments, most recently booked first, with their files."""
+        async with cs.reader.connect() as conn:
+            items, next_cursor = await list_appointments(
+                conn, principal, str(principal.patient), cursor=cursor, limit=limit
+            )
+        return page_json([appointment_json(a, for_clinician=False) for a in items], next_cursor)
+
+
+def routes() -> list[type[Controller]]:
+    return [
+        template_routes(APPOINTMENT_TYPES, base="/v1/appointment-types", tag="appointments"),
+        ClinicianAppointments,
+        PatientAppointments,
+    ]

@@ -1,0 +1,179 @@
+"""HTTP routes of medication: types (templates), prescribing with a schedule, reminders for clinicians and patients."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery
+
+from careshare.core import db
+from careshare.host.auth import clinician, patient, signed_in
+from careshare.host.routes.sharing import attachment_json
+from careshare.host.routes.templates import template_routes
+from careshare.host.views import PageLimit, invalid, page_json, parse_body
+from careshare.plugins.medication import MEDICATION_TYPES
+from careshare.plugins.medication.reminders import (
+    Medication,
+    Reminder,
+    get_medication,
+    list_medications,
+    list_reminders,
+    prescribe,
+    remind_now,
+)
+from careshare.plugins.medication.schedule import Schedule, next_due, schedule_errors
+
+if TYPE_CHECKING:
+    from careshare.core.models import Principal
+    from careshare.core.runtime import Careshare
+
+__all__ = ["ClinicianMedications", "Medications", "PatientMedications", "medication_json", "reminder_json", "routes"]
+
+
+@attrs.frozen
+class NewSchedule:
+    times: list[str]
+    start: str
+    end: str | None = None
+    timezone: str | None = None
+
+
+@attrs.frozen
+class NewMedication:
+    type_id: str
+    schedule: NewSchedule
+
+
+def medication_json(m: Medication, *, for_clinician: bool) -> dict[str, Any]:
+    upcoming = next_due(m.schedule, max(db.utcnow(), m.created_at))
+    shown: dict[str, Any] = {
+        "id": m.id,
+        "patient_id": m.patient_id,
+        "type": {"id": m.type_id, "name": m.type_name},
+        "schedule": m.schedule.to_json(),
+        "next_due_at": upcoming.isoformat() if upcoming else None,
+        "created_at": m.created_at.isoformat(),
+        "reminders_url": f"/v1/medications/{m.id}/reminders",
+    }
+    if for_clinician:
+        shown["prescribed_by"] = m.prescribed_by
+    return shown
+
+
+def reminder_json(r: Reminder) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "medication_id": r.medication_id,
+        "kind": r.kind,
+        "due_at": r.due_at.isoformat(),
+        "created_at": r.created_at.isoformat(),
+        "attachments": [attachment_json(a) for a in r.attachments],
+    }
+
+
+class ClinicianMedications(Controller):
+    path = "/v1/patients/{pid:str}/medications"
+    dependencies = {"principal": Provide(clinician)}
+    tags = ["medication"]
+
+    @post("/", status_code=201)
+    async def prescribe_medication(
+        self,
+        request: Request[Any, Any, Any],
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        pid: FromPath[str],
+    ) -> dict[str, Any]:
+        """Prescribe ``{"type_id", "schedule": {"times", "start", "end"?, "timezone"?}}``; reminders follow it."""
+        body = await parse_body(request, NewMedication)
+        given = body.schedule
+        errors = schedule_errors(given.times, given.start, given.end, given.timezone)
+        if errors:
+            raise invalid(*errors)
+        schedule = Schedule.parse(given.times, given.start, given.end, given.timezone)
+        async with cs.engine.begin() as conn:
+            created = await prescribe(conn, principal, pid, type_id=body.type_id, schedule=schedule)
+        return medication_json(created, for_clinician=True)
+
+    @get("/")
+    async def list_for_patient(
+        self,
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        pid: FromPath[str],
+        cursor: FromQuery[str | None] = None,
+        limit: PageLimit = 50,
+    ) -> dict[str, Any]:
+        async with cs.reader.connect() as conn:
+            items, next_cursor = await list_medications(conn, principal, pid, cursor=cursor, limit=limit)
+        return page_json([medication_json(m, for_clinician=True) for m in items], next_cursor)
+
+
+class Medications(Controller):
+    path = "/v1/medications"
+    dependencies = {"principal": Provide(signed_in)}
+    tags = ["medication"]
+
+    @get("/{mid:str}")
+    async def show(
+        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], mid: FromPath[str]
+    ) -> dict[str, Any]:
+        """The medication, for clinicians of the organisation and for its patient."""
+        async with cs.reader.connect() as conn:
+            found = await get_medication(conn, principal, mid)
+        return medication_json(found, for_clinician=principal.is_clinician)
+
+    @get("/{mid:str}/reminders")
+    async def reminders(
+        self,
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        mid: FromPath[str],
+        cursor: FromQuery[str | None] = None,
+        limit: PageLimit = 50,
+    ) -> dict[str, Any]:
+        """The medication's reminders, newest first, each with the files it carried."""
+        async with cs.reader.connect() as conn:
+            items, next_cursor = await list_reminders(conn, principal, mid, cursor=cursor, limit=limit)
+        return page_json([reminder_json(r) for r in items], next_cursor)
+
+    @post("/{mid:str}/reminders", status_code=201, dependencies={"principal": Provide(clinician)})
+    async def remind(
+        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], mid: FromPath[str]
+    ) -> dict[str, Any]:
+        """Remind the patient now, outside the schedule: with the type's files as they are now."""
+        async with cs.engine.begin() as conn:
+            return reminder_json(await remind_now(conn, cs.plugins, principal, mid))
+
+
+class PatientMedications(Controller):
+    path = "/v1/me/medications"
+    dependencies = {"principal": Provide(patient)}
+    tags = ["me"]
+
+    @get("/")
+    async def mine(
+        self,
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        cursor: FromQuery[str | None] = None,
+        limit: PageLimit = 50,
+    ) -> dict[str, Any]:
+        """The signed-in patient's medications, newest first; each names where its reminders are."""
+        async with cs.reader.connect() as conn:
+            items, next_cursor = await list_medications(
+                conn, principal, str(principal.patient), cursor=cursor, limit=limit
+            )
+        return page_json([medication_json(m, for_clinician=False) for m in items], next_cursor)
+
+
+def routes() -> list[type[Controller]]:
+    return [
+        template_routes(MEDICATION_TYPES, base="/v1/medication-types", tag="medication"),
+        ClinicianMedications,
+        Medications,
+        PatientMedications,
+    ]
