@@ -16,12 +16,15 @@ from careshare.core.policy import Policy
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_UPLOAD_EXPIRY_SECONDS", "Settings"]
+__all__ = ["DEFAULT_MAIL_FROM", "DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_UPLOAD_EXPIRY_SECONDS", "SMTP_SCHEMES", "Settings"]
 
 DEFAULT_MAX_UPLOAD_BYTES = 1024**3
 #: How long an unfinished resumable (tus) upload waits for its next bytes before it is swept.
 DEFAULT_UPLOAD_EXPIRY_SECONDS = 24 * 3600.0
 SECRET_FILE = "secret.key"
+#: ``smtp://`` plain (or ``?starttls=true``), ``smtp+starttls://`` upgraded, ``smtps://`` TLS from the start.
+SMTP_SCHEMES = ("smtp", "smtp+starttls", "smtps")
+DEFAULT_MAIL_FROM = "careshare@localhost"
 
 
 @attrs.frozen
@@ -37,6 +40,9 @@ class Settings:
     upload_expiry_seconds: float = DEFAULT_UPLOAD_EXPIRY_SECONDS
     #: Limits and options handlers apply (the defaults of every organisation).
     policy: Policy = attrs.field(factory=Policy)
+    #: Where email goes out (``smtp://user:password@host:port``); None: this server sends no email.
+    smtp_url: str | None = attrs.field(default=None, repr=False)  # may hold a password
+    mail_from: str = DEFAULT_MAIL_FROM
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -68,6 +74,15 @@ class Settings:
         disabled = frozenset(
             name.strip() for name in (env.get("CARESHARE_DISABLE_PLUGINS") or "").split(",") if name.strip()
         )
+        smtp_url = (env.get("CARESHARE_SMTP_URL") or "").strip() or None
+        if smtp_url is not None:
+            scheme, _, rest = smtp_url.partition("://")
+            if scheme.lower() not in SMTP_SCHEMES or not rest.strip("/"):
+                # The URL may hold a password: name only what is wrong with it.
+                raise ValueError(f"CARESHARE_SMTP_URL must be {', '.join(s + '://host:port' for s in SMTP_SCHEMES)}")
+        mail_from = (env.get("CARESHARE_MAIL_FROM") or "").strip() or DEFAULT_MAIL_FROM
+        if "@" not in mail_from:
+            raise ValueError("CARESHARE_MAIL_FROM must be an email address")
         return cls(
             data_dir=data_dir,
             database_url=database_url,
@@ -77,6 +92,8 @@ class Settings:
             disabled_plugins=disabled,
             upload_expiry_seconds=upload_expiry,
             policy=policy,
+            smtp_url=smtp_url,
+            mail_from=mail_from,
         )
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "Target",
     "attach",
     "attachments_of",
+    "detach",
     "find_target",
     "targets",
 ]
@@ -236,15 +237,19 @@ def check_declared(target: Target, item: Item, file: StoredFile, attached: list[
             limit=target.max_file_bytes,
             size=rendition.size,
         )
-    total = sum(a.size for a in attached) + rendition.size
+    current = sum(a.size for a in attached)
+    total = current + rendition.size
     if target.max_total_bytes is not None and total > target.max_total_bytes:
         raise Problem(
             ATTACHMENTS_TOO_LARGE,
-            f"The files attached would total {total:,} bytes; this item accepts at most"
-            f" {target.max_total_bytes:,} bytes. Remove a file or attach a smaller one.",
+            f"The files attached already total {current:,} bytes; with this one ({rendition.size:,} bytes) they"
+            f" would total {total:,} bytes, and this item accepts at most {target.max_total_bytes:,} bytes."
+            " Remove a file or attach a smaller one.",
             rule=_where(target, "max_total_bytes"),
             limit=target.max_total_bytes,
             total=total,
+            current=current,
+            size=rendition.size,
         )
 
 
@@ -305,3 +310,26 @@ async def attach(
         attached = [*attached, attachment]
         added.append(attachment)
     return added
+
+
+async def detach(conn: AsyncConnection, target: Target, item: Item, attachment_id: str) -> Attachment:
+    """Remove one attachment from a draft ``item`` in the caller's transaction; the rest close up in order.
+
+    Raises ``draft-required`` when the target wants drafts and the item was sent (what reached a
+    patient stays as it was), ``not-found`` when the item carries no such attachment.
+    """
+    if target.draft_required and not item.is_draft:
+        raise Problem(
+            DRAFT_REQUIRED, "Files can only be removed while this item is a draft.", rule=_where(target, "draft_required")
+        )
+    attached = (await attachments_of(conn, target.name, [item.id]))[item.id]
+    found = next((a for a in attached if a.id == attachment_id), None)
+    if found is None:
+        raise Problem(NOT_FOUND)
+    await conn.execute(sa.delete(db.attachments).where(db.attachments.c.id == attachment_id))
+    for position, kept in enumerate(a for a in attached if a.id != attachment_id):
+        if kept.position != position:
+            await conn.execute(
+                sa.update(db.attachments).where(db.attachments.c.id == kept.id).values(position=position)
+            )
+    return found

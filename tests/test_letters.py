@@ -1,0 +1,536 @@
+"""Letters through the API: templates in a sandbox, drafts, files under a total, sending, the PDF, settings.
+
+Everything is real: the app over HTTP, SQLite, the blob store, PDFs and DICOM files made by the
+real libraries, WeasyPrint's PDF read back with pypdfium2. Email is in tests/test_letters_email.py.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pikepdf
+import pypdfium2
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from litestar.testing import AsyncTestClient
+
+from careshare.plugins.letters import TARGET
+from careshare.plugins.letters.letters import DEFAULT_MAX_ATTACHMENT_BYTES
+from careshare.testing import bearer, make_pdf
+from careshare.testing.strategies.dicom import build_dataset, to_bytes
+
+if TYPE_CHECKING:
+    from careshare.core.settings import Settings
+
+
+async def new_patient(client: AsyncTestClient[Any], clinician: dict[str, str], external_id: str, **extra: Any) -> str:
+    response = await client.post(
+        "/v1/patients", json={"name": "Pat One", "external_id": external_id, **extra}, headers=clinician
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+async def upload(client: AsyncTestClient[Any], headers: dict[str, str], pid: str, data: bytes, name: str) -> dict[str, Any]:
+    response = await client.post(f"/v1/patients/{pid}/files?filename={name}", content=data, headers=headers)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+async def draft(client: AsyncTestClient[Any], headers: dict[str, str], pid: str, **body: Any) -> dict[str, Any]:
+    response = await client.post(
+        f"/v1/patients/{pid}/letters", json=body or {"subject": "Your results", "body": "All is well."}, headers=headers
+    )
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def pdf_text(data: bytes) -> str:
+    with pikepdf.open(io.BytesIO(data)) as opened:  # it opens as a PDF at all
+        assert len(opened.pages) >= 1
+    document = pypdfium2.PdfDocument(data)
+    try:
+        return "\n".join(document[i].get_textpage().get_text_range() for i in range(len(document)))
+    finally:
+        document.close()
+
+
+def padded_pdf(padding: int) -> bytes:
+    """A real one-page PDF carrying ``padding`` random (incompressible) bytes in a stream."""
+    pdf = pikepdf.new()
+    pdf.add_blank_page(page_size=(200, 200))
+    pdf.Root.Padding = pdf.make_stream(os.urandom(padding))
+    out = io.BytesIO()
+    pdf.save(out, compress_streams=False)
+    return out.getvalue()
+
+
+# -- templates ----------------------------------------------------------------------------------
+
+
+async def test_a_template_fills_in_the_patients_details(
+    client: AsyncTestClient[Any], clinician: dict[str, str]
+) -> None:
+    pid = await new_patient(client, clinician, "MRN-T1")
+    saved = await client.put(
+        "/v1/letter-settings", json={"organisation_name": "Riverside Clinic"}, headers=clinician
+    )
+    assert saved.status_code == 200, saved.text
+    template = await client.post(
+        "/v1/letter-templates",
+        json={
+            "name": "Results",
+            "subject": "Results for {{ patient.name }}",
+            "body": "Dear {{ patient.name }} ({{ patient.external_id }}),\n\n{{ organisation.name }}, {{ date_iso }}."
+            "\n\n{{ clinician.name }}",
+        },
+        headers=clinician,
+    )
+    assert template.status_code == 201, template.text
+    letter = await draft(client, clinician, pid, template_id=template.json()["id"])
+    assert letter["status"] == "draft"
+    assert letter["subject"] == "Results for Pat One"
+    assert letter["body"].startswith("Dear Pat One (MRN-T1),\n\nRiverside Clinic, 20")
+    assert letter["body"].endswith("\n\ndr-a")
+    # Given text wins over the template's.
+    given_subject = await draft(client, clinician, pid, template_id=template.json()["id"], subject="Own subject")
+    assert given_subject["subject"] == "Own subject"
+    assert given_subject["body"].startswith("Dear Pat One")
+    listed = await client.get("/v1/letter-templates", headers=clinician)
+    assert [t["name"] for t in listed.json()["items"]] == ["Results"]
+
+
+@pytest.mark.parametrize(
+    ("body", "line"),
+    [
+        ("Dear {{ patient.name }},\n\n{{ ''.__class__.__mro__ }}", 3),
+        ("one\n{{ ''.__class__.__base__.__subclasses__() }}", 2),
+        ("{{ patient.name.__class__ }}", 1),
+        ("{{ cycler.__init__.__globals__ }}", 1),
+        ("line 1\nline 2\n{% if patient.name %}\nunclosed", 3),  # where the unclosed block opens
+        ("a\n{{ patient.nmae }}", 2),
+        ("{{ 'x' * 1000000000 }}", 1),
+        ("{{ '%999999999s' % 'x' }}", 1),
+        ("{{ 'x'|center(1000000000) }}", 1),
+        ("{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}", None),
+    ],
+)
+async def test_the_sandbox_refuses_a_template_with_its_line(
+    client: AsyncTestClient[Any], clinician: dict[str, str], body: str, line: int | None
+) -> None:
+    response = await client.post(
+        "/v1/letter-templates", json={"name": "Bad", "subject": "Letter", "body": body}, headers=clinician
+    )
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["code"] == "template-invalid"
+    assert problem["field"] == "body"
+    if line is not None:
+        assert problem["line"] == line
+        assert f"line {line} of the body" in problem["detail"]
+    listed = await client.get("/v1/letter-templates", headers=clinician)
+    assert listed.json()["items"] == []
+
+
+async def test_a_syntax_error_in_the_subject_names_the_subject(
+    client: AsyncTestClient[Any], clinician: dict[str, str]
+) -> None:
+    response = await client.post(
+        "/v1/letter-templates", json={"name": "Bad", "subject": "{{ oops", "body": "fine"}, headers=clinician
+    )
+    assert response.status_code == 422
+    assert (response.json()["code"], response.json()["field"], response.json()["line"]) == (
+        "template-invalid",
+        "subject",
+        1,
+    )
+
+
+JINJA_BITS = st.sampled_from(
+    ["{{", "}}", "{%", "%}", "{#", "#}", " patient.name ", " date ", "if ", "endif", "for x in ", "endfor", "|", "(", ")",
+     "'", '"', "__class__", ".", "\n", "raw", "endraw", "set ", "=", "*", "**", "9", "range(", "~", "-", "macro ", "call"]
+)
+
+
+@hypothesis_settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], max_examples=40)
+@given(source=st.lists(st.one_of(JINJA_BITS, st.text(max_size=8)), max_size=25).map("".join))
+async def test_any_template_text_is_saved_or_refused_never_a_500(
+    client: AsyncTestClient[Any], clinician: dict[str, str], source: str
+) -> None:
+    response = await client.post(
+        "/v1/letter-templates", json={"name": "Any", "subject": "Letter", "body": source}, headers=clinician
+    )
+    assert response.status_code in (201, 422), response.text
+    if response.status_code == 422:
+        assert response.json()["code"] in ("template-invalid", "invalid-request")
+
+
+# -- drafts, the PDF and sending to the app -----------------------------------------------------
+
+
+async def test_markup_in_a_letter_is_printed_as_text_never_run(
+    client: AsyncTestClient[Any], clinician: dict[str, str]
+) -> None:
+    pid = await new_patient(client, clinician, "MRN-E1")
+    response = await client.post(
+        "/v1/patients", json={"name": "<b>Bold</b> <img src='file:///etc/hostname'>", "external_id": "MRN-E2"},
+        headers=clinician,
+    )
+    marked = response.json()["id"]
+    template = await client.post(
+        "/v1/letter-templates",
+        json={"name": "Hi", "subject": "Hello", "body": "Dear {{ patient.name }},\n\n<i>see</i> & more"},
+        headers=clinician,
+    )
+    assert template.status_code == 201, template.text
+    letter = await draft(client, clinician, marked, template_id=template.json()["id"])
+    # The body is plain text: the app shows exactly these characters.
+    assert letter["body"] == "Dear <b>Bold</b> <img src='file:///etc/hostname'>,\n\n<i>see</i> & more"
+    sent = await client.post(f"/v1/letters/{letter['id']}/send", json={}, headers=clinician)
+    assert sent.status_code == 200, sent.text
+    pdf = await client.get(f"/v1/letters/{letter['id']}/pdf", headers=clinician)
+    text = pdf_text(pdf.content)
+    # Escaped where it became HTML: the tags are printed, not obeyed (no image fetched, no bold).
+    assert "Dear <b>Bold</b> <img src='file:///etc/hostname'>," in text
+    assert "<i>see</i> & more" in text
+    with pikepdf.open(io.BytesIO(pdf.content)) as opened:
+        assert not any(
+            "/XObject" in page.Resources and len(page.Resources.XObject) for page in opened.pages
+        ), "the PDF holds an image: something was fetched"
+    assert pid  # the other patient stays untouched
+
+
+async def test_a_draft_is_edited_then_sent_and_is_then_immutable(
+    client: AsyncTestClient[Any], clinician: dict[str, str], patient: dict[str, str], patient_id: str
+) -> None:
+    letter = await draft(client, clinician, patient_id)
+    assert (letter["status"], letter["email_status"], letter["pdf"]) == ("draft", "not-requested", None)
+    edited = await client.patch(
+        f"/v1/letters/{letter['id']}", json={"body": "Line one.\n\nSecond paragraph."}, headers=clinician
+    )
+    assert edited.status_code == 200, edited.text
+    assert edited.json()["body"] == "Line one.\n\nSecond paragraph."
+    assert edited.json()["subject"] == "Your results"
+
+    # The patient sees no draft: not in the list, not by id, no PDF.
+    assert (await client.get("/v1/me/letters", headers=patient)).json()["items"] == []
+    assert (await client.get(f"/v1/me/letters/{letter['id']}", headers=patient)).status_code == 404
+    assert (await client.get(f"/v1/letters/{letter['id']}/pdf", headers=patient)).status_code == 404
+    assert (await client.get(f"/v1/letters/{letter['id']}/pdf", headers=clinician)).status_code == 404
+
+    sent = await client.post(f"/v1/letters/{letter['id']}/send", json={"email": False}, headers=clinician)
+    assert sent.status_code == 200, sent.text
+    assert sent.json()["status"] == "sent"
+    assert sent.json()["email_status"] == "not-requested"
+    assert sent.json()["pdf"]["url"] == f"/v1/letters/{letter['id']}/pdf"
+
+    again = await client.patch(f"/v1/letters/{letter['id']}", json={"body": "changed"}, headers=clinician)
+    assert again.status_code == 409
+    assert again.json()["code"] == "draft-required"
+    resend = await client.post(f"/v1/letters/{letter['id']}/send", json={}, headers=clinician)
+    assert resend.status_code == 409
+    assert resend.json()["code"] == "draft-required"
+    assert (await client.get(f"/v1/letters/{letter['id']}", headers=clinician)).json()["body"] == (
+        "Line one.\n\nSecond paragraph."
+    )
+
+    # Now the patient has it: inbox, archive, letters, and the very same PDF every time.
+    mine = await client.get("/v1/me/letters", headers=patient)
+    assert [item["id"] for item in mine.json()["items"]] == [letter["id"]]
+    assert "status" not in mine.json()["items"][0]  # the clinic's working fields stay with the clinic
+    first = await client.get(f"/v1/letters/{letter['id']}/pdf", headers=patient)
+    second = await client.get(f"/v1/letters/{letter['id']}/pdf", headers=clinician)
+    assert first.status_code == second.status_code == 200
+    assert first.headers["content-type"] == "application/pdf"
+    assert first.content == second.content
+    assert first.headers["etag"] == f'"{sent.json()["pdf"]["sha256"]}"'
+    text = pdf_text(first.content)
+    assert "Your results" in text and "Second paragraph." in text and "Page 1 of 1" in text
+    ranged = await client.get(f"/v1/letters/{letter['id']}/pdf", headers={**patient, "Range": "bytes=0-3"})
+    assert (ranged.status_code, ranged.content) == (206, b"%PDF")
+
+    notifications = (await client.get("/v1/me/notifications", headers=patient)).json()["items"]
+    assert [(n["kind"], n["title"], n["item_id"]) for n in notifications] == [
+        ("letter", "New letter from your care team", letter["id"])
+    ]
+    archive = (await client.get("/v1/me/archive", headers=patient)).json()["channels"]
+    assert [(e["target"], e["item_id"]) for e in archive["letters"]] == [("letter", letter["id"])]
+
+    audit = (await client.get(f"/v1/patients/{patient_id}/audit", headers=clinician)).json()["items"]
+    reads = [e for e in audit if e["action"] == "letter.read"]
+    assert {e["actor_role"] for e in reads} == {"patient", "clinician"}
+    assert all(e["rendition"] == "letter-pdf" for e in reads)
+
+
+async def test_another_patient_and_another_organisation_see_nothing(
+    client: AsyncTestClient[Any], settings: Settings, clinician: dict[str, str], patient_id: str
+) -> None:
+    letter = await draft(client, clinician, patient_id)
+    sent = await client.post(f"/v1/letters/{letter['id']}/send", json={}, headers=clinician)
+    assert sent.status_code == 200
+    other = bearer(settings, "patient", "org-a", patient=await new_patient(client, clinician, "MRN-O1"))
+    elsewhere = bearer(settings, "clinician", "org-b", sub="dr-b")
+    for headers, path in [
+        (other, f"/v1/letters/{letter['id']}/pdf"),
+        (other, f"/v1/me/letters/{letter['id']}"),
+        (elsewhere, f"/v1/letters/{letter['id']}"),
+        (elsewhere, f"/v1/letters/{letter['id']}/pdf"),
+    ]:
+        response = await client.get(path, headers=headers)
+        assert (response.status_code, response.json()["code"]) == (404, "not-found"), path
+    assert (await client.get("/v1/me/letters", headers=other)).json()["items"] == []
+    attachment = await client.post(f"/v1/letters/{letter['id']}/send", json={}, headers=elsewhere)
+    assert attachment.status_code == 404
+
+
+async def test_idempotent_send_returns_the_first_result(
+    client: AsyncTestClient[Any], clinician: dict[str, str], patient: dict[str, str], patient_id: str
+) -> None:
+    letter = await draft(client, clinician, patient_id)
+    key = {**clinician, "Idempotency-Key": "send-1"}
+    first = await client.post(f"/v1/letters/{letter['id']}/send", json={"email": False}, headers=key)
+    retry = await client.post(f"/v1/letters/{letter['id']}/send", json={"email": False}, headers=key)
+    assert first.status_code == retry.status_code == 200
+    assert retry.json() == first.json()
+    reused = await client.post(f"/v1/letters/{letter['id']}/send", json={"email": True}, headers=key)
+    assert (reused.status_code, reused.json()["code"]) == (422, "idempotency-key-reused")
+    other = await draft(client, clinician, patient_id)
+    elsewhere = await client.post(f"/v1/letters/{other['id']}/send", json={"email": False}, headers=key)
+    assert (elsewhere.status_code, elsewhere.json()["code"]) == (422, "idempotency-key-reused")
+    assert (await client.get(f"/v1/letters/{other['id']}", headers=clinician)).json()["status"] == "draft"
+    # One share, one notification.
+    notifications = (await client.get("/v1/me/notifications", headers=patient)).json()["items"]
+    assert [n["item_id"] for n in notifications] == [letter["id"]]
+
+
+async def test_email_needs_the_patients_address_and_nothing_is_sent_without_it(
+    client: AsyncTestClient[Any], clinician: dict[str, str], patient: dict[str, str], patient_id: str
+) -> None:
+    letter = await draft(client, clinician, patient_id)
+    response = await client.post(f"/v1/letters/{letter['id']}/send", json={"email": True}, headers=clinician)
+    assert (response.status_code, response.json()["code"]) == (422, "email-address-missing")
+    assert (await client.get(f"/v1/letters/{letter['id']}", headers=clinician)).json()["status"] == "draft"
+    assert (await client.get("/v1/me/notifications", headers=patient)).json()["items"] == []
+
+
+async def test_email_without_an_smtp_server_is_refused_before_sending(
+    client: AsyncTestClient[Any], clinician: dict[str, str]
+) -> None:
+    pid = await new_patient(client, clinician, "MRN-M1", email="pat@example.org")
+    letter = await draft(client, clinician, pid)
+    response = await client.post(f"/v1/letters/{letter['id']}/send", json={"email": True}, headers=clinician)
+    assert (response.status_code, response.json()["code"]) == (422, "email-not-configured")
+    assert (await client.get(f"/v1/letters/{letter['id']}", headers=clinician)).json()["status"] == "draft"
+
+
+async def test_patients_cannot_use_clinician_routes(
+    client: AsyncTestClient[Any], clinician: dict[str, str], patient: dict[str, str], patient_id: str
+) -> None:
+    letter = await draft(client, clinician, patient_id)
+    for method, path in [
+        ("post", f"/v1/patients/{patient_id}/letters"),
+        ("get", f"/v1/letters/{letter['id']}"),
+        ("post", f"/v1/letters/{letter['id']}/send"),
+        ("get", "/v1/letter-settings"),
+        ("post", "/v1/letter-templates"),
+    ]:
+        response = await getattr(client, method)(path, headers=patient, **({"json": {}} if method == "post" else {}))
+        assert (response.status_code, response.json()["code"]) == (403, "forbidden"), path
+
+
+async def test_bad_letter_fields_are_named(client: AsyncTestClient[Any], clinician: dict[str, str], patient_id: str) -> None:
+    for body, field in [
+        ({"body": "no subject"}, "$.subject"),
+        ({"subject": "   ", "body": ""}, "$.subject"),
+        ({"subject": "x" * 301}, "$.subject"),
+        ({"subject": "nul\x00"}, "$.subject"),
+        ({"subject": "ok", "body": 3}, "$.body"),
+        ({"subject": "ok", "extra": 1}, "extra"),
+    ]:
+        response = await client.post(f"/v1/patients/{patient_id}/letters", json=body, headers=clinician)
+        assert (response.status_code, response.json()["code"]) == (422, "invalid-request"), body
+        assert field in str(response.json()["errors"]), body
+    missing = await client.post(f"/v1/patients/{patient_id}/letters", json={"template_id": "nope"}, headers=clinician)
+    assert missing.status_code == 404
+
+
+# -- files on a letter --------------------------------------------------------------------------
+
+
+async def test_files_attach_to_drafts_only_and_dicom_travels_as_its_image(
+    client: AsyncTestClient[Any], clinician: dict[str, str], patient: dict[str, str], patient_id: str
+) -> None:
+    pixels = np.arange(64 * 64, dtype="u2").reshape(64, 64)
+    scan = await upload(client, clinician, patient_id, to_bytes(build_dataset(pixels)), "scan.dcm")
+    assert scan["kind"] == "dicom"
+    leaflet = await client.post("/v1/library/files?filename=leaflet.pdf", content=make_pdf(), headers=clinician)
+    assert leaflet.status_code == 201
+    letter = await draft(client, clinician, patient_id)
+    for file_id in (scan["id"], leaflet.json()["id"]):
+        response = await client.post(f"/v1/letters/{letter['id']}/attachments", json={"file_id": file_id}, headers=clinician)
+        assert response.status_code == 201, response.text
+    attached = response.json()["attachments"]
+    assert [(a["kind"], a["media_type"], a["filename"]) for a in attached] == [
+        ("dicom", "image/png", "scan.png"),
+        ("pdf", "application/pdf", "leaflet.pdf"),
+    ]
+    shareable = next(r for r in scan["renditions"] if r["role"] == "shareable")
+    assert attached[0]["sha256"] == shareable["sha256"]
+    assert response.json()["attachments_total_bytes"] == sum(a["size"] for a in attached)
+
+    # A file can come off a draft; the rest keep their order.
+    removed = await client.delete(f"/v1/letters/{letter['id']}/attachments/{attached[0]['id']}", headers=clinician)
+    assert removed.status_code == 200, removed.text
+    assert [a["id"] for a in removed.json()["attachments"]] == [attached[1]["id"]]
+    again = await client.post(f"/v1/letters/{letter['id']}/attachments", json={"file_id": scan["id"]}, headers=clinician)
+    assert [a["kind"] for a in again.json()["attachments"]] == ["pdf", "dicom"]
+
+    sent = await client.post(f"/v1/letters/{letter['id']}/send", json={}, headers=clinician)
+    assert sent.status_code == 200
+    late = await client.post(f"/v1/letters/{letter['id']}/attachments", json={"file_id": scan["id"]}, headers=clinician)
+    assert (late.status_code, late.json()["code"]) == (409, "draft-required")
+    gone = await client.delete(
+        f"/v1/letters/{letter['id']}/attachments/{again.json()['attachments'][0]['id']}", headers=clinician
+    )
+    assert (gone.status_code, gone.json()["code"]) == (409, "draft-required")
+    pdf = pdf_text((await client.get(f"/v1/letters/{letter['id']}/pdf", headers=clinician)).content)
+    assert "leaflet.pdf" in pdf and "scan.png" in pdf  # the letter lists what it encloses
+
+    # The patient reads the PNG, never the DICOM.
+    mine = (await client.get(f"/v1/me/letters/{letter['id']}", headers=patient)).json()
+    for attachment in mine["attachments"]:
+        content = await client.get(attachment["url"], headers=patient)
+        assert content.status_code == 200
+        assert content.headers["content-type"].split(";")[0] in ("image/png", "application/pdf")
+        assert b"DICM" not in content.content[:200]
+
+
+async def test_another_patients_file_and_uploads_on_the_letter(
+    client: AsyncTestClient[Any], clinician: dict[str, str], patient_id: str
+) -> None:
+    other = await new_patient(client, clinician, "MRN-F2")
+    theirs = await upload(client, clinician, other, make_pdf(), "theirs.pdf")
+    letter = await draft(client, clinician, patient_id)
+    refused = await client.post(f"/v1/letters/{letter['id']}/attachments", json={"file_id": theirs["id"]}, headers=clinician)
+    assert (refused.status_code, refused.json()["code"]) == (422, "file-not-available")
+    uploaded = await client.post(
+        f"/v1/letters/{letter['id']}/attachments",
+        files={"file": ("new.pdf", make_pdf(2), "application/pdf")},
+        headers=clinician,
+    )
+    assert uploaded.status_code == 201, uploaded.text
+    (attachment,) = uploaded.json()["attachments"]
+    assert attachment["kind"] == "pdf"
+    files = (await client.get(f"/v1/patients/{patient_id}/files", headers=clinician)).json()["items"]
+    assert [f["id"] for f in files] == [attachment["file_id"]]
+
+
+async def test_a_refused_upload_leaves_no_file(
+    client: AsyncTestClient[Any], clinician: dict[str, str], patient_id: str
+) -> None:
+    letter = await draft(client, clinician, patient_id)
+    saved = await client.put("/v1/letter-settings", json={"max_attachment_bytes": 100}, headers=clinician)
+    assert saved.status_code == 200
+    response = await client.post(
+        f"/v1/letters/{letter['id']}/attachments",
+        files={"file": ("big.pdf", make_pdf(3), "application/pdf")},
+        headers=clinician,
+    )
+    assert (response.status_code, response.json()["code"]) == (422, "attachments-too-large")
+    assert (await client.get(f"/v1/patients/{patient_id}/files", headers=clinician)).json()["items"] == []
+
+
+async def test_25_mb_over_all_files_of_a_letter(
+    client: AsyncTestClient[Any], clinician: dict[str, str], patient_id: str
+) -> None:
+    assert TARGET.max_total_bytes == DEFAULT_MAX_ATTACHMENT_BYTES == 25_000_000
+    letter = await draft(client, clinician, patient_id)
+    first = await upload(client, clinician, patient_id, padded_pdf(12_400_000), "a.pdf")
+    second = await upload(client, clinician, patient_id, padded_pdf(12_400_000), "b.pdf")
+    for file in (first, second):
+        response = await client.post(f"/v1/letters/{letter['id']}/attachments", json={"file_id": file["id"]}, headers=clinician)
+        assert response.status_code == 201, response.text
+    total = response.json()["attachments_total_bytes"]
+    assert 24_800_000 < total < 24_900_000  # "24.9 MB" accepted
+    room = DEFAULT_MAX_ATTACHMENT_BYTES - total
+    exact = await sized_file(client, clinician, patient_id, room)
+    one_over = await sized_file(client, clinician, patient_id, room + 1)
+    over = await client.post(f"/v1/letters/{letter['id']}/attachments", json={"file_id": one_over["id"]}, headers=clinician)
+    assert (over.status_code, over.json()["code"]) == (422, "attachments-too-large")
+    assert (over.json()["limit"], over.json()["current"], over.json()["total"]) == (25_000_000, total, 25_000_001)
+    assert f"{total:,}" in over.json()["detail"] and "25,000,000" in over.json()["detail"]
+    fits = await client.post(f"/v1/letters/{letter['id']}/attachments", json={"file_id": exact["id"]}, headers=clinician)
+    assert fits.status_code == 201, fits.text
+    assert fits.json()["attachments_total_bytes"] == 25_000_000
+
+
+async def sized_file(client: AsyncTestClient[Any], headers: dict[str, str], pid: str, size: int) -> dict[str, Any]:
+    """A PDF whose shareable copy is exactly ``size`` bytes: upload, read the size back, adjust, again."""
+    padding = max(size - 1000, 1)
+    for _ in range(6):
+        stored = await upload(client, headers, pid, padded_pdf(padding), "fit.pdf")
+        got = next(r for r in stored["renditions"] if r["role"] == "shareable")["size"]
+        if got == size:
+            return stored
+        padding += size - got
+    raise AssertionError(f"no PDF of exactly {size} bytes")
+
+
+@hypothesis_settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], max_examples=10)
+@given(limit=st.integers(min_value=3_000, max_value=12_000), sizes=st.lists(st.integers(1, 5_000), min_size=1, max_size=4))
+async def test_the_total_counts_every_file_against_the_organisations_limit(
+    client: AsyncTestClient[Any], clinician: dict[str, str], patient_id: str, limit: int, sizes: list[int]
+) -> None:
+    saved = await client.put("/v1/letter-settings", json={"max_attachment_bytes": limit}, headers=clinician)
+    assert saved.json()["effective"]["max_attachment_bytes"] == limit
+    letter = await draft(client, clinician, patient_id)
+    total = 0
+    for padding in sizes:
+        file = await upload(client, clinician, patient_id, padded_pdf(padding), "p.pdf")
+        size = next(r for r in file["renditions"] if r["role"] == "shareable")["size"]
+        response = await client.post(f"/v1/letters/{letter['id']}/attachments", json={"file_id": file["id"]}, headers=clinician)
+        if total + size <= limit:
+            assert response.status_code == 201, response.text
+            total += size
+            assert response.json()["attachments_total_bytes"] == total
+        else:
+            assert (response.status_code, response.json()["code"]) == (422, "attachments-too-large")
+            assert (response.json()["limit"], response.json()["current"]) == (limit, total)
+    shown = await client.get(f"/v1/letters/{letter['id']}", headers=clinician)
+    assert shown.json()["attachments_total_bytes"] == total <= limit
+
+
+async def test_a_lower_organisation_limit_takes_effect_and_stops_a_send(
+    client: AsyncTestClient[Any], settings: Settings, clinician: dict[str, str], patient_id: str
+) -> None:
+    letter = await draft(client, clinician, patient_id)
+    file = await upload(client, clinician, patient_id, padded_pdf(5_000), "p.pdf")
+    assert (await client.post(f"/v1/letters/{letter['id']}/attachments", json={"file_id": file["id"]}, headers=clinician)).status_code == 201
+    assert (await client.get("/v1/letter-settings", headers=clinician)).json() == {
+        "max_attachment_bytes": None,
+        "organisation_name": None,
+        "effective": {"max_attachment_bytes": 25_000_000, "organisation_name": "org-a"},
+    }
+    lowered = await client.put("/v1/letter-settings", json={"max_attachment_bytes": 1_000}, headers=clinician)
+    assert lowered.status_code == 200
+    second = await draft(client, clinician, patient_id)
+    refused = await client.post(f"/v1/letters/{second['id']}/attachments", json={"file_id": file["id"]}, headers=clinician)
+    assert (refused.status_code, refused.json()["limit"]) == (422, 1_000)
+    stopped = await client.post(f"/v1/letters/{letter['id']}/send", json={}, headers=clinician)
+    assert (stopped.status_code, stopped.json()["code"]) == (422, "attachments-too-large")
+    # Another organisation keeps the default.
+    other = bearer(settings, "clinician", "org-b", sub="dr-b")
+    assert (await client.get("/v1/letter-settings", headers=other)).json()["effective"]["max_attachment_bytes"] == 25_000_000
+    for bad in ({"max_attachment_bytes": 0}, {"max_attachment_bytes": 10**9}, {"organisation_name": " "}):
+        response = await client.put("/v1/letter-settings", json=bad, headers=clinician)
+        assert (response.status_code, response.json()["code"]) == (422, "invalid-request"), bad
+    reset = await client.put("/v1/letter-settings", json={}, headers=clinician)
+    assert reset.json()["effective"]["max_attachment_bytes"] == 25_000_000
+    sent = await client.post(f"/v1/letters/{letter['id']}/send", json={}, headers=clinician)
+    assert sent.status_code == 200, sent.text
+
