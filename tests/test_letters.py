@@ -1,13 +1,22 @@
-"""Letters through the API: templates in a sandbox, drafts, files under a total, sending, the PDF, settings.
+"""Letters through the API: templates in a sandbox, drafts, files under a total, sending, the PDF, email.
 
 Everything is real: the app over HTTP, SQLite, the blob store, PDFs and DICOM files made by the
-real libraries, WeasyPrint's PDF read back with pypdfium2. Email is in tests/test_letters_email.py.
+real libraries, WeasyPrint's PDF read back with pypdfium2, and an aiosmtpd SMTP server on
+127.0.0.1 that receives, refuses, or refuses for good. Email delivery is driven with
+``deliver_due(now=...)``, the clock moved past each backoff instead of sleeping.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import email
+import email.policy
 import io
 import os
+import smtplib
+import threading
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,14 +26,24 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from aiosmtpd.controller import Controller
 from litestar.testing import AsyncTestClient
 
+from careshare.core import db
+from careshare.core.notifications import MAX_ATTEMPTS, deliver_due
+from careshare.host import create_app
 from careshare.plugins.letters import TARGET
 from careshare.plugins.letters.letters import DEFAULT_MAX_ATTACHMENT_BYTES
-from careshare.testing import bearer, make_pdf
+from careshare.plugins.letters.mail import SmtpServer, refusal_reason
+from careshare.testing import bearer, free_port, make_pdf, make_settings
 from careshare.testing.strategies.dicom import build_dataset, to_bytes
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+    from email.message import EmailMessage
+    from pathlib import Path
+
+    from careshare.core.runtime import Careshare
     from careshare.core.settings import Settings
 
 
@@ -105,34 +124,33 @@ async def test_a_template_fills_in_the_patients_details(
     assert [t["name"] for t in listed.json()["items"]] == ["Results"]
 
 
-@pytest.mark.parametrize(
-    ("body", "line"),
-    [
-        ("Dear {{ patient.name }},\n\n{{ ''.__class__.__mro__ }}", 3),
-        ("one\n{{ ''.__class__.__base__.__subclasses__() }}", 2),
-        ("{{ patient.name.__class__ }}", 1),
-        ("{{ cycler.__init__.__globals__ }}", 1),
-        ("line 1\nline 2\n{% if patient.name %}\nunclosed", 3),  # where the unclosed block opens
-        ("a\n{{ patient.nmae }}", 2),
-        ("{{ 'x' * 1000000000 }}", 1),
-        ("{{ '%999999999s' % 'x' }}", 1),
-        ("{{ 'x'|center(1000000000) }}", 1),
-        ("{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}", None),
-    ],
-)
+SANDBOX_REFUSALS = [
+    ("Dear {{ patient.name }},\n\n{{ ''.__class__.__mro__ }}", 3),
+    ("one\n{{ ''.__class__.__base__.__subclasses__() }}", 2),
+    ("{{ patient.name.__class__ }}", 1),
+    ("{{ cycler.__init__.__globals__ }}", 1),
+    ("line 1\nline 2\n{% if patient.name %}\nunclosed", 3),  # where the unclosed block opens
+    ("a\n{{ patient.nmae }}", 2),
+    ("{{ 'x' * 1000000000 }}", 1),
+    ("{{ '%999999999s' % 'x' }}", 1),
+    ("{{ 'x'|center(1000000000) }}", 1),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}", None),
+]
+
+
 async def test_the_sandbox_refuses_a_template_with_its_line(
-    client: AsyncTestClient[Any], clinician: dict[str, str], body: str, line: int | None
+    client: AsyncTestClient[Any], clinician: dict[str, str]
 ) -> None:
-    response = await client.post(
-        "/v1/letter-templates", json={"name": "Bad", "subject": "Letter", "body": body}, headers=clinician
-    )
-    assert response.status_code == 422, response.text
-    problem = response.json()
-    assert problem["code"] == "template-invalid"
-    assert problem["field"] == "body"
-    if line is not None:
-        assert problem["line"] == line
-        assert f"line {line} of the body" in problem["detail"]
+    for body, line in SANDBOX_REFUSALS:
+        response = await client.post(
+            "/v1/letter-templates", json={"name": "Bad", "subject": "Letter", "body": body}, headers=clinician
+        )
+        assert response.status_code == 422, (body, response.text)
+        problem = response.json()
+        assert (problem["code"], problem["field"]) == ("template-invalid", "body"), body
+        if line is not None:
+            assert problem["line"] == line, body
+            assert f"line {line} of the body" in problem["detail"]
     listed = await client.get("/v1/letter-templates", headers=clinician)
     assert listed.json()["items"] == []
 
@@ -534,3 +552,239 @@ async def test_a_lower_organisation_limit_takes_effect_and_stops_a_send(
     sent = await client.post(f"/v1/letters/{letter['id']}/send", json={}, headers=clinician)
     assert sent.status_code == 200, sent.text
 
+
+# -- email ----------------------------------------------------------------------------------------
+
+
+ADDRESS = "pat.one@example.org"
+
+
+class Mailbox:
+    """An SMTP server's handler: answers the planned refusals in order, then accepts every message."""
+
+    def __init__(self) -> None:
+        self.plan: list[str] = []
+        self.refuse_always: str | None = None
+        self.received: list[EmailMessage] = []
+        self.envelopes: list[tuple[str, list[str]]] = []
+        self.tries = 0
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.lock:
+            self.tries += 1
+            if self.refuse_always:
+                return self.refuse_always
+            if self.plan:
+                return self.plan.pop(0)
+            message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+            self.received.append(message)  # type: ignore[arg-type]
+            self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        return "250 Message accepted for delivery"
+
+
+@pytest.fixture
+def smtp() -> Iterator[Controller]:
+    """A real SMTP server on 127.0.0.1; its handler is a :class:`Mailbox`."""
+    controller = Controller(Mailbox(), hostname="127.0.0.1", port=free_port(), data_size_limit=None)
+    controller.start()
+    try:
+        yield controller
+    finally:
+        with contextlib.suppress(Exception):  # a test may have stopped it already
+            controller.stop()
+
+
+@pytest.fixture
+def mailbox(smtp: Controller) -> Mailbox:
+    return smtp.handler  # type: ignore[no-any-return]
+
+
+def system(client: AsyncTestClient[Any]) -> Careshare:
+    return client.app.state.careshare  # type: ignore[no-any-return]
+
+
+async def deliver(client: AsyncTestClient[Any], round_: int) -> int:
+    """One delivery round on a clock ``round_`` days ahead: past any backoff."""
+    cs = system(client)
+    return await deliver_due(cs.engine, cs.plugins, now=db.utcnow() + timedelta(days=round_), careshare=cs)
+
+
+async def emailed_letter(client: AsyncTestClient[Any], clinician: dict[str, str], **send: Any) -> tuple[str, dict[str, Any]]:
+    pid = await new_patient(client, clinician, "MRN-M1", email=ADDRESS)
+    letter = await draft(client, clinician, pid, subject="Your biopsy results", body="The biopsy showed no cancer.")
+    response = await client.post(f"/v1/letters/{letter['id']}/send", json={"email": True}, **send)
+    assert response.status_code == 200, response.text
+    return pid, dict(response.json())
+
+
+class TestLetterEmail:
+    """The app with a real SMTP server; its background delivery loop is stopped: each test drives every round."""
+
+    @pytest.fixture
+    def settings(self, tmp_path: Path, smtp: Controller) -> Settings:
+        return make_settings(
+            tmp_path / "data",
+            CARESHARE_SMTP_URL=f"smtp://127.0.0.1:{smtp.port}",
+            CARESHARE_MAIL_FROM="letters@riverside.example",
+        )
+
+    @pytest.fixture
+    async def client(self, settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
+        async with AsyncTestClient(app=create_app(settings)) as test_client:
+
+            def stop_delivery_loop() -> int:
+                found = [task for task in asyncio.all_tasks() if task.get_name() == "careshare-delivery"]
+                for task in found:
+                    task.cancel()
+                return len(found)
+
+            # The app runs in the client's portal thread, with its own event loop.
+            assert test_client.blocking_portal.call(stop_delivery_loop) == 1
+            yield test_client
+
+    async def test_the_email_carries_the_pdf_and_every_file_as_shared(
+        self,
+        client: AsyncTestClient[Any], clinician: dict[str, str], mailbox: Mailbox
+    ) -> None:
+        box = mailbox
+        await client.put("/v1/letter-settings", json={"organisation_name": "Riverside Clinic"}, headers=clinician)
+        pid = await new_patient(client, clinician, "MRN-M1", email=ADDRESS)
+        letter = await draft(client, clinician, pid, subject="Your biopsy results", body="The biopsy showed no cancer.")
+        files = [
+            await upload(client, clinician, pid, make_pdf(2), "report.pdf"),
+            await upload(client, clinician, pid, make_pdf(1, text="leaflet"), "leaflet.pdf"),
+        ]
+        for file in files:
+            added = await client.post(f"/v1/letters/{letter['id']}/attachments", json={"file_id": file["id"]}, headers=clinician)
+            assert added.status_code == 201
+        sent = await client.post(f"/v1/letters/{letter['id']}/send", json={"email": True}, headers=clinician)
+        assert sent.status_code == 200, sent.text
+        assert sent.json()["email_status"] == "pending"
+
+        await deliver(client, 1)
+        assert len(box.received) == 1
+        message = box.received[0]
+        assert box.envelopes == [("letters@riverside.example", [ADDRESS])]
+        assert message["To"] == ADDRESS
+        assert message["Subject"] == "A letter from Riverside Clinic"
+        assert message["Message-ID"] == f"<letter-{letter['id']}@riverside.example>"
+        text = message.get_body(preferencelist=("plain",)).get_content()
+        assert "biopsy" not in text.lower() and "biopsy" not in message["Subject"].lower()
+
+        parts = list(message.iter_attachments())
+        assert [p.get_filename() for p in parts] == ["letter.pdf", "report.pdf", "leaflet.pdf"]
+        letter_pdf = parts[0].get_content()
+        assert "The biopsy showed no cancer." in pdf_text(letter_pdf)
+        pinned = (await client.get(f"/v1/letters/{letter['id']}/pdf", headers=clinician)).content
+        assert letter_pdf == pinned
+        for part, attachment in zip(parts[1:], sent.json()["attachments"], strict=True):
+            shared = await client.get(attachment["url"], headers=clinician)
+            assert part.get_content_type() == attachment["media_type"]
+            assert part.get_content() == shared.content
+            assert (await client.get(f"/v1/files/{attachment['file_id']}/content?rendition=shareable", headers=clinician)).content == shared.content
+
+        shown = (await client.get(f"/v1/letters/{letter['id']}", headers=clinician)).json()
+        assert (shown["email_status"], shown["email_error"]) == ("sent", None)
+        # A later round sends nothing again.
+        assert await deliver(client, 2) == 0
+        assert len(box.received) == 1
+
+
+    async def test_two_refusals_then_one_email(
+        self,
+        client: AsyncTestClient[Any], clinician: dict[str, str], mailbox: Mailbox
+    ) -> None:
+        box = mailbox
+        box.plan = ["451 4.3.0 Try again later", "451 4.3.0 Try again later"]
+        _, letter = await emailed_letter(client, clinician, headers=clinician)
+        for round_ in (1, 2):
+            await deliver(client, round_)
+            shown = (await client.get(f"/v1/letters/{letter['id']}", headers=clinician)).json()
+            assert (shown["email_status"], shown["email_error"]) == ("pending", "451 4.3.0 Try again later")
+        await deliver(client, 3)
+        assert box.tries == 3
+        assert len(box.received) == 1
+        assert (await client.get(f"/v1/letters/{letter['id']}", headers=clinician)).json()["email_status"] == "sent"
+        for round_ in (4, 5):
+            await deliver(client, round_)
+        assert (box.tries, len(box.received)) == (3, 1)
+
+
+    async def test_a_server_that_always_refuses_ends_failed_and_the_letter_is_still_in_the_app(
+        self,
+        client: AsyncTestClient[Any], settings: Settings, clinician: dict[str, str], mailbox: Mailbox
+    ) -> None:
+        box = mailbox
+        box.refuse_always = f"554 5.7.1 Message to <{ADDRESS}> rejected"
+        pid, letter = await emailed_letter(client, clinician, headers=clinician)
+        for round_ in range(1, MAX_ATTEMPTS + 3):
+            await deliver(client, round_)
+        assert box.tries == MAX_ATTEMPTS
+        assert box.received == []
+        shown = (await client.get(f"/v1/letters/{letter['id']}", headers=clinician)).json()
+        assert shown["email_status"] == "failed"
+        assert shown["email_error"] == "554 5.7.1 Message to <address> rejected"  # the address is patient data
+        patient = bearer(settings, "patient", "org-a", patient=pid)
+        archive = (await client.get("/v1/me/archive", headers=patient)).json()["channels"]
+        assert [e["item_id"] for e in archive["letters"]] == [letter["id"]]
+        assert (await client.get(f"/v1/letters/{letter['id']}/pdf", headers=patient)).status_code == 200
+
+
+    async def test_an_idempotent_retry_sends_one_email(
+        self,
+        client: AsyncTestClient[Any], clinician: dict[str, str], mailbox: Mailbox
+    ) -> None:
+        box = mailbox
+        keyed = {**clinician, "Idempotency-Key": "letter-7"}
+        pid, letter = await emailed_letter(client, clinician, headers=keyed)
+        retry = await client.post(f"/v1/letters/{letter['id']}/send", json={"email": True}, headers=keyed)
+        assert retry.status_code == 200
+        assert retry.json()["id"] == letter["id"] and retry.json()["sent_at"] == letter["sent_at"]
+        different = await client.post(f"/v1/letters/{letter['id']}/send", json={"email": False}, headers=keyed)
+        assert (different.status_code, different.json()["code"]) == (422, "idempotency-key-reused")
+        for round_ in (1, 2, 3):
+            await deliver(client, round_)
+        assert len(box.received) == 1
+        assert pid
+
+
+    async def test_an_unreachable_server_is_retried_with_the_reason(
+        self, client: AsyncTestClient[Any], clinician: dict[str, str], smtp: Controller, mailbox: Mailbox
+    ) -> None:
+        _, letter = await emailed_letter(client, clinician, headers=clinician)
+        smtp.stop()  # the server goes away after the letter was sent
+        await deliver(client, 1)
+        shown = (await client.get(f"/v1/letters/{letter['id']}", headers=clinician)).json()
+        assert (shown["email_status"], shown["email_error"]) == ("pending", "ConnectionRefusedError")
+        assert (await client.get(f"/v1/letters/{letter['id']}/pdf", headers=clinician)).status_code == 200
+        back = Controller(mailbox, hostname="127.0.0.1", port=smtp.port, data_size_limit=None)
+        back.start()  # the server is back: the next round sends it
+        try:
+            await deliver(client, 2)
+        finally:
+            back.stop()
+        assert len(mailbox.received) == 1
+        assert (await client.get(f"/v1/letters/{letter['id']}", headers=clinician)).json()["email_status"] == "sent"
+
+
+def test_smtp_urls_and_refusal_reasons(tmp_path: Path) -> None:
+    assert SmtpServer.from_url("smtp://mail.example:2525") == SmtpServer("mail.example", 2525, tls=False, starttls=False)
+    assert SmtpServer.from_url("smtp://mail.example?starttls=true").starttls
+    upgraded = SmtpServer.from_url("smtp+starttls://user%40x:p%3Ass@mail.example")
+    assert (upgraded.port, upgraded.starttls, upgraded.user, upgraded.password) == (587, True, "user@x", "p:ss")
+    assert SmtpServer.from_url("smtps://mail.example").tls
+    with pytest.raises(ValueError, match="CARESHARE_SMTP_URL"):
+        SmtpServer.from_url("http://mail.example")
+    refused = smtplib.SMTPRecipientsRefused({ADDRESS: (550, f"5.1.1 <{ADDRESS}>: no such user".encode())})
+    assert refusal_reason(refused) == "550 5.1.1 <address>: no such user"
+    assert refusal_reason(ConnectionResetError("x")) == "ConnectionResetError"
+    for bad in ("mail.example:25", "http://mail.example", "smtp://"):
+        with pytest.raises(ValueError, match="CARESHARE_SMTP_URL"):
+            make_settings(tmp_path, CARESHARE_SMTP_URL=bad)
+    with pytest.raises(ValueError, match="CARESHARE_MAIL_FROM"):
+        make_settings(tmp_path, CARESHARE_MAIL_FROM="letters")
+    configured = make_settings(tmp_path, CARESHARE_SMTP_URL="smtp://u:pa55w0rd@mail.example:25")
+    assert configured.smtp_url == "smtp://u:pa55w0rd@mail.example:25"
+    assert "pa55w0rd" not in repr(configured)
+    assert make_settings(tmp_path).mail_from == "careshare@localhost"

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import smtplib
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +85,8 @@ LETTER_TITLE = "New letter from your care team"
 NOTIFICATION_KIND = "letter"
 #: Attempts at a send that keeps meeting concurrent edits before giving up.
 SEND_ATTEMPTS = 3
+#: How long one delivery may hold a letter's email before another may try (longer than any SMTP exchange).
+EMAIL_HOLD_SECONDS = 900
 
 EMAIL_ADDRESS_MISSING = ProblemType(
     "email-address-missing",
@@ -511,6 +514,34 @@ async def deliver_email(cs: Careshare | None, target: Target, notification: Noti
     if not cs.settings.smtp_url or not row.email_to:
         await _note_email(cs, row.id, email_error="email is not set up on this server")
         return False
+    if not await _hold_email(cs, row.id):
+        return False  # another delivery is sending it right now; the next round finds it sent
+    try:
+        return await _send_email(cs, row, settings, attached)
+    finally:
+        await _note_email(cs, row.id, email_sending_since=None)
+
+
+async def _hold_email(cs: Careshare, letter_id: str) -> bool:
+    """Take the letter's email for this delivery (compare-and-set), so two never talk to SMTP at once."""
+    now = db.utcnow()
+    async with cs.engine.begin() as conn:
+        taken = await conn.execute(
+            sa.update(letters)
+            .where(
+                letters.c.id == letter_id,
+                letters.c.email_sent_at.is_(None),
+                sa.or_(
+                    letters.c.email_sending_since.is_(None),
+                    letters.c.email_sending_since < now - timedelta(seconds=EMAIL_HOLD_SECONDS),
+                ),
+            )
+            .values(email_sending_since=now)
+        )
+    return bool(taken.rowcount == 1)
+
+
+async def _send_email(cs: Careshare, row: sa.Row[Any], settings: LetterSettings, attached: list[Attachment]) -> bool:
     pdf = await cs.store.read_all(row.pdf_sha256)
     files = [mail.MailAttachment(a.filename, a.media_type, await cs.store.read_all(a.sha256)) for a in attached]
 

@@ -44,6 +44,8 @@ letters = sa.Table(
     sa.Column("email_requested", sa.Boolean, nullable=False),
     sa.Column("email_to", sa.String(320)),
     sa.Column("email_sent_at", UTCDateTime),
+    # Set while one delivery is talking to the SMTP server: a second one (a lapsed claim) waits.
+    sa.Column("email_sending_since", UTCDateTime),
     sa.Column("email_error", sa.String(200)),  # the SMTP reply of the last refusal, addresses removed
     sa.Column("notification_id", ID),
     sa.Column("send_key", sa.String(200)),  # the Idempotency-Key of the send

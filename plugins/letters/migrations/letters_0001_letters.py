@@ -52,6 +52,7 @@ def upgrade() -> None:
         sa.Column("email_requested", sa.Boolean(), nullable=False),
         sa.Column("email_to", sa.String(length=320), nullable=True),
         sa.Column("email_sent_at", UTCDateTime(), nullable=True),
+        sa.Column("email_sending_since", UTCDateTime(), nullable=True),
         sa.Column("email_error", sa.String(length=200), nullable=True),
         sa.Column("notification_id", sa.String(length=26), nullable=True),
         sa.Column("send_key", sa.String(length=200), nullable=True),
