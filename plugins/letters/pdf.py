@@ -8,6 +8,7 @@ network), so no text in a letter can make the server read a resource.
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,8 @@ TEMPLATES = Path(__file__).parent / "templates"
 LAYOUT = "letter.html.j2"
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n+")
 _environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True)
+#: One letter at a time per process: Pango and fontconfig are not reliably thread-safe.
+_printing = threading.Lock()
 
 
 @attrs.frozen
@@ -68,4 +71,6 @@ def render_pdf(layout: LetterLayout, path: Path) -> None:
     """Write the letter's PDF to ``path`` (blocking: run it in a worker thread)."""
     import weasyprint  # slow to import: only when a letter is sent
 
-    weasyprint.HTML(string=html_of(layout), base_url=None, url_fetcher=_NoFetching()).write_pdf(path)
+    html = weasyprint.HTML(string=html_of(layout), base_url=None, url_fetcher=_NoFetching())
+    with _printing:
+        html.write_pdf(path)

@@ -367,7 +367,7 @@ class LetterController(Controller):
         key = request.headers.get(IDEMPOTENCY_HEADER)
         if key is not None and not (0 < len(key) <= MAX_KEY_CHARS and key.isprintable()):
             raise _invalid(f"Idempotency-Key: 1 to {MAX_KEY_CHARS} printable characters")
-        body = await parse_body(request, Send)
+        body = await parse_body(request, Send) if (await request.body()).strip() else Send()
         row = await send_letter(cs, principal, TARGET, lid, email=body.email, key=key)
         async with cs.reader.connect() as conn:
             return await letter_json(conn, cs, row, for_clinician=True)
