@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 import email
 import email.policy
+import functools
 import io
 import os
 import smtplib
 import threading
+import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 
     from careshare.core.runtime import Careshare
     from careshare.core.settings import Settings
+    from careshare.testing import PostgresCluster
 
 
 async def new_patient(client: AsyncTestClient[Any], clinician: dict[str, str], external_id: str, **extra: Any) -> str:
@@ -559,6 +562,41 @@ async def test_a_lower_organisation_limit_takes_effect_and_stops_a_send(
     assert sent.status_code == 200, sent.text
 
 
+
+@pytest.fixture
+def pg_url(postgres: PostgresCluster) -> str:
+    return postgres.create_database(f"letters_{uuid.uuid4().hex}")
+
+
+@pytest.mark.postgres
+async def test_letters_on_postgresql_with_racing_sends(tmp_path: Path, pg_url: str) -> None:
+    settings = make_settings(tmp_path / "pg", CARESHARE_DATABASE_URL=pg_url)
+    clinician = bearer(settings, "clinician", "org-a", sub="dr-a")
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        pid = await new_patient(client, clinician, "MRN-PG")
+        template = await client.post(
+            "/v1/letter-templates", json={"name": "T", "subject": "For {{ patient.name }}", "body": "Hi"}, headers=clinician
+        )
+        letter = await draft(client, clinician, pid, template_id=template.json()["id"])
+        file = await upload(client, clinician, pid, make_pdf(), "a.pdf")
+        added = await client.post(f"/v1/letters/{letter['id']}/attachments", json={"file_id": file["id"]}, headers=clinician)
+        assert added.status_code == 201, added.text
+        keyed = {**clinician, "Idempotency-Key": "pg-1"}
+        answers = await asyncio.gather(
+            *(client.post(f"/v1/letters/{letter['id']}/send", json={}, headers=keyed) for _ in range(3))
+        )
+        assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+        assert {a.json()["sent_at"] for a in answers} == {answers[0].json()["sent_at"]}
+        other = await draft(client, clinician, pid)
+        reused = await client.post(f"/v1/letters/{other['id']}/send", json={}, headers=keyed)
+        assert (reused.status_code, reused.json()["code"]) == (422, "idempotency-key-reused")
+        edited = await client.patch(f"/v1/letters/{letter['id']}", json={"body": "x"}, headers=clinician)
+        assert (edited.status_code, edited.json()["code"]) == (409, "draft-required")
+        patient = bearer(settings, "patient", "org-a", patient=pid)
+        notifications = (await client.get("/v1/me/notifications", headers=patient)).json()["items"]
+        assert [n["item_id"] for n in notifications] == [letter["id"]]
+        assert (await client.get(f"/v1/letters/{letter['id']}/pdf", headers=patient)).status_code == 200
+
 # -- email ----------------------------------------------------------------------------------------
 
 
@@ -611,9 +649,11 @@ def system(client: AsyncTestClient[Any]) -> Careshare:
 
 
 async def deliver(client: AsyncTestClient[Any], round_: int) -> int:
-    """One delivery round on a clock ``round_`` days ahead: past any backoff."""
+    """One delivery round on a clock ``round_`` days ahead (past any backoff), in the app's event loop."""
     cs = system(client)
-    return await deliver_due(cs.engine, cs.plugins, now=db.utcnow() + timedelta(days=round_), careshare=cs)
+    now = db.utcnow() + timedelta(days=round_)
+    one_round = functools.partial(deliver_due, cs.engine, cs.plugins, now=now, careshare=cs)
+    return int(await asyncio.to_thread(client.blocking_portal.call, one_round))
 
 
 async def emailed_letter(client: AsyncTestClient[Any], clinician: dict[str, str], **send: Any) -> tuple[str, dict[str, Any]]:
