@@ -320,7 +320,9 @@ async def detach(conn: AsyncConnection, target: Target, item: Item, attachment_i
     """
     if target.draft_required and not item.is_draft:
         raise Problem(
-            DRAFT_REQUIRED, "Files can only be removed while this item is a draft.", rule=_where(target, "draft_required")
+            DRAFT_REQUIRED,
+            "Files can only be removed while this item is a draft.",
+            rule=_where(target, "draft_required"),
         )
     attached = (await attachments_of(conn, target.name, [item.id]))[item.id]
     found = next((a for a in attached if a.id == attachment_id), None)

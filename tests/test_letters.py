@@ -25,10 +25,10 @@ import numpy as np
 import pikepdf
 import pypdfium2
 import pytest
+from aiosmtpd.controller import Controller
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from aiosmtpd.controller import Controller
 from litestar.testing import AsyncTestClient
 
 from careshare.core import db
@@ -58,7 +58,9 @@ async def new_patient(client: AsyncTestClient[Any], clinician: dict[str, str], e
     return str(response.json()["id"])
 
 
-async def upload(client: AsyncTestClient[Any], headers: dict[str, str], pid: str, data: bytes, name: str) -> dict[str, Any]:
+async def upload(
+    client: AsyncTestClient[Any], headers: dict[str, str], pid: str, data: bytes, name: str
+) -> dict[str, Any]:
     response = await client.post(f"/v1/patients/{pid}/files?filename={name}", content=data, headers=headers)
     assert response.status_code == 201, response.text
     return dict(response.json())
@@ -99,9 +101,7 @@ async def test_a_template_fills_in_the_patients_details(
     client: AsyncTestClient[Any], clinician: dict[str, str]
 ) -> None:
     pid = await new_patient(client, clinician, "MRN-T1")
-    saved = await client.put(
-        "/v1/letter-settings", json={"organisation_name": "Riverside Clinic"}, headers=clinician
-    )
+    saved = await client.put("/v1/letter-settings", json={"organisation_name": "Riverside Clinic"}, headers=clinician)
     assert saved.status_code == 200, saved.text
     template = await client.post(
         "/v1/letter-templates",
@@ -173,8 +173,40 @@ async def test_a_syntax_error_in_the_subject_names_the_subject(
 
 
 JINJA_BITS = st.sampled_from(
-    ["{{", "}}", "{%", "%}", "{#", "#}", " patient.name ", " date ", "if ", "endif", "for x in ", "endfor", "|", "(", ")",
-     "'", '"', "__class__", ".", "\n", "raw", "endraw", "set ", "=", "*", "**", "9", "range(", "~", "-", "macro ", "call"]
+    [
+        "{{",
+        "}}",
+        "{%",
+        "%}",
+        "{#",
+        "#}",
+        " patient.name ",
+        " date ",
+        "if ",
+        "endif",
+        "for x in ",
+        "endfor",
+        "|",
+        "(",
+        ")",
+        "'",
+        '"',
+        "__class__",
+        ".",
+        "\n",
+        "raw",
+        "endraw",
+        "set ",
+        "=",
+        "*",
+        "**",
+        "9",
+        "range(",
+        "~",
+        "-",
+        "macro ",
+        "call",
+    ]
 )
 
 
@@ -199,7 +231,8 @@ async def test_markup_in_a_letter_is_printed_as_text_never_run(
 ) -> None:
     pid = await new_patient(client, clinician, "MRN-E1")
     response = await client.post(
-        "/v1/patients", json={"name": "<b>Bold</b> <img src='file:///etc/hostname'>", "external_id": "MRN-E2"},
+        "/v1/patients",
+        json={"name": "<b>Bold</b> <img src='file:///etc/hostname'>", "external_id": "MRN-E2"},
         headers=clinician,
     )
     marked = response.json()["id"]
@@ -220,9 +253,9 @@ async def test_markup_in_a_letter_is_printed_as_text_never_run(
     assert "Dear <b>Bold</b> <img src='file:///etc/hostname'>," in text
     assert "<i>see</i> & more" in text
     with pikepdf.open(io.BytesIO(pdf.content)) as opened:
-        assert not any(
-            "/XObject" in page.Resources and len(page.Resources.XObject) for page in opened.pages
-        ), "the PDF holds an image: something was fetched"
+        assert not any("/XObject" in page.Resources and len(page.Resources.XObject) for page in opened.pages), (
+            "the PDF holds an image: something was fetched"
+        )
     assert pid  # the other patient stays untouched
 
 
@@ -370,7 +403,9 @@ async def test_patients_cannot_use_clinician_routes(
         assert (response.status_code, response.json()["code"]) == (403, "forbidden"), path
 
 
-async def test_bad_letter_fields_are_named(client: AsyncTestClient[Any], clinician: dict[str, str], patient_id: str) -> None:
+async def test_bad_letter_fields_are_named(
+    client: AsyncTestClient[Any], clinician: dict[str, str], patient_id: str
+) -> None:
     for body, field in [
         ({"body": "no subject"}, "$.subject"),
         ({"subject": "   ", "body": ""}, "$.subject"),
@@ -399,7 +434,9 @@ async def test_files_attach_to_drafts_only_and_dicom_travels_as_its_image(
     assert leaflet.status_code == 201
     letter = await draft(client, clinician, patient_id)
     for file_id in (scan["id"], leaflet.json()["id"]):
-        response = await client.post(f"/v1/letters/{letter['id']}/attachments", json={"file_id": file_id}, headers=clinician)
+        response = await client.post(
+            f"/v1/letters/{letter['id']}/attachments", json={"file_id": file_id}, headers=clinician
+        )
         assert response.status_code == 201, response.text
     attached = response.json()["attachments"]
     assert [(a["kind"], a["media_type"], a["filename"]) for a in attached] == [
@@ -414,7 +451,9 @@ async def test_files_attach_to_drafts_only_and_dicom_travels_as_its_image(
     removed = await client.delete(f"/v1/letters/{letter['id']}/attachments/{attached[0]['id']}", headers=clinician)
     assert removed.status_code == 200, removed.text
     assert [a["id"] for a in removed.json()["attachments"]] == [attached[1]["id"]]
-    again = await client.post(f"/v1/letters/{letter['id']}/attachments", json={"file_id": scan["id"]}, headers=clinician)
+    again = await client.post(
+        f"/v1/letters/{letter['id']}/attachments", json={"file_id": scan["id"]}, headers=clinician
+    )
     assert [a["kind"] for a in again.json()["attachments"]] == ["pdf", "dicom"]
 
     sent = await client.post(f"/v1/letters/{letter['id']}/send", json={}, headers=clinician)
@@ -443,7 +482,9 @@ async def test_another_patients_file_and_uploads_on_the_letter(
     other = await new_patient(client, clinician, "MRN-F2")
     theirs = await upload(client, clinician, other, make_pdf(), "theirs.pdf")
     letter = await draft(client, clinician, patient_id)
-    refused = await client.post(f"/v1/letters/{letter['id']}/attachments", json={"file_id": theirs["id"]}, headers=clinician)
+    refused = await client.post(
+        f"/v1/letters/{letter['id']}/attachments", json={"file_id": theirs["id"]}, headers=clinician
+    )
     assert (refused.status_code, refused.json()["code"]) == (422, "file-not-available")
     uploaded = await client.post(
         f"/v1/letters/{letter['id']}/attachments",
@@ -480,18 +521,24 @@ async def test_25_mb_over_all_files_of_a_letter(
     first = await upload(client, clinician, patient_id, padded_pdf(12_450_000), "a.pdf")
     second = await upload(client, clinician, patient_id, padded_pdf(12_450_000), "b.pdf")
     for file in (first, second):
-        response = await client.post(f"/v1/letters/{letter['id']}/attachments", json={"file_id": file["id"]}, headers=clinician)
+        response = await client.post(
+            f"/v1/letters/{letter['id']}/attachments", json={"file_id": file["id"]}, headers=clinician
+        )
         assert response.status_code == 201, response.text
     total = response.json()["attachments_total_bytes"]
     assert 24_900_000 <= total < 24_910_000  # "24.9 MB" accepted
     room = DEFAULT_MAX_ATTACHMENT_BYTES - total
     exact = await sized_file(client, clinician, patient_id, room)
     one_over = await sized_file(client, clinician, patient_id, room + 1)
-    over = await client.post(f"/v1/letters/{letter['id']}/attachments", json={"file_id": one_over["id"]}, headers=clinician)
+    over = await client.post(
+        f"/v1/letters/{letter['id']}/attachments", json={"file_id": one_over["id"]}, headers=clinician
+    )
     assert (over.status_code, over.json()["code"]) == (422, "attachments-too-large")
     assert (over.json()["limit"], over.json()["current"], over.json()["total"]) == (25_000_000, total, 25_000_001)
     assert f"{total:,}" in over.json()["detail"] and "25,000,000" in over.json()["detail"]
-    fits = await client.post(f"/v1/letters/{letter['id']}/attachments", json={"file_id": exact["id"]}, headers=clinician)
+    fits = await client.post(
+        f"/v1/letters/{letter['id']}/attachments", json={"file_id": exact["id"]}, headers=clinician
+    )
     assert fits.status_code == 201, fits.text
     assert fits.json()["attachments_total_bytes"] == 25_000_000
 
@@ -509,7 +556,9 @@ async def sized_file(client: AsyncTestClient[Any], headers: dict[str, str], pid:
 
 
 @hypothesis_settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], max_examples=8)
-@given(limit=st.integers(min_value=3_000, max_value=12_000), sizes=st.lists(st.integers(1, 5_000), min_size=1, max_size=4))
+@given(
+    limit=st.integers(min_value=3_000, max_value=12_000), sizes=st.lists(st.integers(1, 5_000), min_size=1, max_size=4)
+)
 async def test_the_total_counts_every_file_against_the_organisations_limit(
     client: AsyncTestClient[Any], clinician: dict[str, str], patient_id: str, limit: int, sizes: list[int]
 ) -> None:
@@ -520,7 +569,9 @@ async def test_the_total_counts_every_file_against_the_organisations_limit(
     for padding in sizes:
         file = await upload(client, clinician, patient_id, padded_pdf(padding), "p.pdf")
         size = next(r for r in file["renditions"] if r["role"] == "shareable")["size"]
-        response = await client.post(f"/v1/letters/{letter['id']}/attachments", json={"file_id": file["id"]}, headers=clinician)
+        response = await client.post(
+            f"/v1/letters/{letter['id']}/attachments", json={"file_id": file["id"]}, headers=clinician
+        )
         if total + size <= limit:
             assert response.status_code == 201, response.text
             total += size
@@ -537,7 +588,9 @@ async def test_a_lower_organisation_limit_takes_effect_and_stops_a_send(
 ) -> None:
     letter = await draft(client, clinician, patient_id)
     file = await upload(client, clinician, patient_id, padded_pdf(5_000), "p.pdf")
-    assert (await client.post(f"/v1/letters/{letter['id']}/attachments", json={"file_id": file["id"]}, headers=clinician)).status_code == 201
+    assert (
+        await client.post(f"/v1/letters/{letter['id']}/attachments", json={"file_id": file["id"]}, headers=clinician)
+    ).status_code == 201
     assert (await client.get("/v1/letter-settings", headers=clinician)).json() == {
         "max_attachment_bytes": None,
         "organisation_name": None,
@@ -546,13 +599,17 @@ async def test_a_lower_organisation_limit_takes_effect_and_stops_a_send(
     lowered = await client.put("/v1/letter-settings", json={"max_attachment_bytes": 1_000}, headers=clinician)
     assert lowered.status_code == 200
     second = await draft(client, clinician, patient_id)
-    refused = await client.post(f"/v1/letters/{second['id']}/attachments", json={"file_id": file["id"]}, headers=clinician)
+    refused = await client.post(
+        f"/v1/letters/{second['id']}/attachments", json={"file_id": file["id"]}, headers=clinician
+    )
     assert (refused.status_code, refused.json()["limit"]) == (422, 1_000)
     stopped = await client.post(f"/v1/letters/{letter['id']}/send", json={}, headers=clinician)
     assert (stopped.status_code, stopped.json()["code"]) == (422, "attachments-too-large")
     # Another organisation keeps the default.
     other = bearer(settings, "clinician", "org-b", sub="dr-b")
-    assert (await client.get("/v1/letter-settings", headers=other)).json()["effective"]["max_attachment_bytes"] == 25_000_000
+    assert (await client.get("/v1/letter-settings", headers=other)).json()["effective"][
+        "max_attachment_bytes"
+    ] == 25_000_000
     for bad in ({"max_attachment_bytes": 0}, {"max_attachment_bytes": 10**9}, {"organisation_name": " "}):
         response = await client.put("/v1/letter-settings", json=bad, headers=clinician)
         assert (response.status_code, response.json()["code"]) == (422, "invalid-request"), bad
@@ -560,7 +617,6 @@ async def test_a_lower_organisation_limit_takes_effect_and_stops_a_send(
     assert reset.json()["effective"]["max_attachment_bytes"] == 25_000_000
     sent = await client.post(f"/v1/letters/{letter['id']}/send", json={}, headers=clinician)
     assert sent.status_code == 200, sent.text
-
 
 
 @pytest.fixture
@@ -575,11 +631,15 @@ async def test_letters_on_postgresql_with_racing_sends(tmp_path: Path, pg_url: s
     async with AsyncTestClient(app=create_app(settings)) as client:
         pid = await new_patient(client, clinician, "MRN-PG")
         template = await client.post(
-            "/v1/letter-templates", json={"name": "T", "subject": "For {{ patient.name }}", "body": "Hi"}, headers=clinician
+            "/v1/letter-templates",
+            json={"name": "T", "subject": "For {{ patient.name }}", "body": "Hi"},
+            headers=clinician,
         )
         letter = await draft(client, clinician, pid, template_id=template.json()["id"])
         file = await upload(client, clinician, pid, make_pdf(), "a.pdf")
-        added = await client.post(f"/v1/letters/{letter['id']}/attachments", json={"file_id": file["id"]}, headers=clinician)
+        added = await client.post(
+            f"/v1/letters/{letter['id']}/attachments", json={"file_id": file["id"]}, headers=clinician
+        )
         assert added.status_code == 201, added.text
         keyed = {**clinician, "Idempotency-Key": "pg-1"}
         answers = await asyncio.gather(
@@ -596,6 +656,7 @@ async def test_letters_on_postgresql_with_racing_sends(tmp_path: Path, pg_url: s
         notifications = (await client.get("/v1/me/notifications", headers=patient)).json()["items"]
         assert [n["item_id"] for n in notifications] == [letter["id"]]
         assert (await client.get(f"/v1/letters/{letter['id']}/pdf", headers=patient)).status_code == 200
+
 
 # -- email ----------------------------------------------------------------------------------------
 
@@ -656,7 +717,9 @@ async def deliver(client: AsyncTestClient[Any], round_: int) -> int:
     return int(await asyncio.to_thread(client.blocking_portal.call, one_round))
 
 
-async def emailed_letter(client: AsyncTestClient[Any], clinician: dict[str, str], **send: Any) -> tuple[str, dict[str, Any]]:
+async def emailed_letter(
+    client: AsyncTestClient[Any], clinician: dict[str, str], **send: Any
+) -> tuple[str, dict[str, Any]]:
     pid = await new_patient(client, clinician, "MRN-M1", email=ADDRESS)
     letter = await draft(client, clinician, pid, subject="Your biopsy results", body="The biopsy showed no cancer.")
     response = await client.post(f"/v1/letters/{letter['id']}/send", json={"email": True}, **send)
@@ -690,8 +753,7 @@ class TestLetterEmail:
             yield test_client
 
     async def test_the_email_carries_the_pdf_and_every_file_as_shared(
-        self,
-        client: AsyncTestClient[Any], clinician: dict[str, str], mailbox: Mailbox
+        self, client: AsyncTestClient[Any], clinician: dict[str, str], mailbox: Mailbox
     ) -> None:
         box = mailbox
         await client.put("/v1/letter-settings", json={"organisation_name": "Riverside Clinic"}, headers=clinician)
@@ -702,7 +764,9 @@ class TestLetterEmail:
             await upload(client, clinician, pid, make_pdf(1, text="leaflet"), "leaflet.pdf"),
         ]
         for file in files:
-            added = await client.post(f"/v1/letters/{letter['id']}/attachments", json={"file_id": file["id"]}, headers=clinician)
+            added = await client.post(
+                f"/v1/letters/{letter['id']}/attachments", json={"file_id": file["id"]}, headers=clinician
+            )
             assert added.status_code == 201
         sent = await client.post(f"/v1/letters/{letter['id']}/send", json={"email": True}, headers=clinician)
         assert sent.status_code == 200, sent.text
@@ -728,7 +792,9 @@ class TestLetterEmail:
             shared = await client.get(attachment["url"], headers=clinician)
             assert part.get_content_type() == attachment["media_type"]
             assert part.get_content() == shared.content
-            assert (await client.get(f"/v1/files/{attachment['file_id']}/content?rendition=shareable", headers=clinician)).content == shared.content
+            assert (
+                await client.get(f"/v1/files/{attachment['file_id']}/content?rendition=shareable", headers=clinician)
+            ).content == shared.content
 
         shown = (await client.get(f"/v1/letters/{letter['id']}", headers=clinician)).json()
         assert (shown["email_status"], shown["email_error"]) == ("sent", None)
@@ -736,10 +802,8 @@ class TestLetterEmail:
         assert await deliver(client, 2) == 0
         assert len(box.received) == 1
 
-
     async def test_two_refusals_then_one_email(
-        self,
-        client: AsyncTestClient[Any], clinician: dict[str, str], mailbox: Mailbox
+        self, client: AsyncTestClient[Any], clinician: dict[str, str], mailbox: Mailbox
     ) -> None:
         box = mailbox
         box.plan = ["451 4.3.0 Try again later", "451 4.3.0 Try again later"]
@@ -756,10 +820,8 @@ class TestLetterEmail:
             await deliver(client, round_)
         assert (box.tries, len(box.received)) == (3, 1)
 
-
     async def test_a_server_that_always_refuses_ends_failed_and_the_letter_is_still_in_the_app(
-        self,
-        client: AsyncTestClient[Any], settings: Settings, clinician: dict[str, str], mailbox: Mailbox
+        self, client: AsyncTestClient[Any], settings: Settings, clinician: dict[str, str], mailbox: Mailbox
     ) -> None:
         box = mailbox
         box.refuse_always = f"554 5.7.1 Message to <{ADDRESS}> rejected"
@@ -776,10 +838,8 @@ class TestLetterEmail:
         assert [e["item_id"] for e in archive["letters"]] == [letter["id"]]
         assert (await client.get(f"/v1/letters/{letter['id']}/pdf", headers=patient)).status_code == 200
 
-
     async def test_an_idempotent_retry_sends_one_email(
-        self,
-        client: AsyncTestClient[Any], clinician: dict[str, str], mailbox: Mailbox
+        self, client: AsyncTestClient[Any], clinician: dict[str, str], mailbox: Mailbox
     ) -> None:
         box = mailbox
         keyed = {**clinician, "Idempotency-Key": "letter-7"}
@@ -793,7 +853,6 @@ class TestLetterEmail:
             await deliver(client, round_)
         assert len(box.received) == 1
         assert pid
-
 
     async def test_an_unreachable_server_is_retried_with_the_reason(
         self, client: AsyncTestClient[Any], clinician: dict[str, str], smtp: Controller, mailbox: Mailbox
@@ -815,7 +874,9 @@ class TestLetterEmail:
 
 
 def test_smtp_urls_and_refusal_reasons(tmp_path: Path) -> None:
-    assert SmtpServer.from_url("smtp://mail.example:2525") == SmtpServer("mail.example", 2525, tls=False, starttls=False)
+    assert SmtpServer.from_url("smtp://mail.example:2525") == SmtpServer(
+        "mail.example", 2525, tls=False, starttls=False
+    )
     assert SmtpServer.from_url("smtp://mail.example?starttls=true").starttls
     upgraded = SmtpServer.from_url("smtp+starttls://user%40x:p%3Ass@mail.example")
     assert (upgraded.port, upgraded.starttls, upgraded.user, upgraded.password) == (587, True, "user@x", "p:ss")

@@ -29,7 +29,15 @@ from careshare.core.models import RenditionRecord
 from careshare.core.patients import get_patient
 from careshare.core.problems import NOT_FOUND, Problem, ProblemType
 from careshare.core.sharing import share
-from careshare.core.targets import ATTACHMENTS_TOO_LARGE, DRAFT_REQUIRED, Attachment, Item, attach, attachments_of, detach
+from careshare.core.targets import (
+    ATTACHMENTS_TOO_LARGE,
+    DRAFT_REQUIRED,
+    Attachment,
+    Item,
+    attach,
+    attachments_of,
+    detach,
+)
 from careshare.plugins.letters import mail
 from careshare.plugins.letters.pdf import LetterLayout, render_pdf
 from careshare.plugins.letters.tables import letter_settings, letter_templates, letters

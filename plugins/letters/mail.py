@@ -95,8 +95,7 @@ def build_message(
     message["Message-ID"] = message_id(letter_id, mail_from)
     enclosed = f" and {len(files)} file{'s' if len(files) != 1 else ''}" if files else ""
     message.set_content(
-        f"{organisation} has sent you a letter. It is attached as a PDF{enclosed}.\n"
-        "You can also read it in the app.\n"
+        f"{organisation} has sent you a letter. It is attached as a PDF{enclosed}.\nYou can also read it in the app.\n"
     )
     message.add_attachment(pdf, maintype="application", subtype="pdf", filename="letter.pdf")
     for file in files:

@@ -145,9 +145,7 @@ def _pdf_json(row: sa.Row[Any]) -> dict[str, Any] | None:
     }
 
 
-async def letter_json(
-    conn: AsyncConnection, cs: Careshare, row: sa.Row[Any], *, for_clinician: bool
-) -> dict[str, Any]:
+async def letter_json(conn: AsyncConnection, cs: Careshare, row: sa.Row[Any], *, for_clinician: bool) -> dict[str, Any]:
     attached = (await attachments_of(conn, TARGET.name, [row.id]))[row.id]
     shown: dict[str, Any] = {
         "id": row.id,
@@ -347,7 +345,11 @@ class LetterController(Controller):
 
     @delete("/{lid:str}/attachments/{aid:str}", status_code=200)
     async def detach_file(
-        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], lid: FromPath[str], aid: FromPath[str]
+        self,
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        lid: FromPath[str],
+        aid: FromPath[str],
     ) -> dict[str, Any]:
         """Take a file off a draft (the file stays in the patient's files)."""
         async with cs.engine.begin() as conn:
@@ -392,7 +394,13 @@ class LetterPdfController(Controller):
             if row.pdf_sha256 is None:
                 raise Problem(NOT_FOUND, "A draft has no PDF yet: the PDF is made when the letter is sent.")
             await record_event(
-                conn, principal, "letter.read", patient_id=row.patient_id, rendition=LETTER_PDF, target="letter", item_id=row.id
+                conn,
+                principal,
+                "letter.read",
+                patient_id=row.patient_id,
+                rendition=LETTER_PDF,
+                target="letter",
+                item_id=row.id,
             )
         return blob_response(request, cs, row.pdf_sha256, row.pdf_size, "application/pdf", "letter.pdf")
 
@@ -423,7 +431,9 @@ class LetterSettingsController(Controller):
             raise _invalid(*errors)
         name = body.organisation_name.strip() if body.organisation_name is not None else None
         async with cs.engine.begin() as conn:
-            saved = await put_settings(conn, principal, LetterSettings(max_attachment_bytes=limit, organisation_name=name))
+            saved = await put_settings(
+                conn, principal, LetterSettings(max_attachment_bytes=limit, organisation_name=name)
+            )
         return _settings_json(saved, principal.org)
 
 

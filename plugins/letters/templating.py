@@ -132,7 +132,12 @@ def template_context(
 
 
 #: Placeholder values a template is tried with when it is saved.
-SAMPLE = {"patient_name": "Alex Example", "external_id": "MRN-0000", "clinician": "dr-example", "organisation": "Clinic"}
+SAMPLE = {
+    "patient_name": "Alex Example",
+    "external_id": "MRN-0000",
+    "clinician": "dr-example",
+    "organisation": "Clinic",
+}
 
 
 def _line_of(exc: BaseException) -> int | None:
