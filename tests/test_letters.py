@@ -154,22 +154,12 @@ async def test_the_sandbox_refuses_a_template_with_its_line(
         if line is not None:
             assert problem["line"] == line, body
             assert f"line {line} of the body" in problem["detail"]
-    listed = await client.get("/v1/letter-templates", headers=clinician)
-    assert listed.json()["items"] == []
-
-
-async def test_a_syntax_error_in_the_subject_names_the_subject(
-    client: AsyncTestClient[Any], clinician: dict[str, str]
-) -> None:
-    response = await client.post(
+    subject = await client.post(
         "/v1/letter-templates", json={"name": "Bad", "subject": "{{ oops", "body": "fine"}, headers=clinician
     )
-    assert response.status_code == 422
-    assert (response.json()["code"], response.json()["field"], response.json()["line"]) == (
-        "template-invalid",
-        "subject",
-        1,
-    )
+    assert (subject.status_code, subject.json()["field"], subject.json()["line"]) == (422, "subject", 1)
+    listed = await client.get("/v1/letter-templates", headers=clinician)
+    assert listed.json()["items"] == []
 
 
 JINJA_BITS = st.sampled_from(
@@ -388,7 +378,7 @@ async def test_email_is_refused_before_anything_is_sent_without_an_address_or_a_
     assert (await client.get("/v1/me/notifications", headers=patient)).json()["items"] == []
 
 
-async def test_patients_cannot_use_clinician_routes(
+async def test_patients_cannot_use_clinician_routes_and_bad_fields_are_named(
     client: AsyncTestClient[Any], clinician: dict[str, str], patient: dict[str, str], patient_id: str
 ) -> None:
     letter = await draft(client, clinician, patient_id)
@@ -401,11 +391,6 @@ async def test_patients_cannot_use_clinician_routes(
     ]:
         response = await getattr(client, method)(path, headers=patient, **({"json": {}} if method == "post" else {}))
         assert (response.status_code, response.json()["code"]) == (403, "forbidden"), path
-
-
-async def test_bad_letter_fields_are_named(
-    client: AsyncTestClient[Any], clinician: dict[str, str], patient_id: str
-) -> None:
     for body, field in [
         ({"body": "no subject"}, "$.subject"),
         ({"subject": "   ", "body": ""}, "$.subject"),
@@ -476,7 +461,7 @@ async def test_files_attach_to_drafts_only_and_dicom_travels_as_its_image(
         assert b"DICM" not in content.content[:200]
 
 
-async def test_another_patients_file_and_uploads_on_the_letter(
+async def test_another_patients_file_is_refused_and_uploads_attach_or_leave_nothing(
     client: AsyncTestClient[Any], clinician: dict[str, str], patient_id: str
 ) -> None:
     other = await new_patient(client, clinician, "MRN-F2")
@@ -496,21 +481,17 @@ async def test_another_patients_file_and_uploads_on_the_letter(
     assert attachment["kind"] == "pdf"
     files = (await client.get(f"/v1/patients/{patient_id}/files", headers=clinician)).json()["items"]
     assert [f["id"] for f in files] == [attachment["file_id"]]
-
-
-async def test_a_refused_upload_leaves_no_file(
-    client: AsyncTestClient[Any], clinician: dict[str, str], patient_id: str
-) -> None:
-    letter = await draft(client, clinician, patient_id)
+    # An upload the letter refuses is not kept in the patient's files either.
     saved = await client.put("/v1/letter-settings", json={"max_attachment_bytes": 100}, headers=clinician)
     assert saved.status_code == 200
-    response = await client.post(
+    refused = await client.post(
         f"/v1/letters/{letter['id']}/attachments",
         files={"file": ("big.pdf", make_pdf(3), "application/pdf")},
         headers=clinician,
     )
-    assert (response.status_code, response.json()["code"]) == (422, "attachments-too-large")
-    assert (await client.get(f"/v1/patients/{patient_id}/files", headers=clinician)).json()["items"] == []
+    assert (refused.status_code, refused.json()["code"]) == (422, "attachments-too-large")
+    files = (await client.get(f"/v1/patients/{patient_id}/files", headers=clinician)).json()["items"]
+    assert [f["id"] for f in files] == [attachment["file_id"]]
 
 
 async def test_25_mb_over_all_files_of_a_letter(
@@ -557,7 +538,7 @@ async def sized_file(client: AsyncTestClient[Any], headers: dict[str, str], pid:
 
 @hypothesis_settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], max_examples=8)
 @given(
-    limit=st.integers(min_value=3_000, max_value=12_000), sizes=st.lists(st.integers(1, 5_000), min_size=1, max_size=4)
+    limit=st.integers(min_value=3_000, max_value=9_000), sizes=st.lists(st.integers(1, 5_000), min_size=1, max_size=3)
 )
 async def test_the_total_counts_every_file_against_the_organisations_limit(
     client: AsyncTestClient[Any], clinician: dict[str, str], patient_id: str, limit: int, sizes: list[int]
