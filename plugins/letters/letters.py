@@ -359,6 +359,10 @@ async def remove_attachment(
 # -- sending ------------------------------------------------------------------------------------
 
 
+class _Raced(Exception):
+    """Another request changed the draft between reading and sending it."""
+
+
 def _fingerprint(letter_id: str, email: bool) -> str:
     return hashlib.sha256(json.dumps({"letter": letter_id, "email": email}, sort_keys=True).encode()).hexdigest()
 
@@ -442,25 +446,26 @@ async def send_letter(
                         send_fingerprint=fingerprint if key is not None else None,
                     )
                 )
-                if sent.rowcount == 1:
-                    shared = await share(
-                        conn,
-                        cs.plugins,
-                        principal,
-                        channel=CHANNEL,
-                        target=target.name,
-                        item_id=letter_id,
-                        patient_id=patient.id,
-                        title=LETTER_TITLE,
-                        notification_kind=NOTIFICATION_KIND,
-                    )
-                    notification_id = shared.notification.id if shared.notification else None
-                    await conn.execute(
-                        sa.update(letters).where(letters.c.id == letter_id).values(notification_id=notification_id)
-                    )
-                    return await _letter_row(conn, letter_id)
-        except IntegrityError:
-            pass  # the key was taken by a send of another letter meanwhile: the next round says so
+                if sent.rowcount != 1:
+                    raise _Raced  # sent or edited meanwhile: roll back and look again
+                shared = await share(
+                    conn,
+                    cs.plugins,
+                    principal,
+                    channel=CHANNEL,
+                    target=target.name,
+                    item_id=letter_id,
+                    patient_id=patient.id,
+                    title=LETTER_TITLE,
+                    notification_kind=NOTIFICATION_KIND,
+                )
+                notification_id = shared.notification.id if shared.notification else None
+                await conn.execute(
+                    sa.update(letters).where(letters.c.id == letter_id).values(notification_id=notification_id)
+                )
+                return await _letter_row(conn, letter_id)
+        except (_Raced, IntegrityError):
+            pass  # the next round sees why: sent with this key, edited, or the key taken by another letter
     raise Problem(LETTER_CHANGED)
 
 
