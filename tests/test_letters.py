@@ -20,12 +20,14 @@ import threading
 import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import numpy as np
 import pikepdf
 import pypdfium2
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -674,10 +676,35 @@ class Mailbox:
         return "250 Message accepted for delivery"
 
 
+SMTP_USER, SMTP_PASSWORD = "careshare", "s3cret:pass"
+
+
+def smtp_login(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+    """The server's check of the login careshare sends (``user:password@`` in the URL)."""
+    ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
+        SMTP_USER.encode(),
+        SMTP_PASSWORD.encode(),
+    )
+    return AuthResult(success=ok)
+
+
+def smtp_controller(mailbox: Mailbox, port: int) -> Controller:
+    """A real SMTP server on 127.0.0.1 that takes mail only after a login (plain: it is the loopback)."""
+    return Controller(
+        mailbox,
+        hostname="127.0.0.1",
+        port=port,
+        data_size_limit=None,
+        authenticator=smtp_login,
+        auth_required=True,
+        auth_require_tls=False,
+    )
+
+
 @pytest.fixture
 def smtp() -> Iterator[Controller]:
     """A real SMTP server on 127.0.0.1; its handler is a :class:`Mailbox`."""
-    controller = Controller(Mailbox(), hostname="127.0.0.1", port=free_port(), data_size_limit=None)
+    controller = smtp_controller(Mailbox(), free_port())
     controller.start()
     try:
         yield controller
@@ -720,7 +747,7 @@ class TestLetterEmail:
     def settings(self, tmp_path: Path, smtp: Controller) -> Settings:
         return make_settings(
             tmp_path / "data",
-            CARESHARE_SMTP_URL=f"smtp://127.0.0.1:{smtp.port}",
+            CARESHARE_SMTP_URL=f"smtp://{SMTP_USER}:{quote(SMTP_PASSWORD, safe='')}@127.0.0.1:{smtp.port}",
             CARESHARE_MAIL_FROM="letters@riverside.example",
         )
 
@@ -849,7 +876,7 @@ class TestLetterEmail:
         shown = (await client.get(f"/v1/letters/{letter['id']}", headers=clinician)).json()
         assert (shown["email_status"], shown["email_error"]) == ("pending", "ConnectionRefusedError")
         assert (await client.get(f"/v1/letters/{letter['id']}/pdf", headers=clinician)).status_code == 200
-        back = Controller(mailbox, hostname="127.0.0.1", port=smtp.port, data_size_limit=None)
+        back = smtp_controller(mailbox, smtp.port)
         back.start()  # the server is back: the next round sends it
         try:
             await deliver(client, 2)
