@@ -8,6 +8,7 @@ import secrets
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -75,11 +76,9 @@ class Settings:
             name.strip() for name in (env.get("CARESHARE_DISABLE_PLUGINS") or "").split(",") if name.strip()
         )
         smtp_url = (env.get("CARESHARE_SMTP_URL") or "").strip() or None
-        if smtp_url is not None:
-            scheme, _, rest = smtp_url.partition("://")
-            if scheme.lower() not in SMTP_SCHEMES or not rest.strip("/"):
-                # The URL may hold a password: name only what is wrong with it.
-                raise ValueError(f"CARESHARE_SMTP_URL must be {', '.join(s + '://host:port' for s in SMTP_SCHEMES)}")
+        if smtp_url is not None and not _valid_smtp_url(smtp_url):
+            # The URL may hold a password: name only what is wrong with it.
+            raise ValueError(f"CARESHARE_SMTP_URL must be {', '.join(s + '://host:port' for s in SMTP_SCHEMES)}")
         mail_from = (env.get("CARESHARE_MAIL_FROM") or "").strip() or DEFAULT_MAIL_FROM
         if "@" not in mail_from:
             raise ValueError("CARESHARE_MAIL_FROM must be an email address")
@@ -95,6 +94,15 @@ class Settings:
             smtp_url=smtp_url,
             mail_from=mail_from,
         )
+
+
+def _valid_smtp_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is no number)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in SMTP_SCHEMES and bool(parts.hostname)
 
 
 def _kept_secret(data_dir: Path) -> str:

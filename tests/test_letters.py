@@ -899,7 +899,7 @@ def test_smtp_urls_and_refusal_reasons(tmp_path: Path) -> None:
     refused = smtplib.SMTPRecipientsRefused({ADDRESS: (550, f"5.1.1 <{ADDRESS}>: no such user".encode())})
     assert refusal_reason(refused) == "550 5.1.1 <address>: no such user"
     assert refusal_reason(ConnectionResetError("x")) == "ConnectionResetError"
-    for bad in ("mail.example:25", "http://mail.example", "smtp://"):
+    for bad in ("mail.example:25", "http://mail.example", "smtp://", "smtp://mail.example:port"):
         with pytest.raises(ValueError, match="CARESHARE_SMTP_URL"):
             make_settings(tmp_path, CARESHARE_SMTP_URL=bad)
     with pytest.raises(ValueError, match="CARESHARE_MAIL_FROM"):

@@ -19,6 +19,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import attrs
 
+from careshare.core.settings import SMTP_SCHEMES
+
 if TYPE_CHECKING:
     from datetime import datetime
 
@@ -26,6 +28,7 @@ __all__ = ["MailAttachment", "SmtpServer", "build_message", "message_id", "refus
 
 #: A slow server is simply retried: this runs in a worker thread of the delivery round.
 TIMEOUT_SECONDS = 30.0
+#: Submission ports by scheme (the schemes are core's, ``careshare.core.settings.SMTP_SCHEMES``).
 DEFAULT_PORTS = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}
 _ADDRESS = re.compile(r"<?[^\s<>@]+@[^\s<>@]+>?")
 
@@ -43,12 +46,12 @@ class SmtpServer:
     def from_url(cls, url: str) -> SmtpServer:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
-        if scheme not in DEFAULT_PORTS or not parts.hostname:
-            raise ValueError("CARESHARE_SMTP_URL must be smtp://, smtp+starttls:// or smtps:// with a host")
+        if scheme not in SMTP_SCHEMES or not parts.hostname:
+            raise ValueError(f"CARESHARE_SMTP_URL must be one of {', '.join(SMTP_SCHEMES)} with a host")
         options = {k.lower(): v[-1].lower() for k, v in parse_qs(parts.query).items()}
         return cls(
             host=parts.hostname,
-            port=parts.port or DEFAULT_PORTS[scheme],
+            port=parts.port or DEFAULT_PORTS.get(scheme, 25),
             tls=scheme == "smtps",
             starttls=scheme == "smtp+starttls" or options.get("starttls") in ("1", "true", "yes"),
             user=unquote(parts.username) if parts.username else None,
