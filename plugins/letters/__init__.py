@@ -11,27 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from careshare import hookimpl
-from careshare.core.targets import ALL_KINDS, Target
 from careshare.plugins.letters import tables as tables  # loading the plugin puts its tables on the metadata
-from careshare.plugins.letters.letters import CHANNEL, DEFAULT_MAX_ATTACHMENT_BYTES, deliver_email
+from careshare.plugins.letters.letters import TARGET, deliver_email
 
 if TYPE_CHECKING:
     from careshare.core.notifications import Notification
+    from careshare.core.targets import Target
 
 __all__ = ["TARGET", "careshare_deliver", "careshare_migrations", "careshare_routes", "careshare_targets"]
-
-TARGET = Target(
-    name="letter",
-    channel=CHANNEL,
-    accepts=ALL_KINDS,
-    # The default; an organisation's own limit (letter settings) is enforced through an evolved target.
-    max_total_bytes=DEFAULT_MAX_ATTACHMENT_BYTES,
-    draft_required=True,
-    # DICOM's shareable copy is its rendered PNG: a letter never carries DICOM.
-    rendition="shareable",
-    sources=frozenset({"patient", "library"}),
-    description="a letter: its files reach the app inbox and, when emailed, travel attached to the email",
-)
 
 
 @hookimpl

@@ -30,10 +30,12 @@ from careshare.core.patients import get_patient
 from careshare.core.problems import NOT_FOUND, Problem, ProblemType
 from careshare.core.sharing import share
 from careshare.core.targets import (
+    ALL_KINDS,
     ATTACHMENTS_TOO_LARGE,
     DRAFT_REQUIRED,
     Attachment,
     Item,
+    Target,
     attach,
     attachments_of,
     detach,
@@ -52,7 +54,6 @@ if TYPE_CHECKING:
     from careshare.core.models import Patient, Principal
     from careshare.core.notifications import Notification
     from careshare.core.runtime import Careshare
-    from careshare.core.targets import Target
 
 __all__ = [
     "CHANNEL",
@@ -62,6 +63,7 @@ __all__ = [
     "IDEMPOTENCY_KEY_REUSED",
     "LETTER_CHANGED",
     "LETTER_PDF",
+    "TARGET",
     "LetterSettings",
     "add_attachment",
     "create_letter",
@@ -95,6 +97,19 @@ NOTIFICATION_KIND = "letter"
 SEND_ATTEMPTS = 3
 #: How long one delivery may hold a letter's email before another may try (longer than any SMTP exchange).
 EMAIL_HOLD_SECONDS = 900
+
+TARGET = Target(
+    name="letter",
+    channel=CHANNEL,
+    accepts=ALL_KINDS,
+    # The default; an organisation's own limit (letter settings) is enforced through an evolved target.
+    max_total_bytes=DEFAULT_MAX_ATTACHMENT_BYTES,
+    draft_required=True,
+    # DICOM's shareable copy is its rendered PNG: a letter never carries DICOM.
+    rendition="shareable",
+    sources=frozenset({"patient", "library"}),
+    description="a letter: its files reach the app inbox and, when emailed, travel attached to the email",
+)
 
 EMAIL_ADDRESS_MISSING = ProblemType(
     "email-address-missing",
@@ -276,7 +291,7 @@ async def create_letter(
             email_requested=False,
         )
     )
-    await record_event(conn, principal, "letter.created", patient_id=patient.id, target="letter", item_id=letter_id)
+    await record_event(conn, principal, "letter.created", patient_id=patient.id, target=TARGET.name, item_id=letter_id)
     return await _letter_row(conn, letter_id)
 
 
@@ -330,7 +345,7 @@ async def edit_letter(
 ) -> sa.Row[Any]:
     values = {k: v for k, v in {"subject": subject, "body": body}.items() if v is not None}
     row = await _take_draft(conn, principal, letter_id, **values)
-    await record_event(conn, principal, "letter.edited", patient_id=row.patient_id, target="letter", item_id=row.id)
+    await record_event(conn, principal, "letter.edited", patient_id=row.patient_id, target=TARGET.name, item_id=row.id)
     return await _letter_row(conn, letter_id)
 
 

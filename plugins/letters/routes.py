@@ -399,7 +399,7 @@ class LetterPdfController(Controller):
                 "letter.read",
                 patient_id=row.patient_id,
                 rendition=LETTER_PDF,
-                target="letter",
+                target=TARGET.name,
                 item_id=row.id,
             )
         return blob_response(request, cs, row.pdf_sha256, row.pdf_size, "application/pdf", "letter.pdf")
