@@ -126,13 +126,17 @@ def careshare_process(source: Source, kind: str, policy: Policy) -> Processed | 
 
 
 @hookspec
-def careshare_deliver(notification: Any) -> bool | None:
+def careshare_deliver(notification: Any, careshare: Any) -> bool | None:
     """Deliver a notification over one channel (in-app inbox, email, webhook).
 
     Delivery is at least once: a notification may arrive again after a retry, so receivers
     de-duplicate by its key. Notifications never hold file contents or clinical text.
+    A plain function runs in a worker thread; a coroutine function runs on the event loop.
 
     :param notification: the notification to deliver.
+    :param careshare: the running :class:`~careshare.core.runtime.Careshare` (settings, blob store,
+        database), for a plugin that needs more than the notification (an email with the letter's
+        files); None when the caller has none to give.
     :return: True when delivered, False to be retried later, None when this plugin does not deliver it.
     """
 

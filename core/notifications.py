@@ -255,12 +255,14 @@ async def deliver_due(
     now: datetime | None = None,
     batch: int = 50,
     concurrency: int = CONCURRENT_DELIVERIES,
+    careshare: Any = None,
 ) -> int:
     """Try every delivery that is due once; returns how many were tried.
 
     ``now`` is the clock for this round: what is due, and when a retry falls due. Tests pass a
     time past the backoff instead of sleeping. Deliveries of channels that are not loaded (a
-    plugin disabled since) wait, pending, for their plugin to come back.
+    plugin disabled since) wait, pending, for their plugin to come back. ``careshare`` (the
+    running :class:`~careshare.core.runtime.Careshare`) is handed to plugins that ask for it.
     """
     impls = _delivery_impls(pm)
     if not impls:
@@ -272,7 +274,7 @@ async def deliver_due(
     async def one(row: sa.Row[Any]) -> None:
         notification = _from_row(row)
         async with gate:
-            outcome, error = await _try(row.channel, impls[row.channel], notification)
+            outcome, error = await _try(row.channel, impls[row.channel], notification, careshare)
         await _record(engine, row, outcome, error, now)
 
     results = await asyncio.gather(*(one(row) for row in claimed), return_exceptions=True)
@@ -345,9 +347,12 @@ async def _record(
         )
 
 
-async def _try(channel: str, impl: pluggy.HookImpl, notification: Notification) -> tuple[bool | None, str | None]:
+async def _try(
+    channel: str, impl: pluggy.HookImpl, notification: Notification, careshare: Any
+) -> tuple[bool | None, str | None]:
     """Call one plugin: True delivered, None not for it, False retry (with the reason to keep)."""
-    kwargs = {"notification": notification} if "notification" in impl.argnames else {}
+    offered = {"notification": notification, "careshare": careshare}
+    kwargs = {name: value for name, value in offered.items() if name in impl.argnames}
     try:
         if inspect.iscoroutinefunction(impl.function):
             result = await impl.function(**kwargs)
@@ -363,7 +368,9 @@ async def _try(channel: str, impl: pluggy.HookImpl, notification: Notification) 
     return False, "not delivered"
 
 
-async def run_delivery_loop(engine: AsyncEngine, pm: pluggy.PluginManager, interval: float = 1.0) -> None:
+async def run_delivery_loop(
+    engine: AsyncEngine, pm: pluggy.PluginManager, interval: float = 1.0, *, careshare: Any = None
+) -> None:
     """Deliver due notifications until cancelled (the host runs this beside the API).
 
     A failed round (the database briefly away) is logged and the loop goes on; a full batch is
@@ -373,7 +380,7 @@ async def run_delivery_loop(engine: AsyncEngine, pm: pluggy.PluginManager, inter
     while True:
         tried = 0
         try:
-            tried = await deliver_due(engine, pm, batch=batch)
+            tried = await deliver_due(engine, pm, batch=batch, careshare=careshare)
         except Exception as exc:
             logger.warning("delivery round failed error=%s", type(exc).__name__)
         if tried < batch:

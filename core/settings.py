@@ -8,6 +8,7 @@ import secrets
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -16,12 +17,22 @@ from careshare.core.policy import Policy
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_UPLOAD_EXPIRY_SECONDS", "Settings", "disabled_plugins"]
+__all__ = [
+    "DEFAULT_MAIL_FROM",
+    "DEFAULT_MAX_UPLOAD_BYTES",
+    "DEFAULT_UPLOAD_EXPIRY_SECONDS",
+    "SMTP_SCHEMES",
+    "Settings",
+    "disabled_plugins",
+]
 
 DEFAULT_MAX_UPLOAD_BYTES = 1024**3
 #: How long an unfinished resumable (tus) upload waits for its next bytes before it is swept.
 DEFAULT_UPLOAD_EXPIRY_SECONDS = 24 * 3600.0
 SECRET_FILE = "secret.key"
+#: ``smtp://`` plain (or ``?starttls=true``), ``smtp+starttls://`` upgraded, ``smtps://`` TLS from the start.
+SMTP_SCHEMES = ("smtp", "smtp+starttls", "smtps")
+DEFAULT_MAIL_FROM = "careshare@localhost"
 
 
 def disabled_plugins(environ: Mapping[str, str] | None = None) -> frozenset[str]:
@@ -43,6 +54,9 @@ class Settings:
     upload_expiry_seconds: float = DEFAULT_UPLOAD_EXPIRY_SECONDS
     #: Limits and options handlers apply (the defaults of every organisation).
     policy: Policy = attrs.field(factory=Policy)
+    #: Where email goes out (``smtp://user:password@host:port``); None: this server sends no email.
+    smtp_url: str | None = attrs.field(default=None, repr=False)  # may hold a password
+    mail_from: str = DEFAULT_MAIL_FROM
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -72,6 +86,13 @@ class Settings:
         if policy.time_limit_seconds <= 0 or policy.memory_limit_bytes <= 0:
             raise ValueError("CARESHARE_HANDLER_TIME_LIMIT and CARESHARE_HANDLER_MEMORY_LIMIT must be positive")
         disabled = disabled_plugins(env)
+        smtp_url = (env.get("CARESHARE_SMTP_URL") or "").strip() or None
+        if smtp_url is not None and not _valid_smtp_url(smtp_url):
+            # The URL may hold a password: name only what is wrong with it.
+            raise ValueError(f"CARESHARE_SMTP_URL must be {', '.join(s + '://host:port' for s in SMTP_SCHEMES)}")
+        mail_from = (env.get("CARESHARE_MAIL_FROM") or "").strip() or DEFAULT_MAIL_FROM
+        if "@" not in mail_from:
+            raise ValueError("CARESHARE_MAIL_FROM must be an email address")
         return cls(
             data_dir=data_dir,
             database_url=database_url,
@@ -81,7 +102,18 @@ class Settings:
             disabled_plugins=disabled,
             upload_expiry_seconds=upload_expiry,
             policy=policy,
+            smtp_url=smtp_url,
+            mail_from=mail_from,
         )
+
+
+def _valid_smtp_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is no number)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in SMTP_SCHEMES and bool(parts.hostname)
 
 
 def _kept_secret(data_dir: Path) -> str:

@@ -239,15 +239,19 @@ def check_declared(target: Target, item: Item, file: StoredFile, attached: list[
             limit=target.max_file_bytes,
             size=rendition.size,
         )
-    total = sum(a.size for a in attached) + rendition.size
+    current = sum(a.size for a in attached)
+    total = current + rendition.size
     if target.max_total_bytes is not None and total > target.max_total_bytes:
         raise Problem(
             ATTACHMENTS_TOO_LARGE,
-            f"The files attached would total {total:,} bytes; this item accepts at most"
-            f" {target.max_total_bytes:,} bytes. Remove a file or attach a smaller one.",
+            f"The files attached already total {current:,} bytes; with this one ({rendition.size:,} bytes) they"
+            f" would total {total:,} bytes, and this item accepts at most {target.max_total_bytes:,} bytes."
+            " Remove a file or attach a smaller one.",
             rule=_where(target, "max_total_bytes"),
             limit=target.max_total_bytes,
             total=total,
+            current=current,
+            size=rendition.size,
         )
 
 
@@ -374,7 +378,11 @@ async def detach(
     if item.org != principal.org:
         raise Problem(NOT_FOUND)
     if target.draft_required and not item.is_draft:
-        raise Problem(DRAFT_REQUIRED, rule=_where(target, "draft_required"))
+        raise Problem(
+            DRAFT_REQUIRED,
+            "Files can only be removed while this item is a draft.",
+            rule=_where(target, "draft_required"),
+        )
     shared = (
         await conn.execute(
             sa.select(db.shares.c.id).where(db.shares.c.target == target.name, db.shares.c.item_id == item.id).limit(1)

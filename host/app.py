@@ -102,7 +102,9 @@ class CareshareInit(InitPlugin):
             from careshare.core.tus import run_sweeper
 
             await cs.start()
-            delivery = asyncio.create_task(run_delivery_loop(cs.engine, cs.plugins), name="careshare-delivery")
+            delivery = asyncio.create_task(
+                run_delivery_loop(cs.engine, cs.plugins, careshare=cs), name="careshare-delivery"
+            )
             sweeper = asyncio.create_task(run_sweeper(cs), name="careshare-upload-sweeper")
             tasks = [delivery, sweeper, *start_background(cs)]
             try:

@@ -111,6 +111,32 @@ class Template(Adapter):
         )
 
 
+class Letter(Adapter):
+    """A draft for the patient takes files one by one; once sent, every attachment is ``draft-required``."""
+
+    can_finish = True
+
+    async def new_item(self, world: World, rules: Mapping[str, Any]) -> str:
+        response = await world.client.post(
+            f"/v1/patients/{world.patient_id}/letters",
+            json={"subject": "Your results", "body": "Dear patient"},
+            headers=world.clinician,
+        )
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    async def attach(self, world: World, item: Any, files: Sequence[Sample]) -> httpx.Response:
+        [file] = files
+        return await world.client.post(
+            f"/v1/letters/{item}/attachments", json={"file_id": file.file_id}, headers=world.clinician
+        )
+
+    async def finish(self, world: World, item: Any) -> None:
+        response = await world.client.post(f"/v1/letters/{item}/send", json={"email": False}, headers=world.clinician)
+        # A plan may send twice: a sent letter is not sent again.
+        assert response.status_code == 200 or outcome(response) == "draft-required", response.text
+
+
 class FileRequest(Adapter):
     """Not a declared target: each request says which kinds and how many; the patient answers by uploading."""
 
@@ -152,6 +178,7 @@ ADAPTERS: dict[str, Adapter] = {
     "information-pack": Template("/v1/information-packs"),
     "appointment-type": Template("/v1/appointment-types"),
     "medication-type": Template("/v1/medication-types"),
+    "letter": Letter(),
     "file-request": FileRequest(),
 }
 

@@ -98,9 +98,14 @@ def test_hook_careshare_deliver() -> None:
         def careshare_deliver(self, notification: dict[str, str]) -> bool | None:
             return True if notification["via"] == "inbox" else None
 
-    pm = get_plugin_manager(load_entrypoints=False, plugins=[Inbox()])
-    assert pm.hook.careshare_deliver(notification={"via": "inbox"}) == [True]
-    assert pm.hook.careshare_deliver(notification={"via": "email"}) == []
+    class Mailer:
+        @hookimpl
+        def careshare_deliver(self, notification: dict[str, str], careshare: Any) -> bool | None:
+            return careshare["smtp"] if notification["via"] == "email" else None
+
+    pm = get_plugin_manager(load_entrypoints=False, plugins=[Inbox(), Mailer()])
+    assert pm.hook.careshare_deliver(notification={"via": "inbox"}, careshare={"smtp": False}) == [True]
+    assert pm.hook.careshare_deliver(notification={"via": "email"}, careshare={"smtp": "sent"}) == ["sent"]
 
 
 def test_a_misspelt_argument_is_refused_at_registration() -> None:

@@ -146,6 +146,7 @@ def test_the_wheel_holds_everything_under_careshare(wheel: Path) -> None:
         "careshare/host/cli.py",
         "careshare/plugins/__init__.py",
         "careshare/plugins/filetypes/pdf.py",
+        "careshare/plugins/letters/templates/letter.html.j2",
         "careshare/testing/__init__.py",
     ):
         assert required in names, required

@@ -1,0 +1,146 @@
+"""Letter email over real SMTP: the MIME message (stdlib ``email``) and one send (stdlib ``smtplib``).
+
+``CARESHARE_SMTP_URL`` names the server: ``smtp://host:port`` (plain; ``?starttls=true`` to
+upgrade), ``smtp+starttls://host:port`` (upgraded), ``smtps://host:port`` (TLS from the start),
+each with an optional ``user:password@`` to log in. The subject and the text say only who wrote;
+the letter itself travels as the PDF attachment, with every file the letter carries.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import re
+import smtplib
+import ssl
+from email.message import EmailMessage
+from email.utils import format_datetime
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import attrs
+
+from careshare.core.settings import SMTP_SCHEMES
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+__all__ = ["MailAttachment", "SmtpServer", "build_message", "message_id", "refusal_reason", "send"]
+
+#: A slow server is simply retried: this runs in a worker thread of the delivery round.
+TIMEOUT_SECONDS = 30.0
+#: Submission ports by scheme (the schemes are core's, ``careshare.core.settings.SMTP_SCHEMES``).
+DEFAULT_PORTS = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}
+_ADDRESS = re.compile(r"<?[^\s<>@]+@[^\s<>@]+>?")
+
+
+@attrs.frozen
+class SmtpServer:
+    host: str
+    port: int
+    tls: bool  # TLS from the first byte (smtps)
+    starttls: bool
+    user: str | None = attrs.field(default=None, repr=False)
+    password: str | None = attrs.field(default=None, repr=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> SmtpServer:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in SMTP_SCHEMES or not parts.hostname:
+            raise ValueError(f"CARESHARE_SMTP_URL must be one of {', '.join(SMTP_SCHEMES)} with a host")
+        options = {k.lower(): v[-1].lower() for k, v in parse_qs(parts.query).items()}
+        return cls(
+            host=parts.hostname,
+            port=parts.port or DEFAULT_PORTS.get(scheme, 25),
+            tls=scheme == "smtps",
+            starttls=scheme == "smtp+starttls" or options.get("starttls") in ("1", "true", "yes"),
+            user=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+
+@attrs.frozen
+class MailAttachment:
+    filename: str
+    media_type: str
+    data: bytes = attrs.field(repr=False)
+
+
+def message_id(letter_id: str, mail_from: str) -> str:
+    """The same for every try of one letter's email, so receivers can drop a repeat."""
+    domain = mail_from.rsplit("@", 1)[-1].strip("<> ") or "careshare"
+    return f"<letter-{letter_id}@{domain}>"
+
+
+def attachment_name(filename: str, media_type: str) -> str:
+    """The file's name with the extension of what is sent (a DICOM scan travels as its PNG)."""
+    extension = {"image/jpeg": ".jpg"}.get(media_type) or mimetypes.guess_extension(media_type) or ""
+    stem = filename.rsplit(".", 1)[0] if "." in filename else filename
+    return f"{stem or 'file'}{extension}"
+
+
+def build_message(
+    *,
+    letter_id: str,
+    mail_from: str,
+    to: str,
+    organisation: str,
+    sent_at: datetime,
+    pdf: bytes,
+    files: list[MailAttachment],
+) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = mail_from
+    message["To"] = to
+    # No clinical text in the subject or the text: mail servers and lock screens show them.
+    message["Subject"] = f"A letter from {organisation}"
+    message["Date"] = format_datetime(sent_at)
+    message["Message-ID"] = message_id(letter_id, mail_from)
+    enclosed = f" and {len(files)} file{'s' if len(files) != 1 else ''}" if files else ""
+    message.set_content(
+        f"{organisation} has sent you a letter. It is attached as a PDF{enclosed}.\nYou can also read it in the app.\n"
+    )
+    message.add_attachment(pdf, maintype="application", subtype="pdf", filename="letter.pdf")
+    for file in files:
+        maintype, _, subtype = file.media_type.partition("/")
+        message.add_attachment(
+            file.data,
+            maintype=maintype or "application",
+            subtype=subtype or "octet-stream",
+            filename=attachment_name(file.filename, file.media_type),
+        )
+    return message
+
+
+def send(server: SmtpServer, message: EmailMessage) -> None:
+    """Hand the message to the server once; raises on any refusal (blocking: run it in a thread)."""
+    context = ssl.create_default_context()
+    smtp: smtplib.SMTP
+    if server.tls:
+        smtp = smtplib.SMTP_SSL(server.host, server.port, timeout=TIMEOUT_SECONDS, context=context)
+    else:
+        smtp = smtplib.SMTP(server.host, server.port, timeout=TIMEOUT_SECONDS)
+    with smtp:
+        smtp.ehlo()
+        if server.starttls:
+            smtp.starttls(context=context)
+            smtp.ehlo()
+        if server.user:
+            smtp.login(server.user, server.password or "")
+        smtp.send_message(message)
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """What went wrong, for the clinic: the SMTP code and text (addresses removed), or the error's type."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        replies = list(exc.recipients.values())
+        code, text = replies[0] if replies else (0, b"")
+    elif isinstance(exc, smtplib.SMTPResponseException):
+        code, text = exc.smtp_code, exc.smtp_error
+    else:
+        return type(exc).__name__[:200]
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    # The server may echo the patient's address; it is patient data.
+    cleaned = " ".join(_ADDRESS.sub("<address>", str(text)).split())
+    return f"{code} {cleaned}".strip()[:200]

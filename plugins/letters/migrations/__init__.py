@@ -1,0 +1,1 @@
+"""Alembic revisions of the letters channel's tables (branch ``letters``), applied by the host at start-up."""
