@@ -8,6 +8,7 @@ sharing, archive, delivery) are checked here for their calling contract.
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -148,7 +149,8 @@ async def test_hook_careshare_routes(settings: Settings) -> None:
 
 async def test_hook_careshare_background(settings: Settings) -> None:
     """Each job runs once the schema is migrated, beside the API, and is cancelled when the host stops."""
-    ran, stopped = asyncio.Event(), []
+    # The test client runs the app on a loop of its own in another thread: a thread-safe event.
+    ran, stopped = threading.Event(), []
 
     class Heartbeat:
         @hookimpl
@@ -170,7 +172,7 @@ async def test_hook_careshare_background(settings: Settings) -> None:
 
     pm = get_plugin_manager(load_entrypoints=False, plugins=[Heartbeat()])
     async with AsyncTestClient(app=create_app(settings, plugins=pm)) as client:
-        await asyncio.wait_for(ran.wait(), timeout=30)
+        assert await asyncio.to_thread(ran.wait, 30)
         assert (await client.get("/healthz")).status_code == 200
         assert stopped == ["once"]
     assert stopped == ["once", "beat"]

@@ -38,16 +38,30 @@ CONTAINER_MEDIA_TYPES = {
     "mov": "video/quicktime",
     "webm": "video/webm",
     "matroska": "video/x-matroska",
+    # Phone-camera containers (ISO base media like MP4): the video handler accepts them too.
+    "3gp": "video/3gpp",
+    "3g2": "video/3gpp2",
 }
 #: Video codecs each container holds in these strategies (``h264`` is libx264, or mpeg4 without it).
-VIDEO_CODECS = {"mp4": ("h264",), "mov": ("h264",), "webm": ("vp9", "vp8"), "matroska": ("h264", "vp9")}
+VIDEO_CODECS = {
+    "mp4": ("h264",),
+    "mov": ("h264",),
+    "webm": ("vp9", "vp8"),
+    "matroska": ("h264", "vp9"),
+    "3gp": ("h264",),
+    "3g2": ("h264",),
+}
 #: Audio codecs each container holds (None: no audio track).
 AUDIO_CODECS: dict[str, tuple[str | None, ...]] = {
     "mp4": (None, "aac"),
     "mov": (None, "aac"),
     "webm": (None, "opus"),
     "matroska": (None, "aac", "opus"),
+    "3gp": (None, "aac"),
+    "3g2": (None, "aac"),
 }
+#: Containers of the ISO base media family: the moov atom may come first (faststart) or last.
+ISO_MEDIA = frozenset({"mp4", "mov", "3gp", "3g2"})
 _ENCODERS = {"vp9": "libvpx-vp9", "vp8": "libvpx", "aac": "aac", "opus": "libopus"}
 _AUDIO_FRAME = {"aac": 1024, "opus": 960}
 _SAMPLE_RATE = 48000
@@ -117,7 +131,7 @@ def _picture(spec: VideoSpec, index: int, rng: np.random.Generator) -> np.ndarra
 def write_video(spec: VideoSpec, path: Path) -> Path:
     """Write ``spec`` to ``path`` with PyAV; returns ``path``."""
     options: dict[str, str] = {}
-    if spec.container in ("mp4", "mov"):
+    if spec.container in ISO_MEDIA:
         flags = [] if spec.moov_at_end else ["+faststart"]
         if spec.container == "mov" and any(k.startswith("com.") for k in spec.metadata):
             flags.append("+use_metadata_tags")
@@ -164,7 +178,7 @@ def write_video(spec: VideoSpec, path: Path) -> Path:
 
 def make_video(spec: VideoSpec) -> bytes:
     """The bytes of ``spec`` written by :func:`write_video`."""
-    suffix = {"mp4": ".mp4", "mov": ".mov", "webm": ".webm", "matroska": ".mkv"}[spec.container]
+    suffix = {"matroska": ".mkv"}.get(spec.container, f".{spec.container}")
     with tempfile.TemporaryDirectory(prefix="careshare-video-") as tmp:
         path = write_video(spec, Path(tmp) / f"video{suffix}")
         return path.read_bytes()
