@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import os
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -417,3 +418,16 @@ async def test_cancelling_an_upload_mid_stream_leaves_nothing(store: BlobStore, 
     with pytest.raises(asyncio.CancelledError):
         await task
     assert stored_files(store_root) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux only")
+def test_staging_starts_writeback_on_linux() -> None:
+    """The early writeback that keeps the final fsync short is found (a failed lookup would silently drop it)."""
+    from careshare.core import storage
+
+    assert storage._SYNC_FILE_RANGE is not None
+    with tempfile.NamedTemporaryFile() as handle:
+        handle.write(b"x" * 8192)
+        handle.flush()
+        assert storage._SYNC_FILE_RANGE(handle.fileno(), 0, 8192, storage._WRITEBACK) == 0
+        assert storage._SYNC_FILE_RANGE(-1, 0, 8192, storage._WRITEBACK) == -1
