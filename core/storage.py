@@ -47,6 +47,7 @@ _READ_CHUNK = 256 * 1024
 #: writev() takes at most this many buffers (Linux and macOS).
 _IOV_MAX = 1024
 
+
 def content_key(sha256: str) -> str:
     return f"sha256/{sha256[:2]}/{sha256[2:4]}/{sha256}"
 
@@ -169,7 +170,9 @@ class _StagingFile:
         await asyncio.shield(asyncio.wrap_future(_after([self._writing, self._flushing], remove)))
 
 
-def _after(futures: list[concurrent.futures.Future[None] | None], action: Callable[[], None]) -> concurrent.futures.Future[None]:
+def _after(
+    futures: list[concurrent.futures.Future[None] | None], action: Callable[[], None]
+) -> concurrent.futures.Future[None]:
     """Run ``action`` once every future is done (at once if they are, else on the thread finishing last)."""
     outcome: concurrent.futures.Future[None] = concurrent.futures.Future()
     waiting = [future for future in futures if future is not None]
@@ -213,7 +216,8 @@ def _threads() -> concurrent.futures.ThreadPoolExecutor:
     """The threads that hash, write and flush staging files (per upload, one block and one flush at a time)."""
     if not _THREADS:
         workers = min(32, (os.cpu_count() or 2) + 4)
-        _THREADS.append(concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="careshare-stage"))
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="careshare-stage")
+        _THREADS.append(pool)
     return _THREADS[0]
 
 
@@ -274,9 +278,7 @@ class BlobStore:
                 await asyncio.to_thread(_hash_block, digest, block)
                 yield b"".join(block)
 
-        await obstore.put_async(
-            self.store, key, joined(), chunk_size=_PART_BYTES, max_concurrency=_PART_CONCURRENCY
-        )
+        await obstore.put_async(self.store, key, joined(), chunk_size=_PART_BYTES, max_concurrency=_PART_CONCURRENCY)
         return digest.hexdigest()
 
     async def discard(self, key: str) -> None:

@@ -357,9 +357,7 @@ def chunked_across_blocks(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
     """1-3 blocks' worth of bytes, cut anywhere and also right at, before and after block boundaries."""
     size = draw(st.integers(1, 3 * BLOCK + 3))
     data = random_bytes(size, draw(st.integers(0, 2**16)))
-    near_blocks = st.builds(
-        lambda k, d: min(max(k * BLOCK + d, 0), size), st.integers(1, 3), st.integers(-2, 2)
-    )
+    near_blocks = st.builds(lambda k, d: min(max(k * BLOCK + d, 0), size), st.integers(1, 3), st.integers(-2, 2))
     positions = draw(st.lists(st.one_of(st.integers(0, size), near_blocks), max_size=12))
     return data, cut(data, positions)
 
