@@ -429,3 +429,43 @@ def test_staging_starts_writeback_on_linux() -> None:
         handle.flush()
         assert storage._SYNC_FILE_RANGE(handle.fileno(), 0, 8192, storage._WRITEBACK) == 0
         assert storage._SYNC_FILE_RANGE(-1, 0, 8192, storage._WRITEBACK) == -1
+
+
+@contextlib.contextmanager
+def object_store() -> Iterator[BlobStore]:
+    """A blob store on obstore's in-memory store: the same object-store API as S3, so the S3 staging path runs."""
+    from obstore.store import MemoryStore
+
+    with tempfile.TemporaryDirectory(prefix="careshare-blobs-") as directory:
+        store = BlobStore((Path(directory) / "blobs").as_uri())
+        store.store, store.local_root = MemoryStore(), None
+        yield store
+
+
+def object_keys(store: BlobStore) -> list[str]:
+    import obstore
+
+    return sorted(meta["path"] for page in obstore.list(store.store) for meta in page)
+
+
+@given(chunked_across_blocks())
+@example((b"x" * (BLOCK + 1), [b"x", b"x" * BLOCK]))
+def test_object_store_staging_of_any_chunking_keeps_bytes_hash_and_limit(case: tuple[bytes, list[bytes]]) -> None:
+    import obstore
+
+    data, chunks = case
+
+    async def run() -> None:
+        with object_store() as store:
+            with pytest.raises(Problem) as refused:
+                await store.stage(stream(chunks), limit=len(data) - 1)
+            assert refused.value.code == "upload-too-large"
+            assert object_keys(store) == []
+
+            staged = await store.stage(stream(chunks), limit=len(data))
+            assert (staged.sha256, staged.size) == (hashlib.sha256(data).hexdigest(), len(data))
+            assert bytes(obstore.get(store.store, staged.key).bytes()) == data
+            assert await store.promote(staged) == content_key(staged.sha256)
+            assert object_keys(store) == [content_key(staged.sha256)]
+
+    asyncio.run(run())
