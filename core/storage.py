@@ -8,9 +8,12 @@ once its file has passed its checks; the same bytes are stored once however ofte
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import ctypes
 import hashlib
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,21 +29,23 @@ from careshare.core.ids import new_id
 from careshare.core.problems import UPLOAD_EMPTY, UPLOAD_TOO_LARGE, Problem
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, AsyncIterator, Iterator
+    from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 
 __all__ = ["HEAD_BYTES", "BlobStore", "StagedBlob", "content_key"]
 
 #: How much of the start of an upload the identify hook sees.
 HEAD_BYTES = 64 * 1024
-#: Multipart part size for staging writes (S3 minimum is 5 MiB).
+#: Multipart part size for staging writes to S3 (S3 minimum is 5 MiB).
 _PART_BYTES = 8 * 1024 * 1024
 #: Parts in flight per upload. obstore holds each in memory until written, so this bounds an
-#: upload's memory to about (1 + this) parts when the disk or S3 is slower than the client.
+#: upload's memory to about (1 + this) parts when S3 is slower than the client.
 _PART_CONCURRENCY = 2
-#: Chunks go to obstore in blocks of at least this size: each hand-off from the event loop to
-#: obstore's runtime costs far more than joining a few 256 KiB network chunks.
+#: Network chunks travel in blocks of at least this size: each hand-off (to a writer thread, or
+#: to obstore's runtime) costs far more than a block's worth of per-chunk bookkeeping.
 _BLOCK_BYTES = 1024 * 1024
 _READ_CHUNK = 256 * 1024
+#: writev() takes at most this many buffers (Linux and macOS).
+_IOV_MAX = 1024
 
 
 def content_key(sha256: str) -> str:
@@ -58,15 +63,15 @@ class StagedBlob:
 
 
 class _Meter:
-    """Hashes, counts and enforces the limit on chunks as they pass through."""
+    """Counts the bytes and keeps the head as chunks arrive; refuses them as soon as the limit is crossed."""
 
     def __init__(self, limit: int | None) -> None:
         self.limit = limit
         self.size = 0
-        self.digest = hashlib.sha256()
         self.head = bytearray()
 
-    async def metered(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    async def blocks(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[list[bytes]]:
+        """The non-empty chunks, metered one by one, in blocks of at least ``_BLOCK_BYTES`` (the last may be less)."""
         block: list[bytes] = []
         held = 0
         async for chunk in chunks:
@@ -79,17 +84,141 @@ class _Meter:
                     f"The file is larger than the {self.limit:,} bytes this server accepts. Send a smaller file.",
                     limit=self.limit,
                 )
-            self.digest.update(chunk)
             if len(self.head) < HEAD_BYTES:
                 self.head += chunk[: HEAD_BYTES - len(self.head)]
             block.append(chunk)
             held += len(chunk)
             if held >= _BLOCK_BYTES:
-                yield b"".join(block)
-                block.clear()
+                yield block
+                block = []
                 held = 0
         if block:
-            yield b"".join(block)
+            yield block
+
+
+def _hash_block(digest: hashlib._Hash, block: list[bytes]) -> None:
+    # hashlib lets go of the GIL for buffers of 2 KiB and more, so a worker thread hashes in parallel.
+    for chunk in block:
+        digest.update(chunk)
+
+
+class _StagingFile:
+    """A local staging file, hashed and written block by block on worker threads, blocks in order.
+
+    The event loop only meters and groups the chunks; hashing and the page-cache copy, the two
+    costs that scale with the bytes, run on a thread while the loop receives the next block.
+    At most one block is in flight, so an upload holds about two blocks in memory. On Linux,
+    writeback of what is written starts on the side as the upload goes (PostgreSQL's
+    ``*_flush_after`` does the same), so the fsync before the file is accepted waits for little.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        self.digest = hashlib.sha256()
+        self.written = 0
+        self.flushed = 0
+        self._writing: concurrent.futures.Future[None] | None = None
+        self._flushing: concurrent.futures.Future[None] | None = None
+
+    async def write(self, block: list[bytes]) -> None:
+        """Wait for the block before, then hand this one to a worker thread and return at once."""
+        await self.settle()
+        self._start_writeback()
+        self._writing = _threads().submit(self._write, block)
+
+    async def settle(self) -> None:
+        """Wait until the block in flight is written (raises its error, if it failed)."""
+        if self._writing is not None:
+            await asyncio.wrap_future(self._writing)
+
+    def _write(self, block: list[bytes]) -> None:
+        _hash_block(self.digest, block)
+        for start in range(0, len(block), _IOV_MAX):
+            batch = block[start : start + _IOV_MAX]
+            size = sum(map(len, batch))
+            done = os.writev(self.fd, batch)
+            if done < size:  # a short write (rare on a regular file): finish it plainly
+                rest = memoryview(b"".join(batch))[done:]
+                while rest:
+                    rest = rest[os.write(self.fd, rest) :]
+            self.written += size
+
+    def _start_writeback(self) -> None:
+        # On its own thread: a busy disk may block the request, and must not hold up the hashing.
+        if _SYNC_FILE_RANGE is None or self.written == self.flushed:
+            return
+        if self._flushing is not None and not self._flushing.done():
+            return  # the next request covers this range too
+        start, self.flushed = self.flushed, self.written
+        self._flushing = _threads().submit(_SYNC_FILE_RANGE, self.fd, start, self.written - start, _WRITEBACK)
+
+    def close(self) -> None:
+        """Done writing (after ``settle``): the file closes once its last writeback request is made."""
+        self._start_writeback()
+        _after([self._writing, self._flushing], lambda: os.close(self.fd))
+
+    async def abort(self) -> None:
+        """Close and remove the file once no thread uses it, even if the caller is cancelled meanwhile."""
+
+        def remove() -> None:
+            os.close(self.fd)
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+        await asyncio.shield(asyncio.wrap_future(_after([self._writing, self._flushing], remove)))
+
+
+def _after(
+    futures: list[concurrent.futures.Future[None] | None], action: Callable[[], None]
+) -> concurrent.futures.Future[None]:
+    """Run ``action`` once every future is done (at once if they are, else on the thread finishing last)."""
+    outcome: concurrent.futures.Future[None] = concurrent.futures.Future()
+    waiting = [future for future in futures if future is not None]
+
+    def step(_: object = None) -> None:
+        if waiting:
+            waiting.pop().add_done_callback(step)
+            return
+        try:
+            action()
+        except BaseException as exc:
+            outcome.set_exception(exc)
+        else:
+            outcome.set_result(None)
+
+    step()
+    return outcome
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function  # type: ignore[no-any-return]
+
+
+_SYNC_FILE_RANGE = _load_sync_file_range()
+#: SYNC_FILE_RANGE_WRITE: start writeback of the range's dirty pages, do not wait for it.
+_WRITEBACK = 2
+
+
+_THREADS: list[concurrent.futures.ThreadPoolExecutor] = []
+
+
+def _threads() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads that hash, write and flush staging files (per upload, one block and one flush at a time)."""
+    if not _THREADS:
+        workers = min(32, (os.cpu_count() or 2) + 4)
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="careshare-stage")
+        _THREADS.append(pool)
+    return _THREADS[0]
 
 
 class BlobStore:
@@ -118,13 +247,39 @@ class BlobStore:
         """
         key = f"staging/{new_id()}"
         meter = _Meter(limit)
-        await obstore.put_async(
-            self.store, key, meter.metered(chunks), chunk_size=_PART_BYTES, max_concurrency=_PART_CONCURRENCY
-        )
+        if self.local_root is not None:
+            sha256 = await self._stage_local(key, meter, chunks)
+        else:
+            sha256 = await self._stage_remote(key, meter, chunks)
         if meter.size == 0:
             await self.discard(key)
             raise Problem(UPLOAD_EMPTY)
-        return StagedBlob(key=key, sha256=meter.digest.hexdigest(), size=meter.size, head=bytes(meter.head))
+        return StagedBlob(key=key, sha256=sha256, size=meter.size, head=bytes(meter.head))
+
+    async def _stage_local(self, key: str, meter: _Meter, chunks: AsyncIterable[bytes]) -> str:
+        # Plain writes to the file obstore's LocalStore would make: it copies every part once more.
+        assert self.local_root is not None
+        staging = _StagingFile(self.local_root / key)
+        try:
+            async for block in meter.blocks(chunks):
+                await staging.write(block)
+            await staging.settle()
+        except BaseException:
+            await staging.abort()
+            raise
+        staging.close()
+        return staging.digest.hexdigest()
+
+    async def _stage_remote(self, key: str, meter: _Meter, chunks: AsyncIterable[bytes]) -> str:
+        digest = hashlib.sha256()
+
+        async def joined() -> AsyncIterator[bytes]:
+            async for block in meter.blocks(chunks):
+                await asyncio.to_thread(_hash_block, digest, block)
+                yield b"".join(block)
+
+        await obstore.put_async(self.store, key, joined(), chunk_size=_PART_BYTES, max_concurrency=_PART_CONCURRENCY)
+        return digest.hexdigest()
 
     async def discard(self, key: str) -> None:
         with contextlib.suppress(NotFoundError, FileNotFoundError):

@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import os
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -344,3 +345,127 @@ def test_sweep_staging_on_an_empty_store(store: BlobStore) -> None:
 def test_unknown_storage_schemes_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="file:// or s3://"):
         BlobStore(f"ftp://example.org/{tmp_path.name}")
+
+
+# -- staging blocks: chunks are grouped for the writer thread ------------------------------------------
+
+BLOCK = 1024 * 1024  # core.storage._BLOCK_BYTES: the tests below cut around it
+
+
+@st.composite
+def chunked_across_blocks(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
+    """1-3 blocks' worth of bytes, cut anywhere and also right at, before and after block boundaries."""
+    size = draw(st.integers(1, 3 * BLOCK + 3))
+    data = random_bytes(size, draw(st.integers(0, 2**16)))
+    near_blocks = st.builds(lambda k, d: min(max(k * BLOCK + d, 0), size), st.integers(1, 3), st.integers(-2, 2))
+    positions = draw(st.lists(st.one_of(st.integers(0, size), near_blocks), max_size=12))
+    return data, cut(data, positions)
+
+
+@given(chunked_across_blocks())
+@example((b"x" * BLOCK, [b"x" * BLOCK]))
+@example((b"x" * (BLOCK + 1), [b"x" * BLOCK, b"x"]))
+@example((b"x" * (BLOCK + 1), [b"x", b"x" * BLOCK]))
+def test_any_chunking_across_blocks_stores_the_same_bytes_and_hash(case: tuple[bytes, list[bytes]]) -> None:
+    data, chunks = case
+
+    async def run() -> None:
+        with fresh_store() as (store, root):
+            staged = await store.stage(stream(chunks), limit=len(data))
+            assert (staged.sha256, staged.size) == (hashlib.sha256(data).hexdigest(), len(data))
+            assert staged.head == data[:HEAD_BYTES]
+            assert (root / staged.key).read_bytes() == data
+
+            with pytest.raises(Problem) as refused:
+                await store.stage(stream(chunks), limit=len(data) - 1)
+            assert refused.value.code == "upload-too-large"
+            assert stored_files(root) == [staged.key], "the refused upload left nothing"
+
+    asyncio.run(run())
+
+
+async def test_a_block_of_more_chunks_than_one_writev_takes(store: BlobStore, store_root: Path) -> None:
+    # 1 MiB in 500-byte chunks is about 2,100 buffers for one block: more than IOV_MAX (1024).
+    data = random_bytes(BLOCK + 777, seed=6)
+    chunks = [data[i : i + 500] for i in range(0, len(data), 500)]
+    staged = await store.stage(stream(chunks), limit=None)
+    assert staged.sha256 == hashlib.sha256(data).hexdigest()
+    assert (store_root / staged.key).read_bytes() == data
+
+
+async def test_a_staging_file_is_readable_by_its_owner_only(store: BlobStore, store_root: Path) -> None:
+    staged = await store.stage(stream([b"patient data"]), limit=None)
+    assert (store_root / staged.key).stat().st_mode & 0o777 == 0o600
+
+
+async def test_cancelling_an_upload_mid_stream_leaves_nothing(store: BlobStore, store_root: Path) -> None:
+    """A request task cancelled while a block is being written (the client went away) removes its file."""
+    sent = asyncio.Event()
+
+    async def stalls() -> AsyncIterator[bytes]:
+        for seed in range(3):
+            yield random_bytes(BLOCK, seed)
+        sent.set()
+        await asyncio.Event().wait()  # the client never sends the rest
+        yield b"never"
+
+    task = asyncio.ensure_future(store.stage(stalls(), limit=None))
+    await sent.wait()
+    assert len(staging_files(store_root)) == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert stored_files(store_root) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux only")
+def test_staging_starts_writeback_on_linux() -> None:
+    """The early writeback that keeps the final fsync short is found (a failed lookup would silently drop it)."""
+    from careshare.core import storage
+
+    assert storage._SYNC_FILE_RANGE is not None
+    with tempfile.NamedTemporaryFile() as handle:
+        handle.write(b"x" * 8192)
+        handle.flush()
+        assert storage._SYNC_FILE_RANGE(handle.fileno(), 0, 8192, storage._WRITEBACK) == 0
+        assert storage._SYNC_FILE_RANGE(-1, 0, 8192, storage._WRITEBACK) == -1
+
+
+@contextlib.contextmanager
+def object_store() -> Iterator[BlobStore]:
+    """A blob store on obstore's in-memory store: the same object-store API as S3, so the S3 staging path runs."""
+    from obstore.store import MemoryStore
+
+    with tempfile.TemporaryDirectory(prefix="careshare-blobs-") as directory:
+        store = BlobStore((Path(directory) / "blobs").as_uri())
+        store.store, store.local_root = MemoryStore(), None
+        yield store
+
+
+def object_keys(store: BlobStore) -> list[str]:
+    import obstore
+
+    return sorted(meta["path"] for page in obstore.list(store.store) for meta in page)
+
+
+@given(chunked_across_blocks())
+@example((b"x" * (BLOCK + 1), [b"x", b"x" * BLOCK]))
+def test_object_store_staging_of_any_chunking_keeps_bytes_hash_and_limit(case: tuple[bytes, list[bytes]]) -> None:
+    import obstore
+
+    data, chunks = case
+
+    async def run() -> None:
+        with object_store() as store:
+            with pytest.raises(Problem) as refused:
+                await store.stage(stream(chunks), limit=len(data) - 1)
+            assert refused.value.code == "upload-too-large"
+            assert object_keys(store) == []
+
+            staged = await store.stage(stream(chunks), limit=len(data))
+            assert (staged.sha256, staged.size) == (hashlib.sha256(data).hexdigest(), len(data))
+            assert bytes(obstore.get(store.store, staged.key).bytes()) == data
+            assert await store.promote(staged) == content_key(staged.sha256)
+            assert object_keys(store) == [content_key(staged.sha256)]
+
+    asyncio.run(run())
