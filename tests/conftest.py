@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import shutil
+import sqlite3
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -10,12 +15,12 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from litestar.testing import AsyncTestClient
 
+from careshare.core.runtime import Careshare
 from careshare.host import create_app
 from careshare.testing import PostgresCluster, bearer, find_postgres_bin, make_settings
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
-    from pathlib import Path
 
     from careshare.core.settings import Settings
 
@@ -31,8 +36,31 @@ def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path / "data")
 
 
+@pytest.fixture(scope="session")
+def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite database the built-in plugins' migrations brought up to date, once per session."""
+    settings = make_settings(tmp_path_factory.mktemp("migrated") / "data")
+    url = settings.database_url
+    cs = Careshare.build(settings)
+    try:
+        asyncio.run(cs.start())
+    finally:
+        asyncio.run(cs.close())
+    path = Path(url.split("///", 1)[1])
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return path
+
+
 @pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
+async def client(settings: Settings, migrated_database: Path) -> AsyncIterator[AsyncTestClient[Any]]:
+    # A copy of the migrated database: start-up finds every revision applied and skips the
+    # migrations (tests/test_migrations.py runs them for real on fresh databases).
+    if settings.database_url.startswith("sqlite+aiosqlite:///"):
+        database = Path(settings.database_url.split("///", 1)[1])
+        if not database.exists():
+            database.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(migrated_database, database)
     async with AsyncTestClient(app=create_app(settings)) as test_client:
         yield test_client
 
