@@ -88,6 +88,8 @@ def patient(settings: Settings, patient_id: str) -> dict[str, str]:
 def postgres() -> Iterator[PostgresCluster]:
     """One throwaway PostgreSQL cluster for the session; each test takes its own database."""
     if find_postgres_bin() is None:
+        # Reason: scripts/test installs PostgreSQL where it can (root + apt); a machine without it
+        # still runs everything else, and the skip names what is missing.
         pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed on this machine")
     cluster = PostgresCluster()
     cluster.start()

@@ -484,6 +484,7 @@ def test_random_valid_datasets_render_to_an_8_bit_png_of_their_size(drawn: Dicom
             assert image.format == "PNG"
             assert image.mode == ("RGB" if drawn.colour else "L")  # 8 bits per channel
             assert image.size == (drawn.columns, drawn.rows)
+        # Fails when the chosen frame is reported 0-based or past the last frame of the drawn file.
         assert 1 <= out.metadata["frame"] <= drawn.frames
 
 
