@@ -26,6 +26,7 @@ __all__ = [
     "create_engine",
     "deliveries",
     "files",
+    "jobs",
     "metadata",
     "migrate",
     "newest_first",
@@ -294,3 +295,19 @@ def migrate(url: str, extra_version_dirs: Iterable[Path] = ()) -> None:
     config.set_main_option("path_separator", "space")
     config.attributes["database_url"] = url
     command.upgrade(config, "heads")
+
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    # The embedded queue (SQLite, one process): work to do off the request path, leased while it runs.
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("task", sa.String(64), nullable=False),
+    sa.Column("key", sa.String(200), nullable=False, unique=True),  # one waiting or running job per key
+    sa.Column("args", sa.JSON, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("run_after", UTCDateTime, nullable=False),
+    sa.Column("leased_until", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_jobs_due", "run_after"),
+)

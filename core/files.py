@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -14,9 +17,17 @@ from careshare.core import db
 from careshare.core.audit import record_event
 from careshare.core.filenames import sanitise_filename
 from careshare.core.ids import new_id
+from careshare.core.jobs import MAX_ATTEMPTS, task
 from careshare.core.models import RenditionRecord, Source, StoredFile
-from careshare.core.problems import NOT_FOUND, UNSUPPORTED_FILE_TYPE, Problem
-from careshare.core.storage import content_key
+from careshare.core.problems import (
+    FILE_UNPROCESSABLE,
+    NOT_FOUND,
+    UNSUPPORTED_FILE_TYPE,
+    Problem,
+    ProblemType,
+    problem_types,
+)
+from careshare.core.storage import content_key, held_key
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable
@@ -24,11 +35,16 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
     from careshare.core.models import Principal, Processed
-    from careshare.core.policy import Policy
     from careshare.core.runtime import Careshare
 
 __all__ = [
+    "CHECK_TASK",
+    "FILE_STILL_CHECKING",
     "ORIGINAL",
+    "accept",
+    "answer_later",
+    "check_file",
+    "check_key",
     "check_record",
     "discard_new_files",
     "get_file",
@@ -36,11 +52,83 @@ __all__ = [
     "insert_blobs",
     "list_files",
     "mark_seen",
+    "refusal",
+    "requeue_stranded",
+    "run_requeue_loop",
     "store_renditions",
+    "wait_for_check",
 ]
 
 ORIGINAL = "original"
+CHECK_TASK = "careshare.check-file"
+#: In a processing file's check record: its uploader got ``202`` and hears of the outcome later.
+NOTIFY_WHEN_DONE = "notify_when_done"
+FILE_STILL_CHECKING = ProblemType(
+    "file-still-checking",
+    409,
+    "File is still being checked",
+    "The file is still being checked, so it was not used. Once it is ready, send it again by its file id.",
+)
 logger = logging.getLogger(__name__)
+
+
+async def accept(
+    cs: Careshare,
+    chunks: AsyncIterable[bytes],
+    *,
+    principal: Principal,
+    owner_type: Literal["patient", "library"],
+    patient_id: str | None,
+    source: Literal["clinic", "patient"],
+    filename: str | None = None,
+) -> StoredFile:
+    """Take an upload until its bytes are durable: a ``processing`` file whose check is queued.
+
+    The bytes decide the type: the client's name and Content-Type are never trusted, and a file no
+    plugin recognises is refused here (``unsupported-file-type``), leaving nothing behind. Without
+    ``filename``, the name is read from ``chunks.filename`` once the stream is consumed (a
+    multipart part names its file only when it starts).
+    """
+    staged = await cs.store.stage(chunks, limit=cs.settings.max_upload_bytes)
+    name = sanitise_filename(filename if filename is not None else getattr(chunks, "filename", None))
+    try:
+        ident = cs.plugins.hook.careshare_identify(head=staged.head, filename=name)
+        if ident is None:
+            raise Problem(UNSUPPORTED_FILE_TYPE)
+        now = db.utcnow()
+        stored = StoredFile(
+            id=new_id(),
+            org=principal.org,
+            owner_type=owner_type,
+            patient_id=patient_id,
+            filename=name,
+            kind=ident.kind,
+            media_type=ident.media_type,
+            size=staged.size,
+            sha256=staged.sha256,
+            status="processing",
+            source=source,
+            metadata={},
+            check={"state": "queued", "reason": None},
+            renditions=(),
+            uploaded_by=principal.subject,
+            created_at=now,
+        )
+        await cs.store.hold(staged, stored.id)
+    except BaseException:
+        await cs.store.discard(staged.key)
+        raise
+    try:
+        async with cs.engine.begin() as conn:
+            await insert_blobs(conn, [RenditionRecord(ORIGINAL, ident.media_type, staged.size, staged.sha256)], now)
+            await _insert_file(conn, stored)
+            await record_event(conn, principal, "file.uploaded", patient_id=patient_id, file_id=stored.id)
+    except BaseException:
+        await cs.store.discard(held_key(stored.id))
+        raise
+    # After the commit: a crash in between leaves a processing file that requeue_stranded finds.
+    await cs.jobs.defer(CHECK_TASK, key=check_key(stored.id), file_id=stored.id)
+    return stored
 
 
 async def ingest(
@@ -51,71 +139,251 @@ async def ingest(
     owner_type: Literal["patient", "library"],
     patient_id: str | None,
     source: Literal["clinic", "patient"],
-    policy: Policy | None = None,
     filename: str | None = None,
+    wait: float | None = None,
 ) -> StoredFile:
-    """Take an upload from first byte to a ``ready`` file, or refuse it leaving nothing behind.
+    """``accept`` an upload and wait for its check: the ``ready`` file, or its refusal raised.
 
-    The bytes decide the type: the client's name and Content-Type are never trusted. Without
-    ``filename``, the name is read from ``chunks.filename`` once the stream is consumed (a
-    multipart part names its file only when it starts).
+    For flows that use the file at once (a message sent with its upload): a check still running
+    after ``wait`` seconds (default: the longest wait the settings allow) raises
+    ``file-still-checking``; the file stays in the owner's files and finishes on its own.
     """
-    staged = await cs.store.stage(chunks, limit=cs.settings.max_upload_bytes)
-    name = sanitise_filename(filename if filename is not None else getattr(chunks, "filename", None))
-    started = time.perf_counter()
+    stored = await accept(
+        cs, chunks, principal=principal, owner_type=owner_type, patient_id=patient_id, source=source, filename=filename
+    )
+    done = await wait_for_check(cs, stored.id, cs.settings.max_wait_seconds if wait is None else wait)
+    if done.status == "processing":
+        raise Problem(
+            FILE_STILL_CHECKING,
+            f"The file is still being checked after {wait or cs.settings.max_wait_seconds:g} seconds, so it was"
+            " not used. It stays in the files; once it is ready, send it again by its file id.",
+            file_id=done.id,
+        )
+    if done.status == "rejected":
+        await discard_new_files(cs, [done.id])  # the flow sends nothing, so it keeps nothing of it
+        raise refusal(done)
+    return done
+
+
+def refusal(stored: StoredFile) -> Problem:
+    """The problem a rejected file was refused with, as its check recorded it."""
+    recorded = stored.check.get("problem") or {}
+    code = stored.check.get("reason") or FILE_UNPROCESSABLE.code
+    known = problem_types().get(code)
+    type_ = known or ProblemType(code, int(recorded.get("status", 422)), str(recorded.get("title", "")), "")
+    return Problem(type_, recorded.get("detail") or type_.detail, **(recorded.get("extra") or {}))
+
+
+async def wait_for_check(cs: Careshare, file_id: str, timeout: float) -> StoredFile:
+    """The file once its check has ended, or as it is after ``timeout`` seconds (still ``processing``).
+
+    Checks may run in another process, so the row is read again and again (more rarely as the
+    wait goes on); a check run in this process wakes its waiters at once.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(timeout, 0.0)
+    pause = 0.02
+    while True:
+        event = _finished.setdefault(file_id, asyncio.Event())
+        async with cs.reader.connect() as conn:
+            stored = await _load(conn, file_id)
+        if stored is None:
+            raise Problem(NOT_FOUND)
+        remaining = deadline - loop.time()
+        if stored.status != "processing" or remaining <= 0:
+            if stored.status != "processing" or not event.is_set():
+                _finished.pop(file_id, None)
+            return stored
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), min(pause, remaining))
+        pause = min(pause * 2, 0.5)
+
+
+async def answer_later(cs: Careshare, file_id: str) -> StoredFile:
+    """The uploader is answered before the check ends: have them notified when it does.
+
+    A compare-and-set on ``processing``: if the check ended meanwhile, nothing is flagged and the
+    file comes back final, so the caller answers with the outcome instead (never both, never neither).
+    """
+    async with cs.engine.begin() as conn:
+        stored = await _load(conn, file_id, for_update=True)
+        if stored is None:
+            raise Problem(NOT_FOUND)
+        if stored.status == "processing":
+            check = {**stored.check, NOTIFY_WHEN_DONE: True}
+            await conn.execute(
+                sa.update(db.files)
+                .where(db.files.c.id == file_id, db.files.c.status == "processing")
+                .values(check=check)
+            )
+            stored = attrs.evolve(stored, check=check)
+    return stored
+
+
+#: Waiters in this process, by file id (set when a check run here ends).
+_finished: dict[str, asyncio.Event] = {}
+
+
+def check_key(file_id: str) -> str:
+    return f"check:{file_id}"
+
+
+@task(CHECK_TASK)
+async def check_file(cs: Careshare, *, file_id: str, attempts: int = 1) -> None:
+    """The queued check of one file: handler, renditions, then ``ready`` or ``rejected``, exactly once.
+
+    Safe to run again (a worker killed mid-check, a job retried): a file no longer ``processing``
+    is left alone, and the status only moves with a compare-and-set, so one run's renditions win.
+    On the last attempt an unexpected failure refuses the file rather than leaving it processing.
+    """
     try:
-        ident = cs.plugins.hook.careshare_identify(head=staged.head, filename=name)
-        if ident is None:
-            raise Problem(UNSUPPORTED_FILE_TYPE)
-        with cs.store.workdir() as workdir, cs.store.local_path(staged.key) as path:
+        await _check(cs, file_id)
+    except Problem:
+        raise
+    except Exception as exc:
+        if attempts < MAX_ATTEMPTS:
+            raise
+        logger.error("check given up file=%s error=%s", file_id, type(exc).__name__)
+        await _settle(cs, file_id, rejected=Problem(FILE_UNPROCESSABLE))
+    finally:
+        event = _finished.get(file_id)
+        if event is not None:
+            event.set()
+
+
+async def _check(cs: Careshare, file_id: str) -> None:
+    async with cs.reader.connect() as conn:
+        stored = await _load(conn, file_id)
+    if stored is None or stored.status != "processing":
+        return
+    key = await cs.store.held_or_stored(file_id, stored.sha256)
+    if key is None:  # cannot happen unless the store lost bytes: say so, never leave it processing
+        logger.error("held upload missing file=%s", file_id)
+        await _settle(cs, file_id, rejected=Problem(FILE_UNPROCESSABLE))
+        return
+    started = time.perf_counter()
+    original = RenditionRecord(ORIGINAL, stored.media_type, stored.size, stored.sha256)
+    try:
+        with cs.store.workdir() as workdir, cs.store.local_path(key) as path:
             src = Source(
                 path=path,
-                sha256=staged.sha256,
-                size=staged.size,
-                kind=ident.kind,
-                media_type=ident.media_type,
+                sha256=stored.sha256,
+                size=stored.size,
+                kind=stored.kind,
+                media_type=stored.media_type,
                 workdir=Path(workdir),
             )
-            processed = await cs.processor.process(src, ident.kind, policy or cs.settings.policy)
+            processed = await cs.processor.process(src, stored.kind, cs.settings.policy)
             if processed is None:
                 raise Problem(UNSUPPORTED_FILE_TYPE)
-            original = RenditionRecord(ORIGINAL, ident.media_type, staged.size, staged.sha256)
             renditions = await store_renditions(cs, processed, original)
-    except BaseException:
-        await cs.store.discard(staged.key)
-        raise
-
-    now = db.utcnow()
+    except Problem as problem:
+        await _settle(cs, file_id, rejected=problem, started=started)
+        return
+    # Promote before the row says ready: a crash in between leaves a stored blob and a job to retry.
+    await cs.store.promote_held(file_id, stored.sha256)
     check = check_record(processed, original, renditions, started)
-    stored = StoredFile(
-        id=new_id(),
-        org=principal.org,
-        owner_type=owner_type,
-        patient_id=patient_id,
-        filename=name,
-        kind=ident.kind,
-        media_type=ident.media_type,
-        size=staged.size,
-        sha256=staged.sha256,
-        status="ready",
-        source=source,
-        metadata=dict(processed.metadata),
-        check=check,
-        renditions=tuple(renditions),
-        uploaded_by=principal.subject,
-        created_at=now,
-    )
-    try:
-        async with cs.engine.begin() as conn:
+    await _settle(cs, file_id, ready=(processed, renditions, check))
+
+
+async def _settle(
+    cs: Careshare,
+    file_id: str,
+    *,
+    ready: tuple[Processed, list[RenditionRecord], dict[str, Any]] | None = None,
+    rejected: Problem | None = None,
+    started: float | None = None,
+) -> None:
+    """Move a file out of ``processing`` (compare-and-set) with its outcome and notification."""
+    now = db.utcnow()
+    async with cs.engine.begin() as conn:
+        stored = await _load(conn, file_id, for_update=True)
+        if stored is None or stored.status != "processing":
+            return
+        notify = bool(stored.check.get(NOTIFY_WHEN_DONE))
+        if ready is not None:
+            processed, renditions, check = ready
+            values: dict[str, Any] = {"status": "ready", "metadata": dict(processed.metadata), "check": check}
+        else:
+            assert rejected is not None
+            t = rejected.type
+            check = {
+                "state": "done",
+                "reason": t.code,
+                "problem": {"status": t.status, "title": t.title, "detail": rejected.detail, "extra": rejected.extra},
+                "duration_ms": None if started is None else round((time.perf_counter() - started) * 1000, 1),
+            }
+            values = {"status": "rejected", "check": check}
+        moved = await conn.execute(
+            sa.update(db.files).where(db.files.c.id == file_id, db.files.c.status == "processing").values(**values)
+        )
+        if moved.rowcount != 1:
+            return
+        if ready is not None:
             await insert_blobs(conn, renditions, now)
-            await _insert_file(conn, stored)
-            await record_event(conn, principal, "file.uploaded", patient_id=patient_id, file_id=stored.id)
-            # Promote last: a failed insert rolls back and the staged copy is discarded.
-            await cs.store.promote(staged)
-    except BaseException:
-        await cs.store.discard(staged.key)
-        raise
-    return stored
+            await conn.execute(
+                db.renditions.insert(),
+                [
+                    {"file_id": file_id, "role": r.role, "media_type": r.media_type, "size": r.size, "sha256": r.sha256}
+                    for r in renditions
+                ],
+            )
+        if notify:
+            await _notify_uploader(conn, cs, stored, "file.ready" if ready is not None else "file.rejected")
+    if rejected is not None:
+        # After the commit: the row says rejected, so nothing refused is kept (a crash here leaves
+        # a held copy that no processing file owns, for the sweep).
+        await cs.store.discard(held_key(file_id))
+
+
+async def _notify_uploader(conn: AsyncConnection, cs: Careshare, stored: StoredFile, kind: str) -> None:
+    """Tell a patient answered ``202`` how their file's check ended (a title only; never the file or its name)."""
+    if stored.source != "patient" or stored.patient_id is None:
+        return
+    from careshare.core.notifications import enqueue
+
+    title = "Your file was received" if kind == "file.ready" else "Your file could not be accepted"
+    await enqueue(
+        conn,
+        cs.plugins,
+        org=stored.org,
+        patient_id=stored.patient_id,
+        kind=kind,
+        title=title,
+        target=None,
+        item_id=stored.id,
+        dedupe_key=f"{kind}:{stored.id}",
+    )
+
+
+async def requeue_stranded(cs: Careshare, *, older_than_seconds: float = 60.0) -> int:
+    """Queue the check of every ``processing`` file that has no job (a crash between commit and defer)."""
+    cutoff = db.utcnow() - timedelta(seconds=older_than_seconds)
+    async with cs.reader.connect() as conn:
+        ids = list(
+            (
+                await conn.execute(
+                    sa.select(db.files.c.id).where(db.files.c.status == "processing", db.files.c.created_at < cutoff)
+                )
+            ).scalars()
+        )
+    if not ids:
+        return 0
+    waiting = await cs.jobs.waiting(check_key(i) for i in ids)
+    stranded = [i for i in ids if check_key(i) not in waiting]
+    for file_id in stranded:
+        logger.warning("requeueing the check of a stranded file=%s", file_id)
+        await cs.jobs.defer(CHECK_TASK, key=check_key(file_id), file_id=file_id)
+    return len(stranded)
+
+
+async def run_requeue_loop(cs: Careshare, every_seconds: float = 60.0) -> None:
+    while True:
+        try:
+            await requeue_stranded(cs)
+        except Exception as exc:
+            logger.warning("requeue round failed error=%s", type(exc).__name__)
+        await asyncio.sleep(every_seconds)
 
 
 async def store_renditions(cs: Careshare, processed: Processed, original: RenditionRecord) -> list[RenditionRecord]:
@@ -188,6 +456,8 @@ async def discard_new_files(cs: Careshare, file_ids: list[str]) -> None:
             await conn.execute(sa.delete(db.blobs).where(db.blobs.c.sha256.in_(unused)))
             for sha256 in unused:
                 await cs.store.discard(content_key(sha256))
+        for file_id in doomed:  # a file whose check had not ended still holds its upload
+            await cs.store.discard(held_key(file_id))
 
 
 def _insert_ignore(conn: AsyncConnection, table: sa.Table) -> Any:
@@ -219,13 +489,14 @@ async def _insert_file(conn: AsyncConnection, stored: StoredFile) -> None:
             created_at=stored.created_at,
         )
     )
-    await conn.execute(
-        db.renditions.insert(),
-        [
-            {"file_id": stored.id, "role": r.role, "media_type": r.media_type, "size": r.size, "sha256": r.sha256}
-            for r in stored.renditions
-        ],
-    )
+    if stored.renditions:
+        await conn.execute(
+            db.renditions.insert(),
+            [
+                {"file_id": stored.id, "role": r.role, "media_type": r.media_type, "size": r.size, "sha256": r.sha256}
+                for r in stored.renditions
+            ],
+        )
 
 
 def _row_to_file(row: sa.Row[Any], renditions: list[RenditionRecord]) -> StoredFile:
@@ -259,6 +530,14 @@ async def _with_renditions(conn: AsyncConnection, rows: list[sa.Row[Any]]) -> li
         for r in result:
             by_file[r.file_id].append(RenditionRecord(r.role, r.media_type, r.size, r.sha256))
     return [_row_to_file(row, by_file[row.id]) for row in rows]
+
+
+async def _load(conn: AsyncConnection, file_id: str, *, for_update: bool = False) -> StoredFile | None:
+    query = sa.select(db.files).where(db.files.c.id == file_id)
+    if for_update and conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = (await conn.execute(query)).first()
+    return None if row is None else (await _with_renditions(conn, [row]))[0]
 
 
 async def get_file(conn: AsyncConnection, principal: Principal, file_id: str) -> StoredFile:

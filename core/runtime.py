@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from careshare import PROJECT_NAME
+from careshare.core import files as _files  # noqa: F401 (registers the check task with the job queue)
 from careshare.core.db import create_engine, migrate
+from careshare.core.jobs import make_queue
 from careshare.core.plugins import get_plugin_manager
 from careshare.core.processing import Processor
 from careshare.core.storage import BlobStore
@@ -42,6 +44,10 @@ class Careshare:
         self.reader = reader or engine
         #: Runs file-type handlers in processes of their own, under the policy's limits.
         self.processor = Processor(plugins)
+        #: Where checks and other background work wait for a worker (see ``careshare.core.jobs``).
+        self.jobs = make_queue(
+            settings.database_url, engine, engine_name=settings.queue_engine, lease_seconds=settings.job_lease_seconds
+        )
 
     @classmethod
     def build(cls, settings: Settings, plugins: pluggy.PluginManager | None = None) -> Careshare:
@@ -64,8 +70,19 @@ class Careshare:
         dirs += [d for d in _blocked_plugin_migrations(self.settings.disabled_plugins) if d not in dirs]
         await asyncio.to_thread(migrate, self.settings.database_url, dirs)
         await asyncio.to_thread(self.store.sweep_staging)
+        await self.jobs.open()
+        apply_schema = getattr(self.jobs, "apply_schema", None)
+        if apply_schema is not None:
+            await apply_schema()
+
+    async def run_workers(self, concurrency: int) -> None:
+        """Run queued jobs (file checks ...) ``concurrency`` at a time until cancelled."""
+        from careshare.core.files import run_requeue_loop
+
+        await asyncio.gather(self.jobs.work(self, concurrency), run_requeue_loop(self))
 
     async def close(self) -> None:
+        await self.jobs.close()
         await self.engine.dispose()
         if self.reader is not self.engine:
             await self.reader.dispose()

@@ -33,6 +33,14 @@ SECRET_FILE = "secret.key"
 #: ``smtp://`` plain (or ``?starttls=true``), ``smtp+starttls://`` upgraded, ``smtps://`` TLS from the start.
 SMTP_SCHEMES = ("smtp", "smtp+starttls", "smtps")
 DEFAULT_MAIL_FROM = "careshare@localhost"
+#: How long an upload without ``Prefer: wait`` waits for its check before answering ``202``: long
+#: enough that a photo, a letter PDF or a short clip feel synchronous (201 with the final file).
+DEFAULT_UPLOAD_WAIT_SECONDS = 10.0
+#: The most any request waits for checks (``Prefer: wait=N`` is capped here): under a proxy's 60 s.
+DEFAULT_MAX_WAIT_SECONDS = 30.0
+#: A running job's lease (embedded queue) or a silent worker's grace (procrastinate) before it is retried.
+DEFAULT_JOB_LEASE_SECONDS = 30.0
+QUEUES = ("local", "procrastinate")
 
 
 def disabled_plugins(environ: Mapping[str, str] | None = None) -> frozenset[str]:
@@ -57,6 +65,22 @@ class Settings:
     #: Where email goes out (``smtp://user:password@host:port``); None: this server sends no email.
     smtp_url: str | None = attrs.field(default=None, repr=False)  # may hold a password
     mail_from: str = DEFAULT_MAIL_FROM
+    #: Seconds an upload waits for its check when the client states no ``Prefer: wait``.
+    upload_wait_seconds: float = DEFAULT_UPLOAD_WAIT_SECONDS
+    #: The longest any request waits for a check.
+    max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS
+    #: Jobs this process runs at once (0: none; ``careshare worker`` processes run them).
+    workers: int = attrs.field(factory=lambda: os.cpu_count() or 2)
+    #: ``local`` (careshare's own table) or ``procrastinate`` (PostgreSQL); None: by the database.
+    queue: str | None = None
+    job_lease_seconds: float = DEFAULT_JOB_LEASE_SECONDS
+
+    @property
+    def queue_engine(self) -> str:
+        """The queue in use: procrastinate on PostgreSQL unless told otherwise, the local table elsewhere."""
+        if self.queue is not None:
+            return self.queue
+        return "procrastinate" if self.database_url.startswith("postgresql") else "local"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -93,6 +117,19 @@ class Settings:
         mail_from = (env.get("CARESHARE_MAIL_FROM") or "").strip() or DEFAULT_MAIL_FROM
         if "@" not in mail_from:
             raise ValueError("CARESHARE_MAIL_FROM must be an email address")
+        upload_wait = _seconds(env, "CARESHARE_UPLOAD_WAIT", DEFAULT_UPLOAD_WAIT_SECONDS)
+        max_wait = _seconds(env, "CARESHARE_MAX_WAIT", DEFAULT_MAX_WAIT_SECONDS)
+        lease = _seconds(env, "CARESHARE_JOB_LEASE_SECONDS", DEFAULT_JOB_LEASE_SECONDS)
+        if lease <= 0:
+            raise ValueError("CARESHARE_JOB_LEASE_SECONDS must be a positive number of seconds")
+        workers = int(env.get("CARESHARE_WORKERS") or (os.cpu_count() or 2))
+        if workers < 0:
+            raise ValueError("CARESHARE_WORKERS must be 0 or more")
+        queue = (env.get("CARESHARE_QUEUE") or "").strip() or None
+        if queue is not None and queue not in QUEUES:
+            raise ValueError(f"CARESHARE_QUEUE must be one of {', '.join(QUEUES)}")
+        if queue == "procrastinate" and not database_url.startswith("postgresql"):
+            raise ValueError("CARESHARE_QUEUE=procrastinate needs a PostgreSQL CARESHARE_DATABASE_URL")
         return cls(
             data_dir=data_dir,
             database_url=database_url,
@@ -104,7 +141,25 @@ class Settings:
             policy=policy,
             smtp_url=smtp_url,
             mail_from=mail_from,
+            upload_wait_seconds=upload_wait,
+            max_wait_seconds=max_wait,
+            workers=workers,
+            queue=queue,
+            job_lease_seconds=lease,
         )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"{name} must be a number of seconds, 0 or more")
+    return value
 
 
 def _valid_smtp_url(url: str) -> bool:

@@ -31,7 +31,7 @@ from careshare.core.problems import UPLOAD_EMPTY, UPLOAD_TOO_LARGE, Problem
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 
-__all__ = ["HEAD_BYTES", "BlobStore", "StagedBlob", "content_key"]
+__all__ = ["HEAD_BYTES", "BlobStore", "StagedBlob", "content_key", "held_key"]
 
 #: How much of the start of an upload the identify hook sees.
 HEAD_BYTES = 64 * 1024
@@ -50,6 +50,11 @@ _IOV_MAX = 1024
 
 def content_key(sha256: str) -> str:
     return f"sha256/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+
+def held_key(file_id: str) -> str:
+    """An accepted upload's bytes while its check has not ended."""
+    return f"held/{file_id}"
 
 
 @attrs.define
@@ -234,7 +239,10 @@ class BlobStore:
             self.store: LocalStore | S3Store = LocalStore(self.local_root, mkdir=True)
         elif parsed.scheme == "s3":
             # Credentials and endpoint come from the standard AWS_* environment variables.
-            self.store = S3Store.from_url(url)
+            # Promotion renames without overwriting: plain S3 does that only by a conditional
+            # multipart copy; AWS_COPY_IF_NOT_EXISTS names another way (R2: header:...).
+            copy_if_not_exists = os.environ.get("AWS_COPY_IF_NOT_EXISTS") or "multipart"
+            self.store = S3Store.from_url(url, copy_if_not_exists=copy_if_not_exists)
         else:
             raise ValueError(f"CARESHARE_STORAGE_URL must be file:// or s3://, not {parsed.scheme!r}")
         self.local_tmp = local_tmp
@@ -295,6 +303,40 @@ class BlobStore:
         else:
             await asyncio.to_thread(self._make_durable, key)
         return key
+
+    async def hold(self, staged: StagedBlob, file_id: str) -> str:
+        """Keep a staged upload durably under ``held/<file id>`` until its check ends; returns the key.
+
+        Acknowledging an upload needs its bytes on disk (or in the bucket), not its check: the
+        check runs later, maybe in another process, and then promotes or discards the held copy.
+        """
+        key = held_key(file_id)
+        await obstore.rename_async(self.store, staged.key, key, overwrite=True)
+        await asyncio.to_thread(self._make_durable, key)
+        return key
+
+    async def promote_held(self, file_id: str, sha256: str) -> None:
+        """Move a held upload to its content key (idempotent: a second call finds it done)."""
+        key = content_key(sha256)
+        try:
+            await obstore.rename_async(self.store, held_key(file_id), key, overwrite=False)
+        except AlreadyExistsError:
+            await self.discard(held_key(file_id))
+        except (NotFoundError, FileNotFoundError):
+            if not await self.exists(sha256):
+                raise
+        else:
+            await asyncio.to_thread(self._make_durable, key)
+
+    async def held_or_stored(self, file_id: str, sha256: str) -> str | None:
+        """Where a file's original is while it is checked: held, already promoted, or (None) gone."""
+        for key in (held_key(file_id), content_key(sha256)):
+            try:
+                await obstore.head_async(self.store, key)
+            except (NotFoundError, FileNotFoundError):
+                continue
+            return key
+        return None
 
     async def put_file(self, path: Path) -> tuple[str, int]:
         """Store a local file (a rendition) by content; returns its SHA-256 and size."""

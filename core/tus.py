@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from careshare.core import db
 from careshare.core.filenames import sanitise_filename
-from careshare.core.files import ingest
+from careshare.core.files import accept, answer_later, refusal, wait_for_check
 from careshare.core.ids import new_id
 from careshare.core.problems import NOT_FOUND, UPLOAD_EMPTY, UPLOAD_TOO_LARGE, Problem, ProblemType
 
@@ -362,8 +362,12 @@ async def append(
     chunks: AsyncIterable[bytes],
     sha256: bytes | None = None,
     declared: int | None = None,
+    wait: float = 0.0,
 ) -> tuple[ResumableUpload, StoredFile | None]:
-    """Add the bytes of one request at ``offset``; the last ones finish the upload through ingest.
+    """Add the bytes of one request at ``offset``; the last ones finish the upload (``accept``).
+
+    The request that finishes it waits up to ``wait`` seconds for the file's check: a refusal by
+    then is raised (the file's row stays ``rejected``), a check still running finishes on its own.
 
     With ``sha256`` (the digest of exactly this request's bytes) nothing is kept unless the whole
     body arrived and matches. Without it, a body cut short (the connection broke, or a newer
@@ -408,7 +412,7 @@ async def append(
             raise Problem(UPLOAD_CHECKSUM_MISMATCH, offset=upload.offset)
         await asyncio.to_thread(os.fsync, fd)
         if position == upload.length:
-            return await _finish(cs, principal, upload, fd)
+            return await _finish(cs, principal, upload, fd, wait)
         if position == offset:
             return upload, None
         return await _advance(cs, upload, position), None
@@ -450,10 +454,10 @@ async def _read_back(fd: int, length: int) -> AsyncIterator[bytes]:
 
 
 async def _finish(
-    cs: Careshare, principal: Principal, upload: ResumableUpload, fd: int
+    cs: Careshare, principal: Principal, upload: ResumableUpload, fd: int, wait: float
 ) -> tuple[ResumableUpload, StoredFile]:
     try:
-        stored = await ingest(
+        stored = await accept(
             cs,
             _read_back(fd, upload.length),
             principal=principal,
@@ -468,7 +472,15 @@ async def _finish(
     finished = await _advance(cs, upload, upload.length, file_id=stored.id)
     with contextlib.suppress(FileNotFoundError):
         partial_path(cs, upload.id).unlink()
-    return finished, stored
+    done = await wait_for_check(cs, stored.id, wait)
+    if done.status == "processing":
+        done = await answer_later(cs, done.id)
+    if done.status == "rejected":
+        await _remove(cs, upload.id)
+        problem = refusal(done)
+        problem.extra["file_id"] = done.id
+        raise problem
+    return finished, done
 
 
 async def _remove(cs: Careshare, upload_id: str) -> None:

@@ -107,6 +107,8 @@ class CareshareInit(InitPlugin):
             )
             sweeper = asyncio.create_task(run_sweeper(cs), name="careshare-upload-sweeper")
             tasks = [delivery, sweeper, *start_background(cs)]
+            if cs.settings.workers > 0:
+                tasks.append(asyncio.create_task(cs.run_workers(cs.settings.workers), name="careshare-workers"))
             try:
                 yield
             finally:

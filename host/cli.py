@@ -1,4 +1,4 @@
-"""The ``careshare`` command: serve the API, mint development tokens, list plugins, migrate."""
+"""The ``careshare`` command: serve the API, run workers, mint development tokens, list plugins, migrate."""
 
 from __future__ import annotations
 
@@ -23,8 +23,12 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     log_json: Annotated[bool, typer.Option("--log-json", help="One JSON object per log line.")] = False,
+    no_worker: Annotated[
+        bool, typer.Option("--no-worker", help="Run no checks here: `careshare worker` processes run them.")
+    ] = False,
 ) -> None:
     """Start the HTTP API (settings from CARESHARE_* variables; defaults: ./careshare-data)."""
+    import attrs
     import uvicorn
 
     from careshare.core.settings import Settings
@@ -33,10 +37,52 @@ def serve(
 
     configure_logging(json_lines=log_json)
     settings = Settings.from_env()
+    if no_worker:
+        settings = attrs.evolve(settings, workers=0)
     shown = "[::1]" if host == "::1" else host
     err.print(f"careshare {settings.data_dir} -> http://{shown}:{port}  (API docs: http://{shown}:{port}/schema)")
     err.print("Mint a token: careshare token --role clinician --org demo --sub dr-who")
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False, lifespan="on")
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Jobs at once (default: CARESHARE_WORKERS, else the CPU count).")
+    ] = None,
+    log_json: Annotated[bool, typer.Option("--log-json", help="One JSON object per log line.")] = False,
+) -> None:
+    """Run queued jobs (the checks of uploaded files) in this process, beside any number of others.
+
+    Uses the same settings as `careshare serve`: on PostgreSQL the procrastinate queue, else the
+    embedded queue in the database. Stops on Ctrl-C or SIGTERM; a job it was running is retried.
+    """
+    import signal
+
+    from careshare.core.runtime import Careshare
+    from careshare.core.settings import Settings
+    from careshare.host.logging import configure_logging
+
+    configure_logging(json_lines=log_json)
+    settings = Settings.from_env()
+    cs = Careshare.build(settings)
+    slots = concurrency or settings.workers or 1
+
+    async def run() -> None:
+        await cs.start()
+        loop = asyncio.get_running_loop()
+        job = asyncio.ensure_future(cs.run_workers(slots))
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, job.cancel)
+        err.print(f"careshare worker: {slots} at a time on the {settings.queue_engine} queue")
+        try:
+            await job
+        except asyncio.CancelledError:
+            pass
+        finally:
+            await cs.close()
+
+    asyncio.run(run())
 
 
 @app.command()

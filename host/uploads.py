@@ -6,6 +6,7 @@ import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+from litestar import Response
 from litestar.exceptions import HTTPException
 from multipart import MultipartError, MultipartSegment, PushMultipartParser, parse_options_header
 
@@ -17,12 +18,65 @@ if TYPE_CHECKING:
 
     from litestar import Request
 
-__all__ = ["FilePart", "FormField", "FormParts", "Upload", "filename_from_disposition"]
+    from careshare.core.models import StoredFile
+    from careshare.core.runtime import Careshare
+    from careshare.core.settings import Settings
+
+__all__ = [
+    "FilePart",
+    "FormField",
+    "FormParts",
+    "Upload",
+    "answer_upload",
+    "filename_from_disposition",
+    "requested_wait",
+]
 
 #: Room for multipart boundaries, part headers and small text fields around the file.
 ENVELOPE_BYTES = 64 * 1024
 FILE_FIELD = "file"
 _FILENAME_STAR = re.compile(r"filename\*\s*=\s*([^;]+)", re.IGNORECASE)
+_PREFER_WAIT = re.compile(r"^\s*wait\s*=\s*\"?(\d{1,9})\"?\s*$", re.IGNORECASE)
+_RESPOND_ASYNC = re.compile(r"^\s*respond-async\s*$", re.IGNORECASE)
+
+
+def requested_wait(request: Request[Any, Any, Any], settings: Settings) -> float:
+    """Seconds to wait for a check: ``Prefer: wait=N`` (RFC 7240), ``respond-async`` (0), else the default; capped."""
+    wait = settings.upload_wait_seconds
+    for header in request.headers.getall("prefer", []):
+        for preference in header.split(","):
+            preference = preference.split(";", 1)[0]
+            if _RESPOND_ASYNC.match(preference):
+                return 0.0
+            match = _PREFER_WAIT.match(preference)
+            if match:
+                wait = float(match.group(1))
+    return min(wait, settings.max_wait_seconds)
+
+
+async def answer_upload(request: Request[Any, Any, Any], cs: Careshare, stored: StoredFile) -> Response[Any]:
+    """An accepted upload's answer: ``201`` with the ready file if its check ends within the wait,
+    the refusal as a problem if it is refused by then, else ``202`` with the file as it is now.
+
+    Every answer names the file (``Location``; a refusal's ``file_id``), so a client that stops
+    waiting can follow it at ``GET /v1/files/{id}``.
+    """
+    from careshare.core.files import answer_later, refusal, wait_for_check
+    from careshare.host.problems import problem_response
+    from careshare.host.views import file_json
+
+    done = await wait_for_check(cs, stored.id, requested_wait(request, cs.settings))
+    if done.status == "processing":
+        done = await answer_later(cs, done.id)
+    headers = {"Location": f"/v1/files/{done.id}", "Vary": "Prefer"}
+    if done.status == "rejected":
+        problem = refusal(done)
+        problem.extra["file_id"] = done.id
+        return problem_response(problem, request, headers=headers)
+    if done.status == "processing":
+        headers["Retry-After"] = "2"
+        return Response(content=file_json(done), status_code=202, headers=headers)
+    return Response(content=file_json(done), status_code=201, headers=headers)
 
 
 def filename_from_disposition(header: str | None) -> str | None:

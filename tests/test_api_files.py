@@ -525,14 +525,27 @@ async def test_renditions_are_served_and_unknown_ones_are_404(
 async def assert_nothing_stored(
     client: AsyncTestClient[Any], settings: Settings, headers: dict[str, str], pid: str
 ) -> None:
-    """No blob (content or staging) on disk, no file or blob row, and the patient's list is empty."""
+    """Nothing refused is stored: no bytes on disk (content, staging or held), no rendition rows.
+
+    A file refused by its check keeps its row as ``rejected``, with the code it was refused with,
+    so the uploader can see why; one refused before it was accepted (type, size) has no row at all.
+    """
     assert stored_objects(settings) == {"sha256": [], "staging": [], "other": []}
-    assert await count_rows(client, db.files) == 0
-    assert await count_rows(client, db.blobs) == 0
     assert await count_rows(client, db.renditions) == 0
+    engine = client.app.state.careshare.engine
+    async with engine.connect() as conn:
+        statuses = list((await conn.execute(sa.select(db.files.c.status))).scalars())
+    assert set(statuses) <= {"rejected"}
     listing = await client.get(f"/v1/patients/{pid}/files", headers=headers)
     assert listing.status_code == 200
-    assert listing.json() == {"items": [], "next_cursor": None}
+    items = listing.json()["items"]
+    assert len(items) == len(statuses)
+    for item in items:
+        assert item["status"] == "rejected"
+        assert item["renditions"] == []
+        assert item["check"]["reason"]
+        shown = await client.get(f"/v1/files/{item['id']}", headers=headers)
+        assert shown.json()["check"]["reason"] == item["check"]["reason"]
 
 
 @pytest.mark.parametrize(

@@ -166,7 +166,7 @@ async def test_upload_dedupe_list_and_range_on_postgres(
     assert beyond.headers["content-range"] == f"bytes */{len(body)}"
 
 
-async def test_password_pdf_refused_leaves_no_row_on_postgres(
+async def test_password_pdf_refused_keeps_only_its_rejected_row_on_postgres(
     pg_client: AsyncTestClient[Any], pg_clinician: dict[str, str], pg_url: str
 ) -> None:
     pid = await _register(pg_client, pg_clinician)
@@ -176,9 +176,15 @@ async def test_password_pdf_refused_leaves_no_row_on_postgres(
     )
     assert response.status_code == 422, response.text
     assert response.json()["code"] == "pdf-password-protected"
-    for table in (db.files, db.blobs, db.renditions):
-        assert await _count(pg_url, table) == 0
-    assert await _count(pg_url, db.audit_events, db.audit_events.c.action == "file.uploaded") == 0
+    fid = response.json()["file_id"]
+    assert response.headers["location"] == f"/v1/files/{fid}"
+    assert await _count(pg_url, db.files, db.files.c.status == "rejected") == 1
+    assert await _count(pg_url, db.files) == 1
+    assert await _count(pg_url, db.renditions) == 0
+    shown = (await pg_client.get(f"/v1/files/{fid}", headers=pg_clinician)).json()
+    assert shown["status"] == "rejected"
+    assert shown["check"]["reason"] == "pdf-password-protected"
+    # Nothing refused is stored: not the original, not a rendition.
     assert _stored_keys(pg_client.app.state.careshare.settings) == set()
 
 

@@ -507,14 +507,16 @@ async def test_the_host_sweeps_expired_uploads_when_it_starts(tmp_path: Path) ->
     assert row_count(settings, "uploads") == 1 and len(partial_files(settings)) == 1
 
     async with AsyncTestClient(app=create_app(settings)):
-        wait_until(lambda: row_count(settings, "uploads") == 0, "the start-up sweep removed the expired upload")
-    assert partial_files(settings) == []
+        wait_until(
+            lambda: row_count(settings, "uploads") == 0 and partial_files(settings) == [],
+            "the start-up sweep removed the expired upload and its bytes",
+        )
 
 
 # -- the ingest pipeline decides --------------------------------------------------------------------------
 
 
-async def test_a_refused_file_on_the_final_patch_leaves_nothing_stored(
+async def test_a_refused_file_on_the_final_patch_keeps_only_its_rejected_row(
     client: AsyncTestClient[Any], settings: Settings, patient: dict[str, str]
 ) -> None:
     body = make_pdf(user_password="secret", owner_password="owner")
@@ -523,7 +525,10 @@ async def test_a_refused_file_on_the_final_patch_leaves_nothing_stored(
     refused = await send(client, location, patient, 300, body[300:], with_checksum=True)
     assert_problem(refused, 422, "pdf-password-protected")
     assert stored_files(settings, "sha256") == [] and stored_files(settings, "staging") == []
-    assert row_count(settings, "files") == 0 and row_count(settings, "blobs") == 0
+    assert stored_files(settings, "held") == []
+    assert row_count(settings, "files") == 1 and row_count(settings, "renditions") == 0
+    shown = await client.get(f"/v1/files/{refused.json()['file_id']}", headers=patient)
+    assert (shown.json()["status"], shown.json()["check"]["reason"]) == ("rejected", "pdf-password-protected")
     assert row_count(settings, "uploads") == 0 and partial_files(settings) == []
     assert (await client.head(location, headers={**patient, **TUS})).status_code == 404
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery
 
-from careshare.core.files import ingest, list_files
+from careshare.core.files import accept, list_files
 from careshare.host.auth import clinician
-from careshare.host.uploads import Upload
+from careshare.host.uploads import Upload, answer_upload
 from careshare.host.views import PageLimit, file_json, page_json
 
 if TYPE_CHECKING:
@@ -28,10 +28,10 @@ class LibraryController(Controller):
     @post("/", status_code=201, request_max_body_size=None)
     async def upload(
         self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
-    ) -> dict[str, Any]:
+    ) -> Response[Any]:
         upload = Upload(request, cs.settings.max_upload_bytes)
-        stored = await ingest(cs, upload, principal=principal, owner_type="library", patient_id=None, source="clinic")
-        return file_json(stored)
+        stored = await accept(cs, upload, principal=principal, owner_type="library", patient_id=None, source="clinic")
+        return await answer_upload(request, cs, stored)
 
     @get("/")
     async def files(

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery
 
-from careshare.core.files import ingest, list_files
+from careshare.core.files import accept, list_files
 from careshare.core.patients import get_patient
 from careshare.host.auth import patient
-from careshare.host.uploads import Upload
+from careshare.host.uploads import Upload, answer_upload
 from careshare.host.views import PageLimit, file_json, page_json, patient_json
 
 if TYPE_CHECKING:
@@ -34,14 +34,14 @@ class MeController(Controller):
     @post("/files", status_code=201, request_max_body_size=None)
     async def upload(
         self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
-    ) -> dict[str, Any]:
+    ) -> Response[Any]:
         async with cs.reader.connect() as conn:
             await get_patient(conn, principal, str(principal.patient))
         upload = Upload(request, cs.settings.max_upload_bytes)
-        stored = await ingest(
+        stored = await accept(
             cs, upload, principal=principal, owner_type="patient", patient_id=principal.patient, source="patient"
         )
-        return file_json(stored)
+        return await answer_upload(request, cs, stored)
 
     @get("/files")
     async def files(

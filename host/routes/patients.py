@@ -6,14 +6,14 @@ import re
 from typing import TYPE_CHECKING, Annotated, Any
 
 import attrs
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, QueryParameter
 
-from careshare.core.files import ingest, list_files
+from careshare.core.files import accept, list_files
 from careshare.core.patients import get_patient, register_patient
 from careshare.host.auth import clinician
-from careshare.host.uploads import Upload
+from careshare.host.uploads import Upload, answer_upload
 from careshare.host.views import PageLimit, file_json, page_json, parse_body, patient_json
 
 if TYPE_CHECKING:
@@ -72,12 +72,12 @@ class PatientController(Controller):
         cs: NamedDependency[Careshare],
         principal: NamedDependency[Principal],
         pid: FromPath[str],
-    ) -> dict[str, Any]:
+    ) -> Response[Any]:
         async with cs.reader.connect() as conn:
             await get_patient(conn, principal, pid)
         upload = Upload(request, cs.settings.max_upload_bytes)
-        stored = await ingest(cs, upload, principal=principal, owner_type="patient", patient_id=pid, source="clinic")
-        return file_json(stored)
+        stored = await accept(cs, upload, principal=principal, owner_type="patient", patient_id=pid, source="clinic")
+        return await answer_upload(request, cs, stored)
 
     @get("/{pid:str}/files")
     async def files(

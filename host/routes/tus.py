@@ -24,6 +24,7 @@ from careshare.core.problems import Problem, ProblemType
 from careshare.core.runtime import Careshare
 from careshare.host.auth import clinician, patient
 from careshare.host.problems import exception_handlers
+from careshare.host.uploads import requested_wait
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -292,6 +293,7 @@ class _ResumableUploads(Controller):
             chunks=request.stream(),
             sha256=sha256,
             declared=int(declared) if declared and declared.isdigit() else None,
+            wait=requested_wait(request, cs.settings),
         )
         return _empty(204, _state_headers(upload))
 
