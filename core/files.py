@@ -89,7 +89,8 @@ async def accept(
     ``filename``, the name is read from ``chunks.filename`` once the stream is consumed (a
     multipart part names its file only when it starts).
     """
-    staged = await cs.store.stage(chunks, limit=cs.settings.max_upload_bytes)
+    file_id = new_id()
+    staged = await cs.store.stage(chunks, limit=cs.settings.max_upload_bytes, remote_key=held_key(file_id))
     name = sanitise_filename(filename if filename is not None else getattr(chunks, "filename", None))
     try:
         ident = cs.plugins.hook.careshare_identify(head=staged.head, filename=name)
@@ -97,7 +98,7 @@ async def accept(
             raise Problem(UNSUPPORTED_FILE_TYPE)
         now = db.utcnow()
         stored = StoredFile(
-            id=new_id(),
+            id=file_id,
             org=principal.org,
             owner_type=owner_type,
             patient_id=patient_id,
@@ -264,19 +265,20 @@ async def _check(cs: Careshare, file_id: str) -> None:
     started = time.perf_counter()
     original = RenditionRecord(ORIGINAL, stored.media_type, stored.size, stored.sha256)
     try:
-        with cs.store.workdir() as workdir, cs.store.local_path(key) as path:
-            src = Source(
-                path=path,
-                sha256=stored.sha256,
-                size=stored.size,
-                kind=stored.kind,
-                media_type=stored.media_type,
-                workdir=Path(workdir),
-            )
-            processed = await cs.processor.process(src, stored.kind, cs.settings.policy)
-            if processed is None:
-                raise Problem(UNSUPPORTED_FILE_TYPE)
-            renditions = await store_renditions(cs, processed, original)
+        with cs.store.workdir() as workdir:
+            async with cs.store.local_path(key) as path:
+                src = Source(
+                    path=path,
+                    sha256=stored.sha256,
+                    size=stored.size,
+                    kind=stored.kind,
+                    media_type=stored.media_type,
+                    workdir=Path(workdir),
+                )
+                processed = await cs.processor.process(src, stored.kind, cs.settings.policy)
+                if processed is None:
+                    raise Problem(UNSUPPORTED_FILE_TYPE)
+                renditions = await store_renditions(cs, processed, original)
     except Problem as problem:
         await _settle(cs, file_id, rejected=problem, started=started)
         return

@@ -74,19 +74,20 @@ async def rerender(cs: Careshare, principal: Principal, file_id: str, options: R
         dicom_window_width=options.window_width,
     )
     started = time.perf_counter()
-    with cs.store.workdir() as workdir, cs.store.local_path(content_key(original.sha256)) as path:
-        source = Source(
-            path=path,
-            sha256=original.sha256,
-            size=original.size,
-            kind=stored.kind,
-            media_type=stored.media_type,
-            workdir=Path(workdir),
-        )
-        processed = await cs.processor.process(source, stored.kind, policy)
-        if processed is None:
-            raise Problem(RENDER_NOT_SUPPORTED)
-        renditions = await store_renditions(cs, processed, original)
+    with cs.store.workdir() as workdir:
+        async with cs.store.local_path(content_key(original.sha256)) as path:
+            source = Source(
+                path=path,
+                sha256=original.sha256,
+                size=original.size,
+                kind=stored.kind,
+                media_type=stored.media_type,
+                workdir=Path(workdir),
+            )
+            processed = await cs.processor.process(source, stored.kind, policy)
+            if processed is None:
+                raise Problem(RENDER_NOT_SUPPORTED)
+            renditions = await store_renditions(cs, processed, original)
 
     check = {
         **check_record(processed, original, renditions, started),

@@ -29,7 +29,7 @@ from careshare.core.ids import new_id
 from careshare.core.problems import UPLOAD_EMPTY, UPLOAD_TOO_LARGE, Problem
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncIterable, AsyncIterator, Callable
 
 __all__ = ["HEAD_BYTES", "BlobStore", "StagedBlob", "content_key", "held_key"]
 
@@ -247,17 +247,22 @@ class BlobStore:
             raise ValueError(f"CARESHARE_STORAGE_URL must be file:// or s3://, not {parsed.scheme!r}")
         self.local_tmp = local_tmp
 
-    async def stage(self, chunks: AsyncIterable[bytes], *, limit: int | None) -> StagedBlob:
+    async def stage(
+        self, chunks: AsyncIterable[bytes], *, limit: int | None, remote_key: str | None = None
+    ) -> StagedBlob:
         """Stream ``chunks`` to a new staging key; hash, count and cap them on the way.
 
         Raises ``upload-too-large`` as soon as ``limit`` is crossed and ``upload-empty`` for no
         bytes; in both cases, and on any other error, nothing is left under the staging key.
+        On a bucket the bytes go straight to ``remote_key`` when given (a rename there is a copy
+        of every byte); on local disk they go to ``staging/`` and a rename moves them in no time.
         """
-        key = f"staging/{new_id()}"
         meter = _Meter(limit)
         if self.local_root is not None:
+            key = f"staging/{new_id()}"
             sha256 = await self._stage_local(key, meter, chunks)
         else:
+            key = remote_key or f"staging/{new_id()}"
             sha256 = await self._stage_remote(key, meter, chunks)
         if meter.size == 0:
             await self.discard(key)
@@ -311,7 +316,8 @@ class BlobStore:
         check runs later, maybe in another process, and then promotes or discards the held copy.
         """
         key = held_key(file_id)
-        await obstore.rename_async(self.store, staged.key, key, overwrite=True)
+        if staged.key != key:
+            await obstore.rename_async(self.store, staged.key, key, overwrite=True)
         await asyncio.to_thread(self._make_durable, key)
         return key
 
@@ -373,18 +379,26 @@ class BlobStore:
         result = await obstore.get_async(self.store, content_key(sha256))
         return bytes(await result.bytes_async())
 
-    @contextlib.contextmanager
-    def local_path(self, key: str) -> Iterator[Path]:
-        """A path on local disk holding the object at ``key`` (the file itself on a local store)."""
+    @contextlib.asynccontextmanager
+    async def local_path(self, key: str) -> AsyncIterator[Path]:
+        """A path on local disk holding the object at ``key`` (the file itself on a local store).
+
+        From a bucket the object is downloaded to a temporary file first, streamed and written on
+        a worker thread, so the event loop goes on serving while a large original arrives.
+        """
         if self.local_root is not None:
             yield self.local_root / key
             return
-        with tempfile.NamedTemporaryFile(dir=self.local_tmp, prefix="careshare-") as handle:
-            result = obstore.get(self.store, key)
-            for chunk in result:
-                handle.write(chunk)
-            handle.flush()
-            yield Path(handle.name)
+        fd, name = tempfile.mkstemp(dir=self.local_tmp, prefix="careshare-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                result = await obstore.get_async(self.store, key)
+                async for chunk in result.stream(min_chunk_size=_BLOCK_BYTES):
+                    await asyncio.to_thread(handle.write, chunk)
+            yield Path(name)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
 
     def _make_durable(self, key: str) -> None:
         # LocalStore renames without fsync; an accepted file must survive a power cut.

@@ -1,7 +1,8 @@
 """Helpers for testing careshare and its plugins (``careshare.testing``).
 
 Real components only: settings on a temporary data directory, signed tokens, files made by the
-real libraries, a throwaway PostgreSQL cluster and a real uvicorn server on 127.0.0.1.
+real libraries, a throwaway PostgreSQL cluster, a throwaway S3 server (moto) and a real uvicorn
+server on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from careshare.core.settings import Settings
+from careshare.testing.s3 import MotoS3
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from litestar import Litestar
 
 __all__ = [
+    "MotoS3",
     "PostgresCluster",
     "bearer",
     "corpus_dir",

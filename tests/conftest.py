@@ -17,7 +17,7 @@ from litestar.testing import AsyncTestClient
 
 from careshare.core.runtime import Careshare
 from careshare.host import create_app
-from careshare.testing import PostgresCluster, bearer, find_postgres_bin, make_settings
+from careshare.testing import MotoS3, PostgresCluster, bearer, find_postgres_bin, make_settings
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -97,3 +97,19 @@ def postgres() -> Iterator[PostgresCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[MotoS3]:
+    """One moto S3 server for the session; each test takes a prefix of its own in its bucket."""
+    try:
+        server = MotoS3()
+        server.start()
+    except (FileNotFoundError, RuntimeError, OSError) as error:
+        # Reason: moto[server] comes with the test extras; a machine where it cannot run on
+        # 127.0.0.1 still runs everything else, and the skip says why.
+        pytest.skip(f"moto_server (from moto[server]) cannot start here: {error}")
+    try:
+        yield server
+    finally:
+        server.stop()
