@@ -148,6 +148,8 @@ class LocalQueue:
             )
             if claimed.rowcount != 1:
                 return None
+        if row.leased_until is not None:
+            logger.warning("taking over a job whose lease lapsed task=%s attempt=%s", row.task, row.attempts + 1)
         return row
 
     async def _renew(self, job_id: str, attempts: int) -> None:

@@ -40,10 +40,14 @@ _PREFER_WAIT = re.compile(r"^\s*wait\s*=\s*\"?(\d{1,9})\"?\s*$", re.IGNORECASE)
 _RESPOND_ASYNC = re.compile(r"^\s*respond-async\s*$", re.IGNORECASE)
 
 
-def requested_wait(request: Request[Any, Any, Any], settings: Settings) -> float:
-    """Seconds to wait for a check: ``Prefer: wait=N`` (RFC 7240), ``respond-async`` (0), else the default; capped."""
-    wait = settings.upload_wait_seconds
-    for header in request.headers.getall("prefer", []):
+def prefer_wait(headers: list[str], default: float, cap: float) -> float:
+    """Seconds to wait for a check from ``Prefer`` header values (RFC 7240), capped at ``cap``.
+
+    ``wait=N`` asks for up to N seconds, ``respond-async`` for an answer at once; anything else
+    (other preferences, a malformed value) leaves ``default``.
+    """
+    wait = default
+    for header in headers:
         for preference in header.split(","):
             preference = preference.split(";", 1)[0]
             if _RESPOND_ASYNC.match(preference):
@@ -51,7 +55,12 @@ def requested_wait(request: Request[Any, Any, Any], settings: Settings) -> float
             match = _PREFER_WAIT.match(preference)
             if match:
                 wait = float(match.group(1))
-    return min(wait, settings.max_wait_seconds)
+    return max(0.0, min(wait, cap))
+
+
+def requested_wait(request: Request[Any, Any, Any], settings: Settings) -> float:
+    """How long this request waits for its upload's check (``Prefer: wait``, else the settings' default)."""
+    return prefer_wait(request.headers.getall("prefer", []), settings.upload_wait_seconds, settings.max_wait_seconds)
 
 
 async def answer_upload(request: Request[Any, Any, Any], cs: Careshare, stored: StoredFile) -> Response[Any]:

@@ -2,7 +2,8 @@
 
 Files starting with ``CARESHARE-TEST-`` and a behaviour name are identified as kind ``hostile``;
 processing then does what the name says. Register it only in tests:
-``get_plugin_manager(plugins=[careshare.testing.hostile])``.
+``get_plugin_manager(plugins=[careshare.testing.hostile])``, or, for another process (a worker),
+through an entry point that :func:`entry_point_dir` writes for ``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from careshare.core.models import Identification, Processed, RenditionOutput
 from careshare.core.problems import Problem, ProblemType
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from careshare.core.models import Source
 
-__all__ = ["MAGIC", "careshare_identify", "careshare_process"]
+__all__ = ["MAGIC", "careshare_identify", "careshare_process", "entry_point_dir"]
 
 MAGIC = b"CARESHARE-TEST-"
 KIND = "hostile"
@@ -50,6 +53,8 @@ def careshare_process(source: Source, kind: str) -> Processed | None:
         return Processed(handler="hostile", handler_version=str(len(hoard)))
     if behaviour == "raise":
         raise RuntimeError("patient Jane Doe's file broke the handler")  # must never reach a client or log
+    if behaviour.startswith("sleep-"):  # a slow but good file: "sleep-3" takes three seconds
+        time.sleep(float(behaviour.removeprefix("sleep-")))
     if behaviour == "refuse":
         raise Problem(HOSTILE_REFUSED, "Refused with a detail.", hint="extra member")
     return Processed(
@@ -58,3 +63,16 @@ def careshare_process(source: Source, kind: str) -> Processed | None:
         metadata={"behaviour": behaviour, "pid": os.getpid()},
         renditions=(RenditionOutput(role="shareable", media_type="application/octet-stream"),),
     )
+
+
+def entry_point_dir(directory: Path) -> Path:
+    """A folder that, on ``PYTHONPATH``, installs this plugin in the ``careshare`` entry point group.
+
+    Another process (``careshare worker``, ``careshare serve``) then loads it exactly as it loads
+    an outside package's plugin; nothing is installed into the environment itself.
+    """
+    info = directory / "careshare_test_hostile-0.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: careshare-test-hostile\nVersion: 0\n")
+    (info / "entry_points.txt").write_text(f"[careshare]\nhostile = {__name__}\n")
+    return directory
