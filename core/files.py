@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
     from careshare.core.models import Principal, Processed
+    from careshare.core.policy import Policy
     from careshare.core.runtime import Careshare
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "mark_seen",
     "refusal",
     "requeue_stranded",
+    "run_handler",
     "run_requeue_loop",
     "store_renditions",
     "wait_for_check",
@@ -265,20 +267,7 @@ async def _check(cs: Careshare, file_id: str) -> None:
     started = time.perf_counter()
     original = RenditionRecord(ORIGINAL, stored.media_type, stored.size, stored.sha256)
     try:
-        with cs.store.workdir() as workdir:
-            async with cs.store.local_path(key) as path:
-                src = Source(
-                    path=path,
-                    sha256=stored.sha256,
-                    size=stored.size,
-                    kind=stored.kind,
-                    media_type=stored.media_type,
-                    workdir=Path(workdir),
-                )
-                processed = await cs.processor.process(src, stored.kind, cs.settings.policy)
-                if processed is None:
-                    raise Problem(UNSUPPORTED_FILE_TYPE)
-                renditions = await store_renditions(cs, processed, original)
+        processed, renditions = await run_handler(cs, stored, key, cs.settings.policy)
     except Problem as problem:
         await _settle(cs, file_id, rejected=problem, started=started)
         return
@@ -286,6 +275,31 @@ async def _check(cs: Careshare, file_id: str) -> None:
     await cs.store.promote_held(file_id, stored.sha256)
     check = check_record(processed, original, renditions, started)
     await _settle(cs, file_id, ready=(processed, renditions, check))
+
+
+async def run_handler(
+    cs: Careshare, stored: StoredFile, key: str, policy: Policy, *, missing: ProblemType = UNSUPPORTED_FILE_TYPE
+) -> tuple[Processed, list[RenditionRecord]]:
+    """Run the file's handler on the object at ``key`` (its original) and store what it made.
+
+    Returns the handler's outcome and the renditions, the original first; a refusal is raised.
+    ``missing`` is raised when no plugin handles the file's kind.
+    """
+    original = RenditionRecord(ORIGINAL, stored.media_type, stored.size, stored.sha256)
+    with cs.store.workdir() as workdir:
+        async with cs.store.local_path(key) as path:
+            source = Source(
+                path=path,
+                sha256=stored.sha256,
+                size=stored.size,
+                kind=stored.kind,
+                media_type=stored.media_type,
+                workdir=Path(workdir),
+            )
+            processed = await cs.processor.process(source, stored.kind, policy)
+            if processed is None:
+                raise Problem(missing)
+            return processed, await store_renditions(cs, processed, original)
 
 
 async def _settle(

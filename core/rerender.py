@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -12,8 +11,7 @@ import sqlalchemy as sa
 
 from careshare.core import db
 from careshare.core.audit import record_event
-from careshare.core.files import ORIGINAL, check_record, get_file, insert_blobs, store_renditions
-from careshare.core.models import Source
+from careshare.core.files import ORIGINAL, check_record, get_file, insert_blobs, run_handler
 from careshare.core.problems import Problem, ProblemType
 from careshare.core.storage import content_key
 
@@ -74,20 +72,9 @@ async def rerender(cs: Careshare, principal: Principal, file_id: str, options: R
         dicom_window_width=options.window_width,
     )
     started = time.perf_counter()
-    with cs.store.workdir() as workdir:
-        async with cs.store.local_path(content_key(original.sha256)) as path:
-            source = Source(
-                path=path,
-                sha256=original.sha256,
-                size=original.size,
-                kind=stored.kind,
-                media_type=stored.media_type,
-                workdir=Path(workdir),
-            )
-            processed = await cs.processor.process(source, stored.kind, policy)
-            if processed is None:
-                raise Problem(RENDER_NOT_SUPPORTED)
-            renditions = await store_renditions(cs, processed, original)
+    processed, renditions = await run_handler(
+        cs, stored, content_key(original.sha256), policy, missing=RENDER_NOT_SUPPORTED
+    )
 
     check = {
         **check_record(processed, original, renditions, started),

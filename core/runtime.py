@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from careshare import PROJECT_NAME
 from careshare.core import files as _files  # noqa: F401 (registers the check task with the job queue)
+from careshare.core import recheck as _recheck  # noqa: F401 (and the recheck task)
 from careshare.core.db import create_engine, migrate
 from careshare.core.jobs import make_queue
 from careshare.core.plugins import get_plugin_manager

@@ -86,6 +86,41 @@ def worker(
 
 
 @app.command()
+def recheck(
+    kind: Annotated[str | None, typer.Option(help="Only files of this kind (pdf, image, dicom, video ...).")] = None,
+    handler_version_below: Annotated[
+        int | None, typer.Option(help="Only files checked by a handler whose version number is lower.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count the files, queue nothing.")] = False,
+) -> None:
+    """Queue stored files to be checked again by today's handlers (workers run the checks).
+
+    What was already shared stays as it was sent; new shares get the new renditions.
+    """
+    from rich.progress import Progress
+
+    from careshare.core.recheck import queue_rechecks, stored_for_recheck
+    from careshare.core.runtime import Careshare
+    from careshare.core.settings import Settings
+
+    async def run() -> int:
+        cs = Careshare.build(Settings.from_env())
+        try:
+            await cs.start()
+            ids = await stored_for_recheck(cs, kind=kind, below=handler_version_below)
+            if dry_run or not ids:
+                return len(ids)
+            with Progress(console=err, transient=True) as progress:
+                bar = progress.add_task("queueing checks", total=len(ids))
+                return await queue_rechecks(cs, ids, lambda done: progress.update(bar, completed=done))
+        finally:
+            await cs.close()
+
+    count = asyncio.run(run())
+    err.print(f"{count} file(s) {'would be' if dry_run else ''} queued to be checked again".replace("  ", " "))
+
+
+@app.command()
 def token(
     role: Annotated[str, typer.Option(help="clinician or patient")],
     org: Annotated[str, typer.Option(help="Organisation id")],
