@@ -179,7 +179,7 @@ audit_events = sa.Table(
 uploads = sa.Table(
     "uploads",
     metadata,
-    # Resumable (tus) uploads in progress: bytes so far live in <data dir>/uploads/<id>.
+    # Resumable (tus) uploads in progress: bytes so far are parts in the blob store (uploads/<id>/...).
     sa.Column("id", ID, primary_key=True),
     sa.Column("org_id", sa.String(200), sa.ForeignKey("organisations.id"), nullable=False),
     sa.Column("patient_id", ID, sa.ForeignKey("patients.id"), nullable=False),
@@ -192,6 +192,10 @@ uploads = sa.Table(
     sa.Column("file_id", ID),  # set once finished and ingested
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=False),
+    # One request at a time, in whichever API process: its token, its lease, and a newer request's token.
+    sa.Column("holder", ID),
+    sa.Column("held_until", UTCDateTime),
+    sa.Column("takeover", ID),
     sa.Index("ix_uploads_expires", "expires_at"),
 )
 

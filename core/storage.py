@@ -29,7 +29,9 @@ from careshare.core.ids import new_id
 from careshare.core.problems import UPLOAD_EMPTY, UPLOAD_TOO_LARGE, Problem
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, AsyncIterator, Callable
+    from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+
+    from obstore import ObjectMeta
 
 __all__ = ["HEAD_BYTES", "BlobStore", "StagedBlob", "content_key", "held_key"]
 
@@ -433,3 +435,71 @@ class BlobStore:
                     entry.unlink()
                     removed += 1
         return removed
+
+    # -- objects at keys the caller names (the parts of resumable uploads) --------------------------
+
+    async def put_part(self, key: str, chunks: AsyncIterable[bytes]) -> int:
+        """Stream ``chunks`` durably to ``key``, replacing what is there; returns the bytes written.
+
+        All or nothing: if ``chunks`` raises (or anything fails), the object at ``key`` is as it
+        was. No bytes at all write nothing and return 0. On a bucket the object exists once the
+        put completes; on local disk it is written to a new file, fsynced, then renamed over.
+        """
+        meter = _Meter(None)
+        blocks = aiter(meter.blocks(chunks))
+        first = await anext(blocks, None)
+        if first is None:
+            return 0
+        if self.local_root is None:
+
+            async def joined() -> AsyncIterator[bytes]:
+                yield b"".join(first)
+                async for block in blocks:
+                    yield b"".join(block)
+
+            await obstore.put_async(
+                self.store, key, joined(), chunk_size=_PART_BYTES, max_concurrency=_PART_CONCURRENCY
+            )
+            return meter.size
+        path = self.local_root / key
+        writing = _StagingFile(path.with_name(f"{path.name}.{new_id()}.tmp"))
+        try:
+            await writing.write(first)
+            async for block in blocks:
+                await writing.write(block)
+            await writing.settle()
+            await asyncio.to_thread(os.replace, writing.path, path)
+        except BaseException:
+            await writing.abort()
+            raise
+        writing.close()
+        await asyncio.to_thread(self._make_durable, key)
+        return meter.size
+
+    async def read_parts(self, keys: Iterable[str]) -> AsyncIterator[bytes]:
+        """Stream the objects at ``keys`` one after another, as one body."""
+        for key in keys:
+            result = await obstore.get_async(self.store, key)
+            async for chunk in result.stream(min_chunk_size=_BLOCK_BYTES):
+                yield bytes(chunk)
+
+    async def list_prefix(self, prefix: str) -> list[ObjectMeta]:
+        """Every object under ``prefix``: its key (``path``), ``size`` and ``last_modified``."""
+        try:
+            return await obstore.list(self.store, prefix=prefix).collect_async()
+        except (NotFoundError, FileNotFoundError):
+            return []  # a local folder removed while it was listed
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Remove every object under ``prefix`` (a folder, ending in ``/``); returns how many there were."""
+        keys = [meta["path"] for meta in await self.list_prefix(prefix)]
+        if keys:
+            try:
+                await obstore.delete_async(self.store, keys)
+            except (NotFoundError, FileNotFoundError):
+                for key in keys:  # another process removed some first: remove the rest one by one
+                    await self.discard(key)
+        if self.local_root is not None:
+            with contextlib.suppress(OSError):
+                (self.local_root / prefix).rmdir()  # LocalStore leaves the emptied folder behind
+        return len(keys)

@@ -1,21 +1,22 @@
 """Resumable uploads (the tus model without HTTP): create, append at an offset, finish through ingest.
 
-The bytes received so far live in ``<data dir>/uploads/<id>`` on local disk, whatever the blob
-store: a partial file is appended to in place and only its finished bytes go to the store. The
-``uploads`` row's ``offset`` is the truth; bytes past it in the partial file are leftovers of an
-unfinished append, cut off before the next one. Only one request works on an upload at a time
-(``flock`` on its partial file); a new request for the upload asks an in-process holder to let go,
-so a phone resuming after a dead connection does not wait for the server to notice.
+Any API process may serve any request: they share only the database and the blob store. Each
+PATCH streams its body into one part object, ``uploads/<id>/<offset as 20 digits>``; finishing
+walks the parts from offset 0 by their sizes into ingest. The ``uploads`` row's ``offset`` is the
+truth: a part counts once the offset moves past it (compare-and-set, after the part is stored),
+and a part at the current offset is a leftover that the next PATCH there overwrites. One request
+works on an upload at a time: it holds a lease in the row (``holder``, ``held_until``, renewed as
+it goes) and watches the row; a newer request writes its token into ``takeover``, and the holder
+stops reading its body and lets go, so a phone resuming after a dead connection does not wait for
+the server to notice. A holder that died lets its lease lapse.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import logging
-import os
 import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -32,7 +33,6 @@ from careshare.core.problems import NOT_FOUND, UPLOAD_EMPTY, UPLOAD_TOO_LARGE, P
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator
     from datetime import datetime
-    from pathlib import Path
 
     from careshare.core.models import Principal, StoredFile
     from careshare.core.runtime import Careshare
@@ -47,7 +47,8 @@ __all__ = [
     "append",
     "create",
     "get_upload",
-    "partial_path",
+    "part_key",
+    "parts_prefix",
     "run_sweeper",
     "settle",
     "sweep",
@@ -56,16 +57,22 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Finished bytes are read back for ingest, and received bytes written, in blocks of this size.
-BLOCK_BYTES = 1024 * 1024
-#: How long a request waits for another request on the same upload (another process) to finish.
+#: How long a request waits for another request on the same upload to let go, before 423.
 LOCK_WAIT_SECONDS = 10.0
+#: A holder's lease: shorter than the wait, so a request waiting on a dead holder still gets the upload.
+LEASE_SECONDS = 8.0
+#: How often a holder renews its lease.
+RENEW_SECONDS = 2.0
+#: How often a holder looks for a newer request, and a waiting request for a free upload.
+POLL_SECONDS = 0.2
 #: A PATCH that receives nothing for this long is treated as a broken connection.
 READ_IDLE_SECONDS = 300.0
 #: Client metadata kept to echo on HEAD (the tus ``Upload-Metadata`` header), at most this long.
 MAX_METADATA_CHARS = 4096
-#: Partial files with no row (a crash between two steps) go once they are this old.
+#: Parts with no row (a crash between two steps) go once the newest of an upload is this old.
 ORPHAN_AGE_SECONDS = 3600.0
+#: Where the parts of every upload live in the blob store.
+PARTS_ROOT = "uploads/"
 
 UPLOAD_OFFSET_MISMATCH = ProblemType(
     "upload-offset-mismatch",
@@ -127,17 +134,14 @@ class ResumableUpload:
         return now >= self.expires_at
 
 
-def partial_path(cs: Careshare, upload_id: str) -> Path:
-    return cs.settings.data_dir / "uploads" / upload_id
+def parts_prefix(upload_id: str) -> str:
+    """The blob store folder holding an upload's parts."""
+    return f"{PARTS_ROOT}{upload_id}/"
 
 
-def _create_durably(path: Path) -> None:
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # the name survives a power cut as surely as the row that refers to it
-    finally:
-        os.close(folder)
+def part_key(upload_id: str, offset: int) -> str:
+    """The part a PATCH at ``offset`` writes (zero-padded: keys sort in offset order)."""
+    return f"{parts_prefix(upload_id)}{offset:020d}"
 
 
 def _row_to_upload(row: sa.Row[Any]) -> ResumableUpload:
@@ -188,10 +192,6 @@ async def create(
         raise Problem(UPLOAD_EMPTY)
     source: Source = "clinic" if principal.is_clinician else "patient"
     upload_id, now = new_id(), db.utcnow()
-    path = partial_path(cs, upload_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The file first: a crash before the row leaves an orphan the sweep removes, never a row without bytes.
-    await asyncio.to_thread(_create_durably, path)
     upload = ResumableUpload(
         id=upload_id,
         org=principal.org,
@@ -207,28 +207,23 @@ async def create(
         created_at=now,
         expires_at=_expiry(cs, now),
     )
-    try:
-        async with cs.engine.begin() as conn:
-            await conn.execute(
-                db.uploads.insert().values(
-                    id=upload.id,
-                    org_id=upload.org,
-                    patient_id=upload.patient_id,
-                    created_by=upload.created_by,
-                    created_by_role=upload.created_by_role,
-                    length=upload.length,
-                    offset=0,
-                    filename=upload.filename,
-                    purpose={"files": "patient", "source": source, "metadata": upload.metadata},
-                    file_id=None,
-                    created_at=now,
-                    expires_at=upload.expires_at,
-                )
+    async with cs.engine.begin() as conn:
+        await conn.execute(
+            db.uploads.insert().values(
+                id=upload.id,
+                org_id=upload.org,
+                patient_id=upload.patient_id,
+                created_by=upload.created_by,
+                created_by_role=upload.created_by_role,
+                length=upload.length,
+                offset=0,
+                filename=upload.filename,
+                purpose={"files": "patient", "source": source, "metadata": upload.metadata},
+                file_id=None,
+                created_at=now,
+                expires_at=upload.expires_at,
             )
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        raise
+        )
     return upload
 
 
@@ -257,48 +252,126 @@ async def get_upload(cs: Careshare, principal: Principal, upload_id: str, *, pat
     return upload
 
 
-# -- one request at a time per upload ---------------------------------------------------------------
+# -- one request at a time per upload, in whichever process ------------------------------------------
 
-#: The stop signal of the request holding each upload in this process.
-_holders: dict[str, asyncio.Event] = {}
+
+@attrs.define
+class _Lease:
+    """A request's hold on an upload: ``stop`` is set when a newer request asks for it or the lease is lost."""
+
+    token: str
+    stop: asyncio.Event = attrs.field(factory=asyncio.Event)
+    lost: bool = False
+
+    def lose(self) -> None:
+        self.lost = True
+        self.stop.set()
+
+
+def _free(now: datetime) -> sa.ColumnElement[bool]:
+    return sa.or_(db.uploads.c.holder.is_(None), db.uploads.c.held_until.is_(None), db.uploads.c.held_until < now)
+
+
+async def _acquire(cs: Careshare, upload_id: str, token: str) -> bool:
+    """Take the upload's lease (False: there is no such upload), asking a holder to let go; 423 if it will not."""
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    asked: str | None = None  # the holder we asked to let go
+    while True:
+        async with cs.reader.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(db.uploads.c.holder, db.uploads.c.held_until).where(db.uploads.c.id == upload_id)
+                )
+            ).first()
+        if row is None:
+            return False
+        now = db.utcnow()
+        if row.holder is None or row.held_until is None or row.held_until < now:
+            async with cs.engine.begin() as conn:
+                taken = await conn.execute(
+                    sa.update(db.uploads)
+                    .where(db.uploads.c.id == upload_id, _free(now))
+                    .values(holder=token, held_until=now + timedelta(seconds=LEASE_SECONDS), takeover=None)
+                )
+            if taken.rowcount == 1:
+                if row.holder is not None:
+                    logger.warning("taking over an upload whose lease lapsed")
+                return True
+        elif asked != row.holder:
+            # Its client has most likely gone: a phone resumes only after its connection failed.
+            async with cs.engine.begin() as conn:
+                await conn.execute(
+                    sa.update(db.uploads)
+                    .where(db.uploads.c.id == upload_id, db.uploads.c.holder == row.holder)
+                    .values(takeover=token)
+                )
+            asked = row.holder
+        if time.monotonic() > deadline:
+            raise Problem(UPLOAD_LOCKED)
+        await asyncio.sleep(POLL_SECONDS / 4)
+
+
+async def _watch(cs: Careshare, upload_id: str, lease: _Lease) -> None:
+    """Renew the lease and look for a newer request, until cancelled; a lease not renewed in time is lost."""
+    mine = sa.and_(db.uploads.c.id == upload_id, db.uploads.c.holder == lease.token)
+    renewed = time.monotonic()
+    while True:
+        await asyncio.sleep(POLL_SECONDS)
+        try:
+            if time.monotonic() - renewed >= RENEW_SECONDS:
+                started = time.monotonic()
+                async with cs.engine.begin() as conn:
+                    result = await conn.execute(
+                        sa.update(db.uploads)
+                        .where(mine)
+                        .values(held_until=db.utcnow() + timedelta(seconds=LEASE_SECONDS))
+                    )
+                if result.rowcount != 1:
+                    lease.lose()  # the row is gone, or another request took it after our lease lapsed
+                    return
+                renewed = started
+            async with cs.reader.connect() as conn:
+                row = (await conn.execute(sa.select(db.uploads.c.takeover).where(mine))).first()
+            if row is None:
+                lease.lose()
+                return
+            if row.takeover is not None:
+                lease.stop.set()
+        except Exception as exc:  # the database is briefly away: keep trying while the lease lasts
+            logger.warning("upload lease renewal failed error=%s", type(exc).__name__)
+        if time.monotonic() - renewed > LEASE_SECONDS - RENEW_SECONDS:
+            lease.lose()  # stop before the lease lapses: another request may take the upload then
+            return
+
+
+async def _release(cs: Careshare, upload_id: str, token: str) -> None:
+    try:
+        async with cs.engine.begin() as conn:
+            await conn.execute(
+                sa.update(db.uploads)
+                .where(db.uploads.c.id == upload_id, db.uploads.c.holder == token)
+                .values(holder=None, held_until=None)
+            )
+    except Exception as exc:  # the lease lapses on its own
+        logger.warning("upload lease release failed error=%s", type(exc).__name__)
 
 
 @contextlib.asynccontextmanager
-async def _exclusive(cs: Careshare, upload_id: str) -> AsyncIterator[tuple[int | None, asyncio.Event]]:
-    """Hold the upload: its partial file open and ``flock``-ed (None once finished or removed).
-
-    A holder in this process is asked to stop at once (its client has most likely gone: a phone
-    resumes only after its connection failed); one in another process is waited for, then 423.
-    """
-    try:
-        fd: int | None = os.open(partial_path(cs, upload_id), os.O_RDWR)
-    except FileNotFoundError:
-        fd = None
-    stop = asyncio.Event()
-    if fd is None:
-        yield None, stop
+async def _exclusive(cs: Careshare, upload_id: str) -> AsyncIterator[_Lease | None]:
+    """Hold the upload (None: there is no such upload) until the block ends; see ``_acquire``."""
+    token = new_id()
+    if not await _acquire(cs, upload_id, token):
+        yield None
         return
+    lease = _Lease(token)
+    watcher = asyncio.create_task(_watch(cs, upload_id, lease))
     try:
-        deadline = time.monotonic() + LOCK_WAIT_SECONDS
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                holder = _holders.get(upload_id)
-                if holder is not None:
-                    holder.set()
-                if time.monotonic() > deadline:
-                    raise Problem(UPLOAD_LOCKED) from None
-                await asyncio.sleep(0.02)
-        _holders[upload_id] = stop
-        try:
-            yield fd, stop
-        finally:
-            if _holders.get(upload_id) is stop:
-                del _holders[upload_id]
+        yield lease
     finally:
-        os.close(fd)  # releases the flock
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await asyncio.shield(_release(cs, upload_id, token))
 
 
 async def settle(cs: Careshare, principal: Principal, upload_id: str, *, patient_id: str) -> ResumableUpload:
@@ -344,12 +417,29 @@ class _Received:
         return None
 
 
-def _write_at(fd: int, position: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, position)
-        position += written
-        view = view[written:]
+class _NotKept(Exception):
+    """Raised at the end of a body whose part must not be stored (the store then keeps nothing)."""
+
+
+async def _body(
+    received: _Received, upload: ResumableUpload, lease: _Lease, sha256: bytes | None
+) -> AsyncIterator[bytes]:
+    """The request's bytes as they arrive, refused as soon as they run past the length; see ``append``."""
+    digest = hashlib.sha256() if sha256 is not None else None
+    position = upload.offset
+    while (chunk := await received.next()) is not None:
+        position += len(chunk)
+        if position > upload.length:
+            raise _exceeded(upload)
+        if digest is not None:
+            digest.update(chunk)
+        yield chunk
+    if digest is not None and received.interrupted:
+        raise _NotKept  # an incomplete body cannot be checked against its checksum
+    if digest is not None and digest.digest() != sha256:
+        raise Problem(UPLOAD_CHECKSUM_MISMATCH, offset=upload.offset)
+    if lease.lost:
+        raise _NotKept  # another request may own the upload now: its part, not ours
 
 
 async def append(
@@ -371,16 +461,17 @@ async def append(
 
     With ``sha256`` (the digest of exactly this request's bytes) nothing is kept unless the whole
     body arrived and matches. Without it, a body cut short (the connection broke, or a newer
-    request took over) keeps what arrived: those bytes are the client's, in order. Bytes are
-    written and fsynced before the offset moves, and the offset reaches the length only once the
-    file is stored (so a client never sees a finished upload whose file is missing). A refusal of
-    the finished file removes the upload: nothing of it stays stored. ``declared`` (the request's
-    Content-Length) lets a body too long for the upload be refused before it is read.
+    request took over) keeps what arrived: those bytes are the client's, in order. The part is
+    stored (fsynced, or the bucket's put complete) before the offset moves, and the offset reaches
+    the length only once the file is stored (so a client never sees a finished upload whose file
+    is missing). A refusal of the finished file removes the upload: nothing of it stays stored.
+    ``declared`` (the request's Content-Length) lets a body too long for the upload be refused
+    before it is read.
     """
     await _load(cs, principal, upload_id, patient_id)
-    async with _exclusive(cs, upload_id) as (fd, stop):
+    async with _exclusive(cs, upload_id) as lease:
         upload = await get_upload(cs, principal, upload_id, patient_id=patient_id)
-        if fd is None or upload.finished or offset != upload.offset:
+        if lease is None or upload.finished or offset != upload.offset:
             raise Problem(
                 UPLOAD_OFFSET_MISMATCH,
                 f"The upload is at offset {upload.offset}, not {offset}. Resume from {upload.offset}.",
@@ -388,34 +479,18 @@ async def append(
             )
         if declared is not None and offset + declared > upload.length:
             raise _exceeded(upload)
-        received = _Received(chunks, stop)
-        digest = hashlib.sha256() if sha256 is not None else None
-        position, block, held = offset, bytearray(), 0
-        # Whatever an earlier, interrupted request left beyond the offset is not part of the upload.
-        await asyncio.to_thread(os.ftruncate, fd, offset)
-        while (chunk := await received.next()) is not None:
-            if position + held + len(chunk) > upload.length:
-                raise _exceeded(upload)
-            if digest is not None:
-                digest.update(chunk)
-            block += chunk
-            held += len(chunk)
-            if held >= BLOCK_BYTES:
-                await asyncio.to_thread(_write_at, fd, position, bytes(block))
-                position, block, held = position + held, bytearray(), 0
-        if digest is not None and received.interrupted:
-            return upload, None  # an incomplete body cannot be checked against its checksum: nothing kept
-        if block:
-            await asyncio.to_thread(_write_at, fd, position, bytes(block))
-            position += held
-        if digest is not None and digest.digest() != sha256:
-            raise Problem(UPLOAD_CHECKSUM_MISMATCH, offset=upload.offset)
-        await asyncio.to_thread(os.fsync, fd)
-        if position == upload.length:
-            return await _finish(cs, principal, upload, fd, wait)
-        if position == offset:
+        body = _body(_Received(chunks, lease.stop), upload, lease, sha256)
+        try:
+            # Overwrites whatever an earlier, interrupted request left at this offset: never part of the upload.
+            size = await cs.store.put_part(part_key(upload.id, offset), body)
+        except _NotKept:
             return upload, None
-        return await _advance(cs, upload, position), None
+        if size == 0:
+            return upload, None
+        if offset + size < upload.length:
+            return await _advance(cs, upload, offset + size, holder=lease.token), None
+        finished = await _finish(cs, principal, upload)
+    return await _answer(cs, finished, wait)
 
 
 def _exceeded(upload: ResumableUpload) -> Problem:
@@ -428,14 +503,17 @@ def _exceeded(upload: ResumableUpload) -> Problem:
 
 
 async def _advance(
-    cs: Careshare, upload: ResumableUpload, position: int, file_id: str | None = None
+    cs: Careshare, upload: ResumableUpload, position: int, *, holder: str | None = None, file_id: str | None = None
 ) -> ResumableUpload:
     now = db.utcnow()
     expires_at = _expiry(cs, now)  # every step forward gives a slow phone the full time again
+    moved = db.uploads.c.offset == upload.offset
+    if holder is not None:
+        moved = sa.and_(moved, db.uploads.c.holder == holder)
     async with cs.engine.begin() as conn:
         result = await conn.execute(
             sa.update(db.uploads)
-            .where(db.uploads.c.id == upload.id, db.uploads.c.offset == upload.offset)
+            .where(db.uploads.c.id == upload.id, moved)
             .values(offset=position, file_id=file_id, expires_at=expires_at)
         )
         if result.rowcount != 1:
@@ -443,23 +521,37 @@ async def _advance(
     return attrs.evolve(upload, offset=position, file_id=file_id, expires_at=expires_at)
 
 
-async def _read_back(fd: int, length: int) -> AsyncIterator[bytes]:
-    position = 0
-    while position < length:
-        block = await asyncio.to_thread(os.pread, fd, min(BLOCK_BYTES, length - position), position)
-        if not block:
-            raise OSError("the partial upload file is shorter than its offset")
-        position += len(block)
-        yield block
+async def _parts(cs: Careshare, upload: ResumableUpload) -> list[str]:
+    """The keys of the upload's parts in order, from offset 0 by each part's size to the length.
+
+    A gap (a part lost from the store) moves the offset back to where the parts still join up,
+    and the client is told to resume there: nothing stored out of order.
+    """
+    sizes = {meta["path"]: meta["size"] for meta in await cs.store.list_prefix(parts_prefix(upload.id))}
+    keys, position = [], 0
+    while position < upload.length:
+        key = part_key(upload.id, position)
+        size = sizes.get(key, 0)
+        if size <= 0 or position + size > upload.length:
+            logger.warning("upload parts do not join up: resuming from an earlier offset")
+            await _advance(cs, upload, position)
+            raise Problem(
+                UPLOAD_OFFSET_MISMATCH,
+                f"Some bytes of this upload were lost. Resume from {position}.",
+                offset=position,
+            )
+        keys.append(key)
+        position += size
+    return keys
 
 
-async def _finish(
-    cs: Careshare, principal: Principal, upload: ResumableUpload, fd: int, wait: float
-) -> tuple[ResumableUpload, StoredFile]:
+async def _finish(cs: Careshare, principal: Principal, upload: ResumableUpload) -> ResumableUpload:
+    """Ingest the whole upload from its parts; the offset reaches the length once the file is accepted."""
+    keys = await _parts(cs, upload)
     try:
         stored = await accept(
             cs,
-            _read_back(fd, upload.length),
+            cs.store.read_parts(keys),
             principal=principal,
             owner_type="patient",
             patient_id=upload.patient_id,
@@ -470,13 +562,17 @@ async def _finish(
         await _remove(cs, upload.id)  # refused for good: the same bytes would be refused again
         raise
     finished = await _advance(cs, upload, upload.length, file_id=stored.id)
-    with contextlib.suppress(FileNotFoundError):
-        partial_path(cs, upload.id).unlink()
-    done = await wait_for_check(cs, stored.id, wait)
+    await cs.store.delete_prefix(parts_prefix(upload.id))
+    return finished
+
+
+async def _answer(cs: Careshare, finished: ResumableUpload, wait: float) -> tuple[ResumableUpload, StoredFile]:
+    # Waited for with the upload let go: it is finished, and a HEAD meanwhile can say so at once.
+    done = await wait_for_check(cs, str(finished.file_id), wait)
     if done.status == "processing":
         done = await answer_later(cs, done.id)
     if done.status == "rejected":
-        await _remove(cs, upload.id)
+        await _remove(cs, finished.id)
         problem = refusal(done)
         problem.extra["file_id"] = done.id
         raise problem
@@ -484,11 +580,10 @@ async def _finish(
 
 
 async def _remove(cs: Careshare, upload_id: str) -> None:
-    # The row first: a crash in between leaves an orphan file for the sweep, never a row without bytes.
+    # The row first: a crash in between leaves orphan parts for the sweep, never a row without bytes.
     async with cs.engine.begin() as conn:
         await conn.execute(sa.delete(db.uploads).where(db.uploads.c.id == upload_id))
-    with contextlib.suppress(FileNotFoundError):
-        partial_path(cs, upload_id).unlink()
+    await cs.store.delete_prefix(parts_prefix(upload_id))
 
 
 async def terminate(cs: Careshare, principal: Principal, upload_id: str, *, patient_id: str) -> None:
@@ -503,62 +598,46 @@ async def terminate(cs: Careshare, principal: Principal, upload_id: str, *, pati
 
 
 async def sweep(cs: Careshare, now: datetime | None = None) -> int:
-    """Remove expired uploads and their partial files, and partial files no row knows; returns how many.
+    """Remove expired uploads and their parts, and parts no row knows; returns how many uploads.
 
-    An expired upload a request is still writing to stays for the next round.
+    An expired upload a request is still writing to (its lease holds) stays for the next round.
     """
     now = now or db.utcnow()
     async with cs.reader.connect() as conn:
         expired = list((await conn.execute(sa.select(db.uploads.c.id).where(db.uploads.c.expires_at <= now))).scalars())
     removed = 0
     for upload_id in expired:
-        path = partial_path(cs, upload_id)
-        try:
-            fd: int | None = os.open(path, os.O_RDWR)
-        except FileNotFoundError:
-            fd = None
-        try:
-            if fd is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue
-            async with cs.engine.begin() as conn:
-                result = await conn.execute(
-                    sa.delete(db.uploads).where(db.uploads.c.id == upload_id, db.uploads.c.expires_at <= now)
+        async with cs.engine.begin() as conn:
+            result = await conn.execute(
+                sa.delete(db.uploads).where(
+                    db.uploads.c.id == upload_id, db.uploads.c.expires_at <= now, _free(db.utcnow())
                 )
-            if result.rowcount != 1:
-                continue  # a PATCH moved it on (and its expiry) since we looked
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            removed += 1
-        finally:
-            if fd is not None:
-                os.close(fd)
+            )
+        if result.rowcount != 1:
+            continue  # held, or a PATCH moved it on (and its expiry) since we looked
+        await cs.store.delete_prefix(parts_prefix(upload_id))
+        removed += 1
     removed += await _sweep_orphans(cs)
     return removed
 
 
 async def _sweep_orphans(cs: Careshare) -> int:
-    folder = cs.settings.data_dir / "uploads"
-    cutoff = time.time() - ORPHAN_AGE_SECONDS
-    old = []
-    for entry in folder.glob("*") if folder.is_dir() else ():
-        with contextlib.suppress(FileNotFoundError):
-            if entry.stat().st_mtime < cutoff:
-                old.append(entry)
+    newest: dict[str, datetime] = {}
+    for meta in await cs.store.list_prefix(PARTS_ROOT):
+        upload_id = meta["path"].removeprefix(PARTS_ROOT).partition("/")[0]
+        if upload_id not in newest or meta["last_modified"] > newest[upload_id]:
+            newest[upload_id] = meta["last_modified"]
+    cutoff = db.utcnow() - timedelta(seconds=ORPHAN_AGE_SECONDS)
+    old = [upload_id for upload_id, modified in newest.items() if modified < cutoff]
     if not old:
         return 0
     async with cs.reader.connect() as conn:
-        known = set(
-            (await conn.execute(sa.select(db.uploads.c.id).where(db.uploads.c.id.in_([p.name for p in old])))).scalars()
-        )
+        known = set((await conn.execute(sa.select(db.uploads.c.id).where(db.uploads.c.id.in_(old)))).scalars())
     removed = 0
-    for entry in old:
-        if entry.name not in known:
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
-                removed += 1
+    for upload_id in old:
+        if upload_id not in known:
+            await cs.store.delete_prefix(parts_prefix(upload_id))
+            removed += 1
     return removed
 
 

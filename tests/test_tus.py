@@ -1,11 +1,13 @@
 """Resumable (tus 1.0.0) uploads: create, resume at the server's offset, checksums, expiry, access.
 
-Real components throughout: the real app and database, real PDFs, the real ingest pipeline, and a
-real uvicorn server for connections that break in the middle of a PATCH.
+Real components throughout: the real app and database, real PDFs, the real ingest pipeline, real
+uvicorn servers for connections that break in the middle of a PATCH, and two API processes
+sharing only a database and a blob store (SQLite and a folder; PostgreSQL and S3).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -30,12 +32,13 @@ from hypothesis import strategies as st
 
 from careshare.core import db
 from careshare.core.settings import DEFAULT_UPLOAD_EXPIRY_SECONDS
-from careshare.core.tus import partial_path, sweep
+from careshare.core.storage import BlobStore
+from careshare.core.tus import PARTS_ROOT, part_key, sweep
 from careshare.host import create_app
 from careshare.testing import bearer, make_pdf, make_settings, running_server
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Awaitable, Callable, Iterator
     from pathlib import Path
 
     from litestar.testing import AsyncTestClient
@@ -98,9 +101,27 @@ def stored_files(settings: Settings, area: str) -> list[Path]:
     return [path for path in root.rglob("*") if path.is_file()] if root.exists() else []
 
 
-def partial_files(settings: Settings) -> list[Path]:
-    root = settings.data_dir / "uploads"
-    return sorted(root.iterdir()) if root.exists() else []
+async def parts(settings: Settings) -> dict[str, list[tuple[int, int]]]:
+    """The part objects in the blob store: each upload's id to the (offset, size) of its parts."""
+    found: dict[str, list[tuple[int, int]]] = {}
+    for meta in await BlobStore(settings.storage_url).list_prefix(PARTS_ROOT):
+        upload_id, _, name = meta["path"].removeprefix(PARTS_ROOT).partition("/")
+        if name.isdigit():  # not a local part still being written
+            found.setdefault(upload_id, []).append((int(name), meta["size"]))
+    return {upload_id: sorted(found[upload_id]) for upload_id in sorted(found)}
+
+
+def upload_id_of(location: str) -> str:
+    return location.rsplit("/", 1)[1]
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], what: str, bound_seconds: float = 30.0) -> None:
+    """Await ``condition`` until it holds; fail (not time) if it never does within a generous bound."""
+    deadline = time.monotonic() + bound_seconds
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        await asyncio.sleep(0.02)
 
 
 def careshare(client: AsyncTestClient[Any]) -> Careshare:
@@ -161,7 +182,7 @@ def unbuffered(client: AsyncTestClient[Any]) -> httpx.AsyncClient:
 
 @pytest.fixture(scope="module")
 def big_pdf() -> bytes:
-    """Above the 1 MiB block size of the partial file's writes and read-back."""
+    """Above the 1 MiB blocks in which parts are written and read back."""
     return padded_pdf(int(1.5 * MiB), seed=7)
 
 
@@ -204,13 +225,14 @@ async def test_a_patient_upload_resumes_in_parts_to_the_same_sha256(
         assert response.headers["upload-expires"].endswith(" GMT")
         assert "careshare-file-id" not in response.headers
         assert await offset_of(client, location, patient) == end
-    assert partial_files(settings)[0].stat().st_size == cuts[-2]
+    # One part object per PATCH, keyed by the offset it starts at.
+    assert await parts(settings) == {upload_id_of(location): [(0, 700_000), (700_000, 600_000)]}
 
     final = await send(client, location, patient, cuts[-2], big_pdf[cuts[-2] :])
     assert final.status_code == 204, final.text
     assert final.headers["upload-offset"] == str(len(big_pdf))
     file_id = final.headers["careshare-file-id"]
-    assert partial_files(settings) == []
+    assert await parts(settings) == {}
 
     after = await client.head(location, headers={**patient, **TUS})
     assert after.headers["upload-offset"] == after.headers["upload-length"] == str(len(big_pdf))
@@ -310,6 +332,7 @@ async def test_a_checksum_mismatch_is_460_and_the_offset_does_not_move(
     )
     assert_problem(response, 460, "upload-checksum-mismatch")
     assert await offset_of(client, location, patient) == 100
+    assert await parts(settings) == {upload_id_of(location): [(0, 100)]}  # nothing of the bad bytes kept
 
     for header, code in (
         ("md5 " + base64.b64encode(b"x" * 16).decode(), "upload-checksum-algorithm-unsupported"),
@@ -328,7 +351,7 @@ async def test_a_checksum_mismatch_is_460_and_the_offset_does_not_move(
     assert accepted.status_code == 204, accepted.text
     file_id = accepted.headers["careshare-file-id"]
     assert await download_sha256(client, file_id, patient) == sha256(body)
-    assert partial_files(settings) == []
+    assert await parts(settings) == {}
 
 
 async def test_every_tus_request_but_options_needs_tus_resumable(
@@ -392,7 +415,7 @@ async def test_lengths_are_required_and_capped(tmp_path: Path) -> None:
         assert_problem(
             await post(**{"Upload-Length": "10", "Upload-Metadata": "filename ***"}), 400, "upload-metadata-malformed"
         )
-        assert row_count(settings, "uploads") == 0 and partial_files(settings) == []
+        assert row_count(settings, "uploads") == 0 and await parts(settings) == {}
 
         location = await create(client, ME, patient, 5000)
         assert (await send(client, location, patient, 0, b"%PDF-" + b"x" * 995)).status_code == 204
@@ -409,6 +432,7 @@ async def test_lengths_are_required_and_capped(tmp_path: Path) -> None:
             )
         assert_problem(refused, 413, "upload-length-exceeded")
         assert await offset_of(client, location, patient) == 1000
+        assert await parts(settings) == {upload_id_of(location): [(0, 1000)]}  # refused whole
         assert_problem(await send(client, location, patient, "x", b""), 400, "upload-offset-invalid")  # type: ignore[arg-type]
 
 
@@ -419,12 +443,13 @@ async def test_termination_removes_the_upload_and_its_bytes(
     location = await create(client, ME, patient, len(body))
     kept = await create(client, ME, patient, len(body))
     assert (await send(client, location, patient, 0, body[:200])).status_code == 204
-    assert len(partial_files(settings)) == 2
+    assert (await send(client, kept, patient, 0, body[:100])).status_code == 204
+    assert len(await parts(settings)) == 2
 
     response = await client.delete(location, headers={**patient, **TUS})
     assert response.status_code == 204
     assert response.headers["tus-resumable"] == "1.0.0"
-    assert [p.name for p in partial_files(settings)] == [kept.rsplit("/", 1)[1]]
+    assert await parts(settings) == {upload_id_of(kept): [(0, 100)]}
     assert row_count(settings, "uploads") == 1
     assert (await client.head(location, headers={**patient, **TUS})).status_code == 404
     assert_problem(await send(client, location, patient, 200, body[200:]), 404, "not-found")
@@ -451,35 +476,43 @@ async def test_an_expired_upload_is_410_until_swept_then_gone(
     stale = await create(client, ME, patient, len(body))
     fresh = await create(client, ME, patient, len(body))
     assert (await send(client, stale, patient, 0, body[:100])).status_code == 204
+    assert (await send(client, fresh, patient, 0, body[:50])).status_code == 204
     await _expire(careshare(client), stale)
 
     assert_problem(await send(client, stale, patient, 100, body[100:]), 410, "upload-expired")
     assert (await client.head(stale, headers={**patient, **TUS})).status_code == 410
     assert_problem(await client.get(stale, headers=patient), 410, "upload-expired")
-    assert len(partial_files(settings)) == 2
+    assert len(await parts(settings)) == 2
 
     assert await sweep(careshare(client)) == 1
-    assert [p.name for p in partial_files(settings)] == [fresh.rsplit("/", 1)[1]]
+    assert await parts(settings) == {upload_id_of(fresh): [(0, 50)]}
     assert row_count(settings, "uploads") == 1
     assert (await client.head(stale, headers={**patient, **TUS})).status_code == 404
     assert row_count(settings, "files") == 0
-    assert (await send(client, fresh, patient, 0, body)).status_code == 204
+    assert (await send(client, fresh, patient, 50, body[50:])).status_code == 204
 
 
-async def test_the_sweep_removes_orphaned_partial_files_only_once_old(
+async def test_the_sweep_removes_orphaned_parts_only_once_old(
     client: AsyncTestClient[Any], settings: Settings, patient: dict[str, str]
 ) -> None:
     location = await create(client, ME, patient, 1000)
+    assert (await send(client, location, patient, 0, b"%PDF-" + b"x" * 95)).status_code == 204
     cs = careshare(client)
-    orphan, young = partial_path(cs, "0" * 26), partial_path(cs, "1" * 26)
-    orphan.write_bytes(b"left by a crash")
-    young.write_bytes(b"being created right now")
+
+    async def body(data: bytes) -> Any:
+        yield data
+
+    orphan, young = "0" * 26, "1" * 26
+    for upload_id, offset in ((orphan, 0), (orphan, 15), (young, 0)):
+        assert await cs.store.put_part(part_key(upload_id, offset), body(b"left by a crash")) == 15
     old = time.time() - 2 * 3600
-    os.utime(orphan, (old, old))
-    os.utime(partial_path(cs, location.rsplit("/", 1)[1]), (old, old))  # old but known: stays
+    for upload_id, offset in ((orphan, 0), (orphan, 15), (upload_id_of(location), 0)):  # old but known: stays
+        assert cs.store.local_root is not None
+        os.utime(cs.store.local_root / part_key(upload_id, offset), (old, old))
     assert await sweep(cs) == 1
-    assert not orphan.exists() and young.exists()
-    assert await offset_of(client, location, patient) == 0
+    assert await parts(settings) == {upload_id_of(location): [(0, 100)], young: [(0, 15)]}
+    assert not (cs.store.local_root / PARTS_ROOT / orphan).exists()
+    assert await offset_of(client, location, patient) == 100
 
 
 def test_upload_expiry_comes_from_the_environment(tmp_path: Path) -> None:
@@ -500,17 +533,18 @@ async def test_the_host_sweeps_expired_uploads_when_it_starts(tmp_path: Path) ->
             "id"
         ]
         location = await create(client, f"/v1/patients/{pid}/uploads", clinician, 1000)
+        assert (await send(client, location, clinician, 0, b"%PDF-" + b"x" * 95)).status_code == 204
         response = await client.head(location, headers={**clinician, **TUS})
         expires = response.headers["upload-expires"]
         await _expire(careshare(client), location)
     assert expires.endswith(" GMT")
-    assert row_count(settings, "uploads") == 1 and len(partial_files(settings)) == 1
+    assert row_count(settings, "uploads") == 1 and len(await parts(settings)) == 1
+
+    async def swept() -> bool:
+        return row_count(settings, "uploads") == 0 and await parts(settings) == {}
 
     async with AsyncTestClient(app=create_app(settings)):
-        wait_until(
-            lambda: row_count(settings, "uploads") == 0 and partial_files(settings) == [],
-            "the start-up sweep removed the expired upload and its bytes",
-        )
+        await eventually(swept, "the start-up sweep removed the expired upload and its bytes")
 
 
 # -- the ingest pipeline decides --------------------------------------------------------------------------
@@ -529,7 +563,7 @@ async def test_a_refused_file_on_the_final_patch_keeps_only_its_rejected_row(
     assert row_count(settings, "files") == 1 and row_count(settings, "renditions") == 0
     shown = await client.get(f"/v1/files/{refused.json()['file_id']}", headers=patient)
     assert (shown.json()["status"], shown.json()["check"]["reason"]) == ("rejected", "pdf-password-protected")
-    assert row_count(settings, "uploads") == 0 and partial_files(settings) == []
+    assert row_count(settings, "uploads") == 0 and await parts(settings) == {}
     assert (await client.head(location, headers={**patient, **TUS})).status_code == 404
 
 
@@ -629,15 +663,18 @@ def test_a_phone_losing_its_connection_mid_patch_resumes_from_head(
         )
         assert created.status_code == 201, created.text
         location = created.headers["location"]
-        partial = settings.data_dir / "uploads" / location.rsplit("/", 1)[1]
+        folder = settings.data_dir / "blobs" / PARTS_ROOT / upload_id_of(location)
+
+        def written() -> int:  # the part being written: a new file, renamed into place once the PATCH ends
+            return sum(path.stat().st_size for path in folder.glob("*")) if folder.exists() else 0
 
         raw = RawPatch(url)
         try:
             raw.start(location, {**patient, **TUS, **OCTET, "Upload-Offset": "0", "Content-Length": str(len(body))})
             for start in range(0, sent, 64 * 1024):
                 raw.send(body[start : min(start + 64 * 1024, sent)])
-            # The server is writing this PATCH to the partial file ...
-            wait_until(lambda: partial.stat().st_size >= 2 * MiB, "the PATCH reached the partial file")
+            # The server is writing this PATCH to its part ...
+            wait_until(lambda: written() >= 2 * MiB, "the PATCH reached its part")
             if how == "hangs-up":
                 raw.close()  # ... and the phone's connection breaks.
             # (falls-silent: the connection stays open, no more bytes come, as when a phone loses its network.)
@@ -646,7 +683,7 @@ def test_a_phone_losing_its_connection_mid_patch_resumes_from_head(
             assert head.status_code == 200
             offset = int(head.headers["upload-offset"])
             assert 2 * MiB <= offset <= sent
-            assert partial.stat().st_size >= offset
+            assert asyncio.run(parts(settings)) == {upload_id_of(location): [(0, offset)]}
 
             final = client.patch(
                 location,
@@ -664,5 +701,5 @@ def test_a_phone_losing_its_connection_mid_patch_resumes_from_head(
                 digest.update(chunk)
         assert digest.hexdigest() == sha256(body)
         assert client.head(location).headers["careshare-file-id"] == file_id
-    assert not partial.exists()
+    assert asyncio.run(parts(settings)) == {}
     assert row_count(settings, "files") == 1
