@@ -17,7 +17,9 @@ import os
 import random
 import socket
 import sqlite3
+import threading
 import time
+import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +32,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from careshare.core import db
+from careshare.core import db, tus
 from careshare.core.settings import DEFAULT_UPLOAD_EXPIRY_SECONDS
 from careshare.core.storage import BlobStore
 from careshare.core.tus import PARTS_ROOT, part_key, sweep
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 
     from careshare.core.runtime import Careshare
     from careshare.core.settings import Settings
+    from careshare.testing import MotoS3, PostgresCluster
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTET = {"Content-Type": "application/offset+octet-stream"}
@@ -608,6 +611,99 @@ async def test_only_the_owner_reaches_an_upload(
     assert row_count(settings, "uploads") == 2
 
 
+# -- one request at a time: the lease in the row ----------------------------------------------------------------
+
+
+async def _hold(cs: Careshare, location: str, seconds: float) -> None:
+    """Mark the upload held by a request elsewhere (a process that will never answer) for ``seconds``."""
+    async with cs.engine.begin() as conn:
+        await conn.execute(
+            sa.update(db.uploads)
+            .where(db.uploads.c.id == upload_id_of(location))
+            .values(holder="z" * 26, held_until=db.utcnow() + timedelta(seconds=seconds), takeover=None)
+        )
+
+
+async def _row(cs: Careshare, location: str) -> sa.Row[Any]:
+    async with cs.engine.connect() as conn:
+        return (await conn.execute(sa.select(db.uploads).where(db.uploads.c.id == upload_id_of(location)))).one()
+
+
+async def test_a_dead_holders_lease_lapses_and_a_silent_live_one_is_423(
+    client: AsyncTestClient[Any], patient: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = make_pdf(text="leases")
+    location = await create(client, ME, patient, len(body))
+    assert (await send(client, location, patient, 0, body[:100])).status_code == 204
+    cs = careshare(client)
+    assert (await _row(cs, location)).holder is None  # let go once the PATCH ended
+
+    await _hold(cs, location, 1.0)  # killed mid-PATCH: nobody renews its lease
+    started = time.monotonic()
+    assert await offset_of(client, location, patient) == 100
+    assert 0.5 < time.monotonic() - started < tus.LOCK_WAIT_SECONDS
+    row = await _row(cs, location)
+    assert (row.holder, row.held_until, row.takeover) == (None, None, None)
+
+    # A holder whose lease holds but who never lets go: asked to (takeover), then 423 after the wait.
+    monkeypatch.setattr(tus, "LOCK_WAIT_SECONDS", 0.5)
+    await _hold(cs, location, 60.0)
+    assert_problem(await send(client, location, patient, 100, body[100:]), 423, "upload-locked")
+    assert (await client.head(location, headers={**patient, **TUS})).status_code == 423
+    assert_problem(await client.delete(location, headers={**patient, **TUS}), 423, "upload-locked")
+    row = await _row(cs, location)
+    assert row.holder == "z" * 26 and row.takeover is not None and row.offset == 100
+    # The status read waits for nobody.
+    assert (await client.get(location, headers=patient)).json()["offset"] == 100
+
+
+async def test_a_slow_patch_keeps_renewing_its_lease(
+    client: AsyncTestClient[Any], patient: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body trickling in for longer than the lease keeps it: renewed as it goes, so its bytes count."""
+    monkeypatch.setattr(tus, "LEASE_SECONDS", 1.0)
+    monkeypatch.setattr(tus, "RENEW_SECONDS", 0.2)
+    monkeypatch.setattr(tus, "POLL_SECONDS", 0.05)
+    body = make_pdf(text="slowly")
+    location = await create(client, ME, patient, len(body))
+    cs = careshare(client)
+    leases = []
+
+    async def trickles() -> Any:
+        for start in range(0, 600, 100):
+            yield body[start : start + 100]
+            await asyncio.sleep(0.4)
+            leases.append((await _row(cs, location)).held_until)
+
+    async with unbuffered(client) as raw:
+        response = await raw.patch(
+            location, content=trickles(), headers={**patient, **TUS, **OCTET, "Upload-Offset": "0"}
+        )
+    assert response.status_code == 204, response.text
+    assert response.headers["upload-offset"] == "600"
+    assert leases == sorted(leases) and len(set(leases)) >= 3  # 2.4 s of body, a 1 s lease: renewed
+    assert await offset_of(client, location, patient) == 600
+
+
+async def test_parts_that_do_not_join_up_send_the_client_back_to_where_they_do(
+    client: AsyncTestClient[Any], settings: Settings, patient: dict[str, str]
+) -> None:
+    """A part lost from the store is not papered over: the final PATCH says where to resume from."""
+    body = make_pdf(text="lost")
+    location = await create(client, ME, patient, len(body))
+    for start, end in ((0, 100), (100, 250), (250, 400)):
+        assert (await send(client, location, patient, start, body[start:end])).status_code == 204
+    await careshare(client).store.discard(part_key(upload_id_of(location), 100))
+
+    problem = assert_problem(await send(client, location, patient, 400, body[400:]), 409, "upload-offset-mismatch")
+    assert problem["offset"] == 100
+    assert await offset_of(client, location, patient) == 100
+    final = await send(client, location, patient, 100, body[100:], with_checksum=True)
+    assert final.status_code == 204, final.text
+    assert await download_sha256(client, final.headers["careshare-file-id"], patient) == sha256(body)
+    assert await parts(settings) == {}
+
+
 # -- broken connections through a real server ------------------------------------------------------------------
 
 
@@ -703,3 +799,163 @@ def test_a_phone_losing_its_connection_mid_patch_resumes_from_head(
         assert client.head(location).headers["careshare-file-id"] == file_id
     assert asyncio.run(parts(settings)) == {}
     assert row_count(settings, "files") == 1
+
+
+# -- several API processes sharing only a database and a blob store -------------------------------------------
+
+
+@pytest.fixture(params=["sqlite-and-folder", "postgresql-and-s3"])
+def shared_stores(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """What API processes on different hosts share: ``CARESHARE_DATABASE_URL`` and ``CARESHARE_STORAGE_URL``."""
+    if request.param == "sqlite-and-folder":
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        return {
+            "CARESHARE_DATABASE_URL": f"sqlite+aiosqlite:///{shared / 'careshare.db'}",
+            "CARESHARE_STORAGE_URL": (shared / "blobs").as_uri(),
+        }
+    postgres: PostgresCluster = request.getfixturevalue("postgres")
+    moto_s3: MotoS3 = request.getfixturevalue("moto_s3")
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    for name, value in moto_s3.env.items():
+        monkeypatch.setenv(name, value)
+    return {
+        "CARESHARE_DATABASE_URL": postgres.create_database(f"tus_{uuid.uuid4().hex}"),
+        "CARESHARE_STORAGE_URL": moto_s3.storage_url(f"tus-{uuid.uuid4().hex}"),
+    }
+
+
+@pytest.fixture
+def two_api_processes(
+    tmp_path: Path, shared_stores: dict[str, str]
+) -> Iterator[tuple[httpx.Client, httpx.Client, Settings]]:
+    """Two uvicorn servers, each with a data directory of its own; clients signed in as one patient."""
+    a = make_settings(tmp_path / "a", CARESHARE_WORKERS="1", **shared_stores)
+    b = make_settings(tmp_path / "b", CARESHARE_WORKERS="1", **shared_stores)
+    with running_server(create_app(a)) as url_a, running_server(create_app(b)) as url_b:
+        clinician = bearer(a, "clinician", "org-a", sub="dr-a")
+        response = httpx.post(f"{url_a}/v1/patients", json={"name": "Pat", "external_id": "MRN-1"}, headers=clinician)
+        assert response.status_code == 201, response.text
+        patient = {**bearer(a, "patient", "org-a", patient=response.json()["id"]), **TUS}
+        with (
+            httpx.Client(base_url=url_a, headers=patient, timeout=60) as on_a,
+            httpx.Client(base_url=url_b, headers=patient, timeout=60) as on_b,
+        ):
+            yield on_a, on_b, a
+    for data_dir in (a.data_dir, b.data_dir):  # nothing of an upload on either host's own disk
+        assert not [path for path in data_dir.rglob("*") if path.name in ("uploads", "blobs", "careshare.db")]
+
+
+def upload_row(settings: Settings, location: str) -> sa.Row[Any]:
+    async def read() -> sa.Row[Any]:
+        engine = db.create_engine(settings.database_url, immediate=False)
+        try:
+            async with engine.connect() as conn:
+                query = sa.select(db.uploads).where(db.uploads.c.id == upload_id_of(location))
+                return (await conn.execute(query)).one()
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
+
+
+def ready_file(client: httpx.Client, file_id: str) -> dict[str, Any]:
+    """The file once its check has ended (a worker in either process runs it), within a bound."""
+    deadline = time.monotonic() + 60
+    while (shown := client.get(f"/v1/files/{file_id}").json())["status"] == "processing":
+        assert time.monotonic() < deadline, "the file's check never ended"
+        time.sleep(0.05)
+    return dict(shown)
+
+
+def patch(client: httpx.Client, location: str, offset: int, data: bytes, *, with_checksum: bool = False) -> Any:
+    extra = {"Upload-Checksum": checksum(data)} if with_checksum else {}
+    return client.patch(location, content=data, headers={**OCTET, "Upload-Offset": str(offset), **extra})
+
+
+def test_an_upload_goes_on_through_whichever_api_process_a_request_reaches(
+    two_api_processes: tuple[httpx.Client, httpx.Client, Settings],
+) -> None:
+    on_a, on_b, settings = two_api_processes
+    body = padded_pdf(int(2.5 * MiB), seed=3)
+    first, second = MiB + 17, 2 * MiB + 5
+    created = on_a.post(ME, headers={"Upload-Length": str(len(body)), "Upload-Metadata": metadata(filename="x.pdf")})
+    assert created.status_code == 201, created.text
+    location = created.headers["location"]
+
+    assert patch(on_a, location, 0, body[:first]).status_code == 204
+    moved = patch(on_b, location, first, body[first:second], with_checksum=True)
+    assert moved.status_code == 204, moved.text
+    assert moved.headers["upload-offset"] == str(second)
+    head = on_b.head(location)
+    assert head.status_code == 200
+    assert (head.headers["upload-offset"], head.headers["upload-length"]) == (str(second), str(len(body)))
+    assert asyncio.run(parts(settings)) == {upload_id_of(location): [(0, first), (first, second - first)]}
+    stale = patch(on_a, location, first, body[first:second])  # A knows nothing B did but what the row says
+    assert stale.status_code == 409 and stale.headers["upload-offset"] == str(second)
+
+    final = patch(on_a, location, second, body[second:], with_checksum=True)
+    assert final.status_code == 204, final.text
+    file_id = final.headers["careshare-file-id"]
+    assert on_b.head(location).headers["careshare-file-id"] == file_id
+    shown = ready_file(on_b, file_id)
+    assert (shown["status"], shown["sha256"], shown["size"]) == ("ready", sha256(body), len(body))
+    assert on_b.get(f"/v1/files/{file_id}/content").content == body
+    assert on_a.get(f"/v1/files/{file_id}/content").content == body
+    assert asyncio.run(parts(settings)) == {}
+    row = upload_row(settings, location)
+    assert (row.offset, row.file_id, row.holder) == (len(body), file_id, None)
+
+
+def test_a_stalled_patch_on_one_process_gives_way_to_a_request_on_another(
+    two_api_processes: tuple[httpx.Client, httpx.Client, Settings],
+) -> None:
+    """A phone's network goes quiet mid-PATCH on A; it comes back through B, which asks A to let go."""
+    on_a, on_b, settings = two_api_processes
+    body = padded_pdf(2 * MiB, seed=5)
+    sent = MiB + 1234
+    created = on_a.post(ME, headers={"Upload-Length": str(len(body)), "Upload-Metadata": metadata(filename="x.pdf")})
+    location = created.headers["location"]
+    resumed = threading.Event()
+
+    def goes_quiet() -> Iterator[bytes]:
+        for start in range(0, sent, 64 * 1024):
+            yield body[start : min(start + 64 * 1024, sent)]
+        resumed.wait(60)  # no more bytes come; the connection stays open
+
+    stalled: dict[str, Any] = {}
+
+    def patch_on_a() -> None:
+        try:
+            stalled["response"] = on_a.patch(location, content=goes_quiet(), headers={**OCTET, "Upload-Offset": "0"})
+        except httpx.HTTPError as error:  # A answered before the body ended and closed the connection
+            stalled["error"] = error
+
+    thread = threading.Thread(target=patch_on_a)
+    thread.start()
+    try:
+        wait_until(lambda: upload_row(settings, location).holder is not None, "A took the upload")
+        time.sleep(1.0)  # the bytes sent reach A (loopback)
+        started = time.monotonic()
+        head = on_b.head(location)
+        took = time.monotonic() - started
+    finally:
+        resumed.set()
+        thread.join(timeout=60)
+    assert head.status_code == 200
+    # A was alive and renewing its lease: B got the upload because A let go when asked, not by a lapse.
+    assert took < tus.LEASE_SECONDS / 2
+    offset = int(head.headers["upload-offset"])
+    assert offset == sent  # without a checksum, what arrived is kept
+    if "response" in stalled:
+        assert stalled["response"].status_code == 204
+        assert stalled["response"].headers["upload-offset"] == str(offset)
+
+    final = patch(on_b, location, offset, body[offset:], with_checksum=True)
+    assert final.status_code == 204, final.text
+    shown = ready_file(on_a, final.headers["careshare-file-id"])
+    assert (shown["status"], shown["sha256"]) == ("ready", sha256(body))
+    assert on_a.get(f"/v1/files/{shown['id']}/content").content == body
+    assert asyncio.run(parts(settings)) == {}
