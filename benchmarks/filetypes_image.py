@@ -44,12 +44,13 @@ __all__ = ["main", "make_photo"]
 WIDTH, HEIGHT = 4032, 3024
 
 
-def make_photo(quality: int = 90, seed: int = 12) -> bytes:
-    """A 12 MP JPEG that compresses like a photo: gradients, soft blobs and noise (not flat colour)."""
+def make_photo(quality: int = 90, seed: int = 12, size: tuple[int, int] = (WIDTH, HEIGHT)) -> bytes:
+    """A JPEG (12 MP by default) that compresses like a photo: gradients, soft blobs and noise (not flat colour)."""
     rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
-    x /= WIDTH
-    y /= HEIGHT
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    x /= width
+    y /= height
     red = 170 * x + 60 * np.sin(6 * y)
     green = 140 * y + 50 * np.cos(5 * x + 2 * y)
     blue = 120 * (1 - x) * y + 60

@@ -1,4 +1,4 @@
-"""The PDF handler: password refusals, repair, active content removed, linearized copy, thumbnail, page cap."""
+"""The PDF handler: password refusals, repair, active content removed, stream encoding kept, linearized copy, thumbnail, page cap."""
 
 from __future__ import annotations
 
@@ -321,6 +321,84 @@ def test_shareable_is_linearized(pm: pluggy.PluginManager, tmp_path: Path) -> No
         assert len(shared.pages) == 12
 
 
+def make_scan_pdf(
+    image_bytes: int, *, pages: int = 1, script: bool = False, image_filter: str | None = None
+) -> tuple[bytes, bytes]:
+    """A PDF whose page 1 draws a greyscale image stored as some scanners write it; and the image's stored bytes.
+
+    The image is stored without a filter, or hex-encoded (``/ASCIIHexDecode``); the page's content
+    stream is hex-encoded too.
+    """
+    width = 2048
+    pixels = (bytes(range(256)) * (image_bytes // 256 + width))[: -(-image_bytes // width) * width]
+    document = pikepdf.new()
+    for _ in range(pages):
+        document.add_blank_page(page_size=(595, 842))
+    stored = pixels if image_filter is None else pixels.hex().encode() + b">"
+    image = pikepdf.Stream(document, stored)
+    image.Type, image.Subtype, image.ColorSpace = pikepdf.Name.XObject, pikepdf.Name.Image, pikepdf.Name.DeviceGray
+    image.Width, image.Height, image.BitsPerComponent = width, len(pixels) // width, 8
+    if image_filter is not None:
+        image.Filter = pikepdf.Name(image_filter)
+    first = document.pages[0]
+    first.Resources = pikepdf.Dictionary(XObject=pikepdf.Dictionary(Im0=document.make_indirect(image)))
+    drawing = b"q 595 0 0 842 0 0 cm /Im0 Do Q".hex().encode() + b">"
+    first.Contents = pikepdf.Stream(document, drawing, Filter=pikepdf.Name.ASCIIHexDecode)
+    if script:
+        document.Root.OpenAction = pikepdf.Dictionary(S=pikepdf.Name.JavaScript, JS="app.alert('hello');")
+    out = io.BytesIO()
+    document.save(out, compress_streams=False, stream_decode_level=pikepdf.StreamDecodeLevel.none)
+    return out.getvalue(), stored
+
+
+@pytest.mark.parametrize("image_filter", [None, "/ASCIIHexDecode"])
+def test_large_streams_keep_their_own_encoding_and_the_copy_is_still_sanitised(
+    pm: pluggy.PluginManager, tmp_path: Path, image_filter: str | None
+) -> None:
+    # Deflating them would cost seconds per 100 MB on every pass of the save, so qpdf is not asked to.
+    body, stored = make_scan_pdf(pdf.DEFLATE_ON_SAVE_LIMIT + 1, script=True, image_filter=image_filter)
+    processed = process(pm, tmp_path, body)
+    assert processed.metadata["removed"]["javascript"] == 1
+    assert "javascript-removed" in processed.changes
+    shareable = rendition(processed, "shareable")
+    assert active_content_in(shareable) == []
+    with pikepdf.open(shareable) as shared:
+        image = shared.pages[0].Resources.XObject.Im0
+        assert image.get("/Filter") == (None if image_filter is None else pikepdf.Name(image_filter))
+        assert image.read_raw_bytes() == stored, "not decoded and encoded again"
+        assert shared.pages[0].Contents.Filter == pikepdf.Name.ASCIIHexDecode
+    assert b"/FlateDecode" not in shareable.read_bytes()
+    with Image.open(rendition(processed, "thumbnail")) as thumb:
+        assert max(thumb.size) == 320
+
+
+def test_object_streams_of_a_small_file_stay_compressed(pm: pluggy.PluginManager, tmp_path: Path) -> None:
+    # qpdf writes the object streams itself, deflated only when compress_streams is on.
+    with pikepdf.open(io.BytesIO(make_pdf(pages=40, text="leaflet"))) as document:
+        out = io.BytesIO()
+        document.save(out, object_stream_mode=pikepdf.ObjectStreamMode.generate)
+    shareable = rendition(process(pm, tmp_path, out.getvalue()), "shareable")
+    with pikepdf.open(shareable) as shared:
+        object_streams = [o for o in shared.objects if isinstance(o, pikepdf.Stream) and o.get("/Type") == "/ObjStm"]
+        assert object_streams
+        assert all(o.Filter == pikepdf.Name.FlateDecode for o in object_streams)
+
+
+@pytest.mark.parametrize(("pages", "linearized"), [(1, False), (2, True)])
+def test_one_large_page_is_not_linearized(
+    pm: pluggy.PluginManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pages: int, linearized: bool
+) -> None:
+    # Page 1 is then the whole file, so linearizing (a second pass over every byte) buys nothing.
+    body, _ = make_scan_pdf(64 * 1024, pages=pages)
+    monkeypatch.setattr(pdf, "LINEARIZE_ONE_PAGE_LIMIT", len(body) - 1)
+    processed = process(pm, tmp_path, body)
+    assert processed.metadata["linearized"] is linearized
+    assert ("linearized" in processed.changes) is linearized
+    with pikepdf.open(rendition(processed, "shareable")) as shared:
+        assert shared.is_linearized is linearized
+        assert len(shared.pages) == pages
+
+
 # -- damage and limits -------------------------------------------------------------------------------
 
 
@@ -549,4 +627,11 @@ async def test_upload_over_the_page_cap_is_refused(settings: Settings) -> None:
         problem = response.json()
         assert (problem["code"], problem["pages"], problem["limit"]) == ("pdf-too-many-pages", 3, 2)
         listing = await client.get(f"/v1/patients/{pid}/files", headers=headers)
-        assert listing.json()["items"] == []
+        # The refused file keeps its row, rejected with the reason, and nothing of its bytes.
+        [kept] = listing.json()["items"]
+        assert (kept["id"], kept["status"], kept["check"]["reason"]) == (
+            problem["file_id"],
+            "rejected",
+            "pdf-too-many-pages",
+        )
+        assert kept["renditions"] == []

@@ -1,4 +1,4 @@
-"""PDF handler: refuse what a phone cannot open; share a sanitised, linearized copy and a first-page thumbnail."""
+"""PDF handler: refuse what a phone cannot open; share a sanitised copy, linearized where it pays, and a thumbnail."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHANGES",
+    "DEFLATE_ON_SAVE_LIMIT",
     "KIND",
+    "LINEARIZE_ONE_PAGE_LIMIT",
     "MEDIA_TYPE",
     "PDF_NO_PAGES",
     "PDF_PASSWORD_PROTECTED",
@@ -44,11 +46,15 @@ logger = logging.getLogger(__name__)
 KIND = "pdf"
 MEDIA_TYPE = "application/pdf"
 HANDLER_VERSION = (
-    f"2 (pikepdf {pikepdf.__version__}, qpdf {pikepdf.__libqpdf_version__},"
+    f"3 (pikepdf {pikepdf.__version__}, qpdf {pikepdf.__libqpdf_version__},"
     f" pdfium {pypdfium2.version.PDFIUM_INFO.build})"
 )
 # The PDF spec lets the header start anywhere in the first 1024 bytes.
 _HEADER_WINDOW = 1024
+# qpdf deflates 30-45 MB/s here, once per pass of a save: beyond this many bytes to deflate, streams are kept as they are.
+DEFLATE_ON_SAVE_LIMIT = 4 * 2**20
+# A one-page PDF larger than this is not linearized: page 1 is the whole file, and linearizing is a second pass.
+LINEARIZE_ONE_PAGE_LIMIT = 32 * 2**20
 
 PDF_PASSWORD_PROTECTED = ProblemType(
     "pdf-password-protected",
@@ -111,6 +117,22 @@ _CATALOG_NAME_TREES = (
 _ENCRYPT_REFERENCE = re.compile(rb"/Encrypt(?=\s+\d+\s+\d+\s+R)")
 _HIDDEN_ENCRYPT = "/NoCrypt"
 
+# Filters qpdf decodes at its "generalized" level, the level a compressing save decodes to.
+_GENERALIZED_FILTERS = frozenset(
+    (
+        "/ASCIIHexDecode",
+        "/AHx",
+        "/ASCII85Decode",
+        "/A85",
+        "/LZWDecode",
+        "/LZW",
+        "/FlateDecode",
+        "/Fl",
+        "/RunLengthDecode",
+        "/RL",
+    )
+)
+
 # What pikepdf, qpdf and PDFium raise on hostile or broken bytes (PasswordError is handled apart).
 _LIBRARY_ERRORS = (
     pikepdf.PikepdfError,
@@ -138,7 +160,7 @@ def careshare_process(source: Source, kind: str, policy: Policy) -> Processed | 
     pdf, attachments_only = _open(source.path)
     try:
         with pdf:
-            return _process(pdf, source.workdir, policy, attachments_only=attachments_only)
+            return _process(pdf, source, policy, attachments_only=attachments_only)
     except pikepdf.PasswordError:
         raise Problem(PDF_PASSWORD_PROTECTED) from None
     except _LIBRARY_ERRORS as exc:
@@ -200,7 +222,7 @@ def _encrypts_only_attachments(encrypt: Any) -> bool:
     return isinstance(crypt, Dictionary) and crypt.get("/AuthEvent") == Name.EFOpen
 
 
-def _process(pdf: pikepdf.Pdf, workdir: Path, policy: Policy, *, attachments_only: bool) -> Processed:
+def _process(pdf: pikepdf.Pdf, source: Source, policy: Policy, *, attachments_only: bool) -> Processed:
     pages = len(pdf.pages)
     if pages == 0:
         raise Problem(PDF_NO_PAGES)
@@ -216,10 +238,23 @@ def _process(pdf: pikepdf.Pdf, workdir: Path, policy: Policy, *, attachments_onl
     if "/Encrypt" in pdf.trailer:
         # Streams are decrypted as read; without this, a linearized copy keeps the old dictionary as an orphan.
         del pdf.trailer["/Encrypt"]
-    removed = ActiveContentRemover(pdf).run()
+    remover = ActiveContentRemover(pdf)
+    removed = remover.run()
+    workdir = source.workdir
     shareable = workdir / "shareable.pdf"
-    # Decrypted (phones need no password), linearized (page 1 shows while the rest loads).
-    pdf.save(shareable, linearize=True, encryption=False, deterministic_id=True)
+    # Linearized, page 1 shows while the rest loads; a one-page file has no rest, so a large one skips that pass.
+    linearize = pages > 1 or source.size <= LINEARIZE_ONE_PAGE_LIMIT
+    # Decrypted (phones need no password). qpdf deflates the object streams it writes only with
+    # compress_streams, which also re-encodes every stream not stored as plain Flate: so only while
+    # those are small; otherwise every stream keeps the file's own encoding, never decoded.
+    pdf.save(
+        shareable,
+        linearize=linearize,
+        encryption=False,
+        deterministic_id=True,
+        compress_streams=remover.bytes_to_deflate <= DEFLATE_ON_SAVE_LIMIT,
+        stream_decode_level=pikepdf.StreamDecodeLevel.none,
+    )
     # qpdf warns only when it had to recover something: a damaged xref, a bad object or stream.
     repaired = bool(pdf.get_warnings())
     thumbnail = _thumbnail(shareable, workdir, policy)
@@ -230,7 +265,7 @@ def _process(pdf: pikepdf.Pdf, workdir: Path, policy: Policy, *, attachments_onl
         "had_active_content": any(removed.values()),
         "removed": removed,
         "repaired": repaired,
-        "linearized": True,
+        "linearized": linearize,
     }
     if encrypted:
         metadata["encrypted-owner-only"] = True
@@ -241,7 +276,8 @@ def _process(pdf: pikepdf.Pdf, workdir: Path, policy: Policy, *, attachments_onl
         changes.append("repaired")
     if encrypted or attachments_only:
         changes.append("decrypted")
-    changes.append("linearized")
+    if linearize:
+        changes.append("linearized")
     return Processed(
         handler="pdf",
         handler_version=HANDLER_VERSION,
@@ -273,12 +309,15 @@ class ActiveContentRemover:
 
     Every object reachable from the trailer is visited (only reachable objects are written), so
     an action is found wherever it hangs, not only in the slots a viewer is known to use.
-    pikepdf's own sanitize helpers then run as a second, independent pass.
+    pikepdf's own sanitize helpers then run as a second, independent pass. On the way, the walk
+    adds up how many stream bytes qpdf would deflate on a compressing save (``bytes_to_deflate``),
+    which decides how the copy is saved.
     """
 
     def __init__(self, pdf: pikepdf.Pdf) -> None:
         self.pdf = pdf
         self.removed = dict.fromkeys(REMOVED_KINDS, 0)
+        self.bytes_to_deflate = 0
         self._counted: set[tuple[str, tuple[int, int]]] = set()
 
     def run(self) -> dict[str, int]:
@@ -323,6 +362,8 @@ class ActiveContentRemover:
             if isinstance(obj, Array):
                 stack.extend(item for item in obj if isinstance(item, (Array, Dictionary, Stream)))
                 continue
+            if isinstance(obj, Stream):
+                self.bytes_to_deflate += _bytes_to_deflate(obj)
             self._clean(obj)
             for key in obj:
                 value = obj.get(key)
@@ -403,6 +444,29 @@ class ActiveContentRemover:
             del action["/Next"]
         else:
             action["/Next"] = kept[0] if len(kept) == 1 else Array(kept)
+
+
+def _bytes_to_deflate(stream: Any) -> int:
+    """The declared length of a stream that qpdf decodes and deflates when it compresses streams, else 0.
+
+    That is every stream without a filter or with only generalized filters (ASCII, LZW, run-length,
+    Flate), except one whose filter is the name /FlateDecode, which qpdf copies as it is.
+    """
+    filters = stream.get("/Filter")
+    if filters is None:
+        chain = []
+    elif isinstance(filters, Name):
+        if str(filters) in ("/FlateDecode", "/Fl"):
+            return 0
+        chain = [str(filters)]
+    elif isinstance(filters, Array):
+        chain = [str(f) if isinstance(f, Name) else "" for f in filters]
+    else:
+        return 0  # not a filter at all: qpdf cannot decode it either
+    if not all(name in _GENERALIZED_FILTERS for name in chain):
+        return 0  # an image codec (DCT, JPX, JBIG2, CCITT) or an unknown filter: copied as it is
+    length = stream.get("/Length")
+    return length if isinstance(length, int) and length > 0 else 0
 
 
 def _is_dict(obj: Any) -> bool:
