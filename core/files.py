@@ -240,7 +240,7 @@ async def check_file(cs: Careshare, *, file_id: str, attempts: int = 1) -> None:
     On the last attempt an unexpected failure refuses the file rather than leaving it processing.
     """
     try:
-        await _check(cs, file_id)
+        await _check(cs, file_id, attempts)
     except Problem:
         raise
     except Exception as exc:
@@ -254,11 +254,18 @@ async def check_file(cs: Careshare, *, file_id: str, attempts: int = 1) -> None:
             event.set()
 
 
-async def _check(cs: Careshare, file_id: str) -> None:
-    async with cs.reader.connect() as conn:
-        stored = await _load(conn, file_id)
-    if stored is None or stored.status != "processing":
-        return
+async def _check(cs: Careshare, file_id: str, attempts: int) -> None:
+    async with cs.engine.begin() as conn:
+        stored = await _load(conn, file_id, for_update=True)
+        if stored is None or stored.status != "processing":
+            return
+        # Progress for GET /v1/files/{id}: the check has started (and how often it was tried).
+        progress = {**stored.check, "state": "checking", "attempt": attempts, "started_at": db.utcnow().isoformat()}
+        await conn.execute(
+            sa.update(db.files)
+            .where(db.files.c.id == file_id, db.files.c.status == "processing")
+            .values(check=progress)
+        )
     key = await cs.store.held_or_stored(file_id, stored.sha256)
     if key is None:  # cannot happen unless the store lost bytes: say so, never leave it processing
         logger.error("held upload missing file=%s", file_id)

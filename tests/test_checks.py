@@ -180,6 +180,7 @@ async def test_a_processing_file_cannot_be_attached_until_its_check_ends(
     response = await client.post(f"/v1/patients/{patient_id}/files", content=make_pdf(), headers=clinician)
     assert response.status_code == 202
     fid = response.json()["id"]
+    assert response.json()["check"]["state"] == "queued"
     message = {"body": "Your scan", "file_ids": [fid]}
     refused = await client.post(f"/v1/patients/{patient_id}/messages", json=message, headers=clinician)
     assert (refused.status_code, refused.json()["code"]) == (409, "file-not-ready")
@@ -336,7 +337,9 @@ def _killed_mid_check_then_recovered(
         try:
             _wait(claimed, "the first worker took the job")
             time.sleep(0.5)  # inside the handler's six seconds
-            assert http.get(f"/v1/files/{fid}", headers=clinician).json()["status"] == "processing"
+            progress = http.get(f"/v1/files/{fid}", headers=clinician).json()
+            assert progress["status"] == "processing"
+            assert (progress["check"]["state"], progress["check"]["attempt"]) == ("checking", 1)
         finally:
             _kill_group(first)
         second = _careshare("worker", "--concurrency", "1", env=worker_env, log=log)

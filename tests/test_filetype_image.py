@@ -713,4 +713,9 @@ async def test_upload_refusals_end_to_end(
     assert body["code"] == code
     assert body["detail"].endswith(".")
     listing = await client.get(f"/v1/patients/{patient_id}/files", headers=clinician)
-    assert listing.json()["items"] == []
+    # Refused by its check: the row stays, rejected with the reason; refused before (415): no row.
+    kept = listing.json()["items"]
+    assert [(f["id"], f["status"], f["check"]["reason"]) for f in kept] == (
+        [(body["file_id"], "rejected", code)] if "file_id" in body else []
+    )
+    assert all(f["renditions"] == [] for f in kept)

@@ -309,7 +309,7 @@ async def test_put_file_and_upload_of_the_same_bytes_share_one_blob(
 async def test_local_path_of_a_local_store_is_the_stored_file(store: BlobStore) -> None:
     staged = await store.stage(stream([b"on disk"]), limit=None)
     key = await store.promote(staged)
-    with store.local_path(key) as path:
+    async with store.local_path(key) as path:
         assert path.read_bytes() == b"on disk"
 
 
