@@ -86,6 +86,14 @@ class Processor:
         if not self.isolated:
             logger.info("a careshare_process plugin is not importable by name: handlers run in threads")
 
+    def warm(self) -> None:
+        """Start the process the handlers fork from now, its modules imported, so the first check pays nothing for it."""
+        if self.isolated:
+            _context(self.modules or [])
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
+
     async def process(self, source: Source, kind: str, policy: Policy) -> Processed | None:
         async with self.slots:
             if self.isolated:

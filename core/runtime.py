@@ -80,6 +80,7 @@ class Careshare:
         """Run queued jobs (file checks ...) ``concurrency`` at a time until cancelled."""
         from careshare.core.files import run_requeue_loop
 
+        await asyncio.to_thread(self.processor.warm)
         await asyncio.gather(self.jobs.work(self, concurrency), run_requeue_loop(self))
 
     async def close(self) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import hashlib
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -199,6 +200,14 @@ def _after(
     return outcome
 
 
+def _hash_file(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    with path.open("rb", buffering=0) as handle:
+        while block := handle.read(_BLOCK_BYTES):
+            digest.update(block)
+    return digest.hexdigest(), path.stat().st_size
+
+
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
@@ -347,17 +356,30 @@ class BlobStore:
         return None
 
     async def put_file(self, path: Path) -> tuple[str, int]:
-        """Store a local file (a rendition) by content; returns its SHA-256 and size."""
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            while block := handle.read(1024 * 1024):
-                digest.update(block)
-        sha256, size = digest.hexdigest(), path.stat().st_size
+        """Store a local file (a rendition) by content; returns its SHA-256 and size.
+
+        Hashed on a worker thread. On a local store, a file in our own temporary directory (a
+        handler's work directory) is moved into place rather than copied: it is not used again.
+        """
+        sha256, size = await asyncio.to_thread(_hash_file, path)
         key = content_key(sha256)
-        if not await self.exists(sha256):
+        if await self.exists(sha256):
+            return sha256, size
+        if self.local_root is not None and self.local_tmp is not None and path.is_relative_to(self.local_tmp):
+            await asyncio.to_thread(self._move_in, path, key)
+        else:
             await obstore.put_async(self.store, key, path, mode="overwrite", max_concurrency=_PART_CONCURRENCY)
-            await asyncio.to_thread(self._make_durable, key)
+        await asyncio.to_thread(self._make_durable, key)
         return sha256, size
+
+    def _move_in(self, path: Path, key: str) -> None:
+        assert self.local_root is not None
+        target = self.local_root / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, target)
+        except OSError:  # another filesystem after all: copy
+            shutil.copyfile(path, target)
 
     async def exists(self, sha256: str) -> bool:
         try:
