@@ -274,23 +274,23 @@ async def _check(cs: Careshare, file_id: str, attempts: int) -> None:
     started = time.perf_counter()
     original = RenditionRecord(ORIGINAL, stored.media_type, stored.size, stored.sha256)
     try:
-        processed, renditions = await run_handler(cs, stored, key, cs.settings.policy)
+        processed, renditions, handler_seconds = await run_handler(cs, stored, key, cs.settings.policy)
     except Problem as problem:
         await _settle(cs, file_id, rejected=problem, started=started)
         return
     # Promote before the row says ready: a crash in between leaves a stored blob and a job to retry.
     await cs.store.promote_held(file_id, stored.sha256)
-    check = check_record(processed, original, renditions, started)
+    check = check_record(processed, original, renditions, started, handler_seconds)
     await _settle(cs, file_id, ready=(processed, renditions, check))
 
 
 async def run_handler(
     cs: Careshare, stored: StoredFile, key: str, policy: Policy, *, missing: ProblemType = UNSUPPORTED_FILE_TYPE
-) -> tuple[Processed, list[RenditionRecord]]:
+) -> tuple[Processed, list[RenditionRecord], float]:
     """Run the file's handler on the object at ``key`` (its original) and store what it made.
 
-    Returns the handler's outcome and the renditions, the original first; a refusal is raised.
-    ``missing`` is raised when no plugin handles the file's kind.
+    Returns the handler's outcome, the renditions (the original first) and the seconds the
+    handler itself took; a refusal is raised. ``missing`` is raised when no plugin handles the kind.
     """
     original = RenditionRecord(ORIGINAL, stored.media_type, stored.size, stored.sha256)
     with cs.store.workdir() as workdir:
@@ -303,10 +303,12 @@ async def run_handler(
                 media_type=stored.media_type,
                 workdir=Path(workdir),
             )
+            started = time.perf_counter()
             processed = await cs.processor.process(source, stored.kind, policy)
+            handler_seconds = time.perf_counter() - started
             if processed is None:
                 raise Problem(missing)
-            return processed, await store_renditions(cs, processed, original)
+            return processed, await store_renditions(cs, processed, original), handler_seconds
 
 
 async def _settle(
@@ -422,9 +424,17 @@ async def store_renditions(cs: Careshare, processed: Processed, original: Rendit
 
 
 def check_record(
-    processed: Processed, original: RenditionRecord, renditions: list[RenditionRecord], started: float
+    processed: Processed,
+    original: RenditionRecord,
+    renditions: list[RenditionRecord],
+    started: float,
+    handler_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """What was checked, by which handler and version, on which bytes, what came out and how long it took."""
+    """What was checked, by which handler and version, on which bytes, what came out and how long it took.
+
+    ``duration_ms`` runs from the start of the check to its renditions stored (durably);
+    ``handler_ms`` is the handler's own part of it.
+    """
     return {
         "handler": processed.handler,
         "handler_version": processed.handler_version,
@@ -432,6 +442,7 @@ def check_record(
         "outputs": {r.role: r.sha256 for r in renditions},
         "changes": list(processed.changes),
         "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+        "handler_ms": None if handler_seconds is None else round(handler_seconds * 1000, 1),
         "reason": None,
         "renderable": processed.renderable,
     }

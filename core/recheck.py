@@ -82,7 +82,9 @@ async def recheck_file(cs: Careshare, *, file_id: str, attempts: int = 1) -> Non
     started = time.perf_counter()
     values: dict[str, Any]
     try:
-        processed, renditions = await run_handler(cs, stored, content_key(original.sha256), cs.settings.policy)
+        processed, renditions, handler_seconds = await run_handler(
+            cs, stored, content_key(original.sha256), cs.settings.policy
+        )
     except Problem as problem:
         t = problem.type
         logger.warning("recheck refused a stored file code=%s", t.code)
@@ -96,7 +98,7 @@ async def recheck_file(cs: Careshare, *, file_id: str, attempts: int = 1) -> Non
         }
         values = {"status": "rejected", "check": check}
     else:
-        check = {**check_record(processed, original, renditions, started), "rechecked": True}
+        check = {**check_record(processed, original, renditions, started, handler_seconds), "rechecked": True}
         values = {"metadata": dict(processed.metadata), "check": check}
     async with cs.engine.begin() as conn:
         current = await _load(conn, file_id, for_update=True)

@@ -72,12 +72,12 @@ async def rerender(cs: Careshare, principal: Principal, file_id: str, options: R
         dicom_window_width=options.window_width,
     )
     started = time.perf_counter()
-    processed, renditions = await run_handler(
+    processed, renditions, handler_seconds = await run_handler(
         cs, stored, content_key(original.sha256), policy, missing=RENDER_NOT_SUPPORTED
     )
 
     check = {
-        **check_record(processed, original, renditions, started),
+        **check_record(processed, original, renditions, started, handler_seconds),
         "rendered_by": principal.subject,
         "render_options": attrs.asdict(options),
     }

@@ -203,6 +203,9 @@ def _after(
 def _hash_file(path: Path) -> tuple[str, int]:
     digest = hashlib.sha256()
     with path.open("rb", buffering=0) as handle:
+        if _SYNC_FILE_RANGE is not None:
+            # A handler just wrote it: its writeback runs while we hash, so the fsync after is short.
+            _SYNC_FILE_RANGE(handle.fileno(), 0, 0, _WRITEBACK)
         while block := handle.read(_BLOCK_BYTES):
             digest.update(block)
     return digest.hexdigest(), path.stat().st_size

@@ -415,3 +415,50 @@ def test_a_worker_killed_mid_check_on_postgresql_and_s3_sharing_no_disk_with_the
     keys = moto_s3.keys()
     assert not [k for k in keys if "/held/" in k or "/staging/" in k]
     assert not (tmp_path / "api" / "blobs").exists()
+
+
+# -- the same on both databases, over real HTTP ---------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def both(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    if request.param == "sqlite":
+        return make_settings(tmp_path / "data")
+    postgres = request.getfixturevalue("postgres")
+    url = postgres.create_database(f"checks_{uuid.uuid4().hex}")
+    return make_settings(tmp_path / "data", CARESHARE_DATABASE_URL=url)
+
+
+async def test_202_then_ready_or_rejected_and_the_patient_told_on_both_databases(both: Settings) -> None:
+    clinician = bearer(both, "clinician", "org-a", sub="dr-a")
+    with running_server(create_app(both)) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            made = await http.post("/v1/patients", json={"name": "P", "external_id": "1"}, headers=clinician)
+            patient = bearer(both, "patient", "org-a", patient=made.json()["id"])
+            later = {**patient, "Prefer": "respond-async"}
+            good, bad = await asyncio.gather(
+                http.post("/v1/me/files", content=make_pdf(pages=4), headers=later),
+                http.post("/v1/me/files", content=make_pdf(user_password="a", owner_password="b"), headers=later),
+            )
+            assert (good.status_code, bad.status_code) == (202, 202)
+            ended = {}
+            for response in (good, bad):
+                fid = response.json()["id"]
+                for _ in range(300):
+                    shown = (await http.get(f"/v1/files/{fid}", headers=patient)).json()
+                    if shown["status"] != "processing":
+                        break
+                    await asyncio.sleep(0.1)
+                ended[fid] = (shown["status"], shown["check"]["reason"])
+            assert ended == {
+                good.json()["id"]: ("ready", None),
+                bad.json()["id"]: ("rejected", "pdf-password-protected"),
+            }
+            in_time = await http.post(
+                "/v1/me/files", content=make_pdf(pages=2), headers={**patient, "Prefer": "wait=20"}
+            )
+            assert in_time.status_code == 201
+            inbox = (await http.get("/v1/me/notifications", headers=patient)).json()["items"]
+    assert sorted((n["kind"], n["item_id"]) for n in inbox) == sorted(
+        [("file.ready", good.json()["id"]), ("file.rejected", bad.json()["id"])]
+    )
