@@ -22,9 +22,9 @@ Before each timed side, as many bytes as it will write are written and deleted (
 (d) the API process's RSS growth during the upload (VmRSS every 20 ms; target <= 64 MiB for
     1 GiB) and its CPU seconds per GiB acknowledged (utime + stime from /proc).
 
-The inputs make the real work grow with the size: the PDF is one page whose resources hold one
-uncompressed image stream of random bytes (the handler must carry it into the shareable copy);
-the video is a 1920x1080 H.264 MP4 of noise, its one encoded GOP repeated with moving timestamps
+The inputs make the real work grow with the size: the PDF is one page drawing one unfiltered
+image of random bytes (the handler must carry it into the shareable copy); the video is 1920x1080
+H.264 (a ramp with noise, about 30 Mbit/s), one encoded second repeated with moving timestamps
 until the size is reached (the handler remuxes every packet and moves the index first).
 
 **Parallel mixed uploads**: a throwaway PostgreSQL cluster and a moto S3 server on loopback,
@@ -75,40 +75,9 @@ TARGET_RSS_MIB = 64
 
 
 def write_pdf(path: Path, total: int) -> int:
-    """One page whose resources hold an unused, uncompressed 8-bit gray image of random bytes (~``total``)."""
-    width = 4096
-    height = max(1, (total - 4096) // width)
-    payload = width * height
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Resources << /XObject << /Im0 5 0 R >> >>"
-        b" /Contents 4 0 R >>",
-        b"<< /Length 44 >>\nstream\nBT /F1 1 Tf ET 0 0 1 rg 10 10 100 100 re f\nendstream",
-    ]
-    head = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(head))
-        head += b"%d 0 obj\n%s\nendobj\n" % (number, body)
-    image_at = len(head)
-    image_head = (
-        b"5 0 obj\n<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceGray"
-        b" /BitsPerComponent 8 /Length %d >>\nstream\n" % (width, height, payload)
-    )
-    image_end = b"\nendstream\nendobj\n"
-    xref_at = image_at + len(image_head) + payload + len(image_end)
-    xref = b"xref\n0 6\n0000000000 65535 f \n" + b"".join(b"%010d 00000 n \n" % o for o in [*offsets, image_at])
-    trailer = b"trailer\n<< /Size 6 /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % xref_at
-    with path.open("wb") as handle:
-        handle.write(head + image_head)
-        left = payload
-        while left:
-            block = min(left, CHUNK)
-            handle.write(os.urandom(block))
-            left -= block
-        handle.write(image_end + xref + trailer)
-        handle.flush()
+    """One page drawing an unfiltered RGB image of random pixels (``benchmarks/handlers.py``'s scan)."""
+    _handlers().write_scan_pdf(path, total)
+    with path.open("rb") as handle:
         os.fsync(handle.fileno())
     return path.stat().st_size
 

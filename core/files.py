@@ -54,6 +54,7 @@ __all__ = [
     "list_files",
     "mark_seen",
     "refusal",
+    "replace_renditions",
     "requeue_stranded",
     "run_handler",
     "run_requeue_loop",
@@ -197,8 +198,10 @@ async def wait_for_check(cs: Careshare, file_id: str, timeout: float) -> StoredF
             if stored.status != "processing" or not event.is_set():
                 _finished.pop(file_id, None)
             return stored
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that races its timeout.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), min(pause, remaining))
+            async with asyncio.timeout(min(pause, remaining)):
+                await event.wait()
         pause = min(pause * 2, 0.5)
 
 
@@ -446,6 +449,25 @@ def check_record(
         "reason": None,
         "renderable": processed.renderable,
     }
+
+
+async def replace_renditions(conn: AsyncConnection, file_id: str, renditions: list[RenditionRecord]) -> None:
+    """Put ``renditions`` in place of a file's renditions; its original stays (rechecks, re-renders).
+
+    Old rendition blobs stay in the store: attachments already sent pin them by hash.
+    """
+    await insert_blobs(conn, renditions, db.utcnow())
+    await conn.execute(
+        sa.delete(db.renditions).where(db.renditions.c.file_id == file_id, db.renditions.c.role != ORIGINAL)
+    )
+    await conn.execute(
+        db.renditions.insert(),
+        [
+            {"file_id": file_id, "role": r.role, "media_type": r.media_type, "size": r.size, "sha256": r.sha256}
+            for r in renditions
+            if r.role != ORIGINAL
+        ],
+    )
 
 
 async def insert_blobs(conn: AsyncConnection, renditions: list[RenditionRecord], now: Any) -> None:

@@ -169,9 +169,12 @@ class LocalQueue:
         try:
             await _run(cs, row.task, dict(row.args), attempts)
         except asyncio.CancelledError:
-            # Shutting down: let the job go at once rather than when its lease lapses.
-            async with self.engine.begin() as conn:
-                await conn.execute(sa.update(db.jobs).where(mine).values(leased_until=None))
+            # Shutting down: let the job go at once rather than when its lease lapses (best effort,
+            # bounded: a database that does not answer leaves the lease to lapse).
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    async with self.engine.begin() as conn:
+                        await conn.execute(sa.update(db.jobs).where(mine).values(leased_until=None))
             raise
         except Exception as exc:
             logger.warning("job failed task=%s attempt=%s error=%s", row.task, attempts, type(exc).__name__)
@@ -203,8 +206,11 @@ class LocalQueue:
                 if row is None:
                     slots.release()
                     self._wake.clear()
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                    # that races its timeout, and this loop would then never stop.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), IDLE_POLL_SECONDS)
+                        async with asyncio.timeout(IDLE_POLL_SECONDS):
+                            await self._wake.wait()
                     continue
                 job = asyncio.create_task(self.run_one(cs, row))
                 running.add(job)

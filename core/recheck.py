@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from careshare.core import db
-from careshare.core.files import ORIGINAL, _load, check_record, insert_blobs, run_handler
+from careshare.core.files import ORIGINAL, _load, check_record, replace_renditions, run_handler
 from careshare.core.jobs import task
 from careshare.core.problems import Problem
 from careshare.core.storage import content_key
@@ -105,16 +105,5 @@ async def recheck_file(cs: Careshare, *, file_id: str, attempts: int = 1) -> Non
         if current is None or current.status != "ready":
             return
         if renditions:
-            await insert_blobs(conn, renditions, db.utcnow())
-            await conn.execute(
-                sa.delete(db.renditions).where(db.renditions.c.file_id == file_id, db.renditions.c.role != ORIGINAL)
-            )
-            await conn.execute(
-                db.renditions.insert(),
-                [
-                    {"file_id": file_id, "role": r.role, "media_type": r.media_type, "size": r.size, "sha256": r.sha256}
-                    for r in renditions
-                    if r.role != ORIGINAL
-                ],
-            )
+            await replace_renditions(conn, file_id, renditions)
         await conn.execute(sa.update(db.files).where(db.files.c.id == file_id).values(**values))

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from careshare.core import db
 from careshare.core.audit import record_event
-from careshare.core.files import ORIGINAL, check_record, get_file, insert_blobs, run_handler
+from careshare.core.files import ORIGINAL, check_record, get_file, replace_renditions, run_handler
 from careshare.core.problems import Problem, ProblemType
 from careshare.core.storage import content_key
 
@@ -81,22 +81,10 @@ async def rerender(cs: Careshare, principal: Principal, file_id: str, options: R
         "rendered_by": principal.subject,
         "render_options": attrs.asdict(options),
     }
-    now = db.utcnow()
     async with cs.engine.begin() as conn:
         # Again inside the transaction: the file may have been deleted while it was rendering.
         await get_file(conn, principal, file_id)
-        await insert_blobs(conn, renditions, now)
-        await conn.execute(
-            sa.delete(db.renditions).where(db.renditions.c.file_id == file_id, db.renditions.c.role != ORIGINAL)
-        )
-        await conn.execute(
-            db.renditions.insert(),
-            [
-                {"file_id": file_id, "role": r.role, "media_type": r.media_type, "size": r.size, "sha256": r.sha256}
-                for r in renditions
-                if r.role != ORIGINAL
-            ],
-        )
+        await replace_renditions(conn, file_id, renditions)
         await conn.execute(
             sa.update(db.files).where(db.files.c.id == file_id).values(metadata=dict(processed.metadata), check=check)
         )
