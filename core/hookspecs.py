@@ -109,13 +109,15 @@ def careshare_identify(head: bytes, filename: str) -> Identification | None:
 def careshare_process(source: Source, kind: str, policy: Policy) -> Processed | None:
     """Check a file of ``kind`` and make its renditions, or refuse it.
 
-    Runs off the event loop: in a process of its own when the plugin is an importable module
-    (killed after ``policy.time_limit_seconds``, memory capped at ``policy.memory_limit_bytes``),
-    else in a thread. Refuse by raising :class:`~careshare.core.problems.Problem` with a specific
-    code; any other exception refuses the file as ``file-unprocessable``. Write rendition files
-    inside ``source.workdir`` only. The first non-None answer wins.
+    Runs in the file's check job, after the upload was acknowledged, on whichever worker takes
+    the job; in a process of its own when the plugin is an importable module (killed after
+    ``policy.time_limit_seconds``, memory capped at ``policy.memory_limit_bytes``), else in a
+    thread. It may run again for the same file (a worker that died is retried). Refuse by raising
+    :class:`~careshare.core.problems.Problem` with a specific code; any other exception refuses
+    the file as ``file-unprocessable``. Write rendition files inside ``source.workdir`` only.
+    The first non-None answer wins.
 
-    :param source: the staged upload (:class:`~careshare.core.models.Source`).
+    :param source: the held upload (:class:`~careshare.core.models.Source`).
     :param kind: the kind ``careshare_identify`` gave.
     :param policy: the organisation's limits and options (:class:`~careshare.core.policy.Policy`).
     :return: a :class:`~careshare.core.models.Processed`, or None when this plugin does not handle ``kind``.
