@@ -8,6 +8,7 @@ from urllib.parse import unquote
 
 from litestar import Response
 from litestar.exceptions import HTTPException
+from litestar.openapi.datastructures import ResponseSpec
 from multipart import MultipartError, MultipartSegment, PushMultipartParser, parse_options_header
 
 from careshare.core.problems import UPLOAD_INCOMPLETE, UPLOAD_MALFORMED, UPLOAD_TOO_LARGE, Problem
@@ -61,6 +62,17 @@ def prefer_wait(headers: list[str], default: float, cap: float) -> float:
 def requested_wait(request: Request[Any, Any, Any], settings: Settings) -> float:
     """How long this request waits for its upload's check (``Prefer: wait``, else the settings' default)."""
     return prefer_wait(request.headers.getall("prefer", []), settings.upload_wait_seconds, settings.max_wait_seconds)
+
+
+#: The answers of an upload route besides ``201``, for the OpenAPI description.
+UPLOAD_RESPONSES = {
+    202: ResponseSpec(
+        data_container=dict[str, Any],
+        generate_examples=False,
+        description="Accepted: the bytes are stored and the file is still being checked (status processing);"
+        " follow Location. Ask for up to N seconds of waiting with Prefer: wait=N (RFC 7240).",
+    )
+}
 
 
 async def answer_upload(request: Request[Any, Any, Any], cs: Careshare, stored: StoredFile) -> Response[Any]:

@@ -462,3 +462,11 @@ async def test_202_then_ready_or_rejected_and_the_patient_told_on_both_databases
     assert sorted((n["kind"], n["item_id"]) for n in inbox) == sorted(
         [("file.ready", good.json()["id"]), ("file.rejected", bad.json()["id"])]
     )
+
+
+async def test_the_openapi_document_names_202_on_every_upload_route(client: AsyncTestClient[Any]) -> None:
+    document = (await client.get("/schema/openapi.json")).json()
+    for path in ("/v1/patients/{pid}/files", "/v1/library/files", "/v1/me/files"):
+        responses = document["paths"][path]["post"]["responses"]
+        assert {"201", "202"} <= set(responses), path
+        assert "Prefer: wait" in responses["202"]["description"]

@@ -10,7 +10,7 @@ from litestar.params import FromQuery
 
 from careshare.core.files import accept, list_files
 from careshare.host.auth import clinician
-from careshare.host.uploads import Upload, answer_upload
+from careshare.host.uploads import UPLOAD_RESPONSES, Upload, answer_upload
 from careshare.host.views import PageLimit, file_json, page_json
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ class LibraryController(Controller):
     dependencies = {"principal": Provide(clinician)}
     tags = ["library"]
 
-    @post("/", status_code=201, request_max_body_size=None)
+    @post("/", status_code=201, request_max_body_size=None, responses=UPLOAD_RESPONSES)
     async def upload(
         self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
     ) -> Response[Any]:

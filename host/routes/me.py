@@ -11,7 +11,7 @@ from litestar.params import FromQuery
 from careshare.core.files import accept, list_files
 from careshare.core.patients import get_patient
 from careshare.host.auth import patient
-from careshare.host.uploads import Upload, answer_upload
+from careshare.host.uploads import UPLOAD_RESPONSES, Upload, answer_upload
 from careshare.host.views import PageLimit, file_json, page_json, patient_json
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ class MeController(Controller):
         async with cs.reader.connect() as conn:
             return patient_json(await get_patient(conn, principal, str(principal.patient)))
 
-    @post("/files", status_code=201, request_max_body_size=None)
+    @post("/files", status_code=201, request_max_body_size=None, responses=UPLOAD_RESPONSES)
     async def upload(
         self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
     ) -> Response[Any]:

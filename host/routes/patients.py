@@ -13,7 +13,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from careshare.core.files import accept, list_files
 from careshare.core.patients import get_patient, register_patient
 from careshare.host.auth import clinician
-from careshare.host.uploads import Upload, answer_upload
+from careshare.host.uploads import UPLOAD_RESPONSES, Upload, answer_upload
 from careshare.host.views import PageLimit, file_json, page_json, parse_body, patient_json
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class PatientController(Controller):
         async with cs.reader.connect() as conn:
             return patient_json(await get_patient(conn, principal, pid))
 
-    @post("/{pid:str}/files", status_code=201, request_max_body_size=None)
+    @post("/{pid:str}/files", status_code=201, request_max_body_size=None, responses=UPLOAD_RESPONSES)
     async def upload(
         self,
         request: Request[Any, Any, Any],
