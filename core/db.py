@@ -26,6 +26,7 @@ __all__ = [
     "create_engine",
     "deliveries",
     "files",
+    "insert_ignore",
     "jobs",
     "metadata",
     "migrate",
@@ -255,6 +256,15 @@ async def newest_first(
     rows = list(await conn.execute(query.order_by(id_column.desc()).limit(limit + 1)))
     page = rows[:limit]
     return page, (page[-1]._mapping[id_column] if len(rows) > limit else None)
+
+
+def insert_ignore(conn: AsyncConnection, table: sa.Table) -> Any:
+    """An INSERT that skips rows whose key exists (racing writers of the same row: the second is a no-op)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table).on_conflict_do_nothing()
 
 
 def create_engine(url: str, *, immediate: bool = True) -> AsyncEngine:

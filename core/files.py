@@ -54,6 +54,7 @@ __all__ = [
     "list_files",
     "mark_seen",
     "refusal",
+    "refusal_record",
     "replace_renditions",
     "requeue_stranded",
     "run_handler",
@@ -167,6 +168,15 @@ async def ingest(
         await discard_new_files(cs, [done.id])  # the flow sends nothing, so it keeps nothing of it
         raise refusal(done)
     return done
+
+
+def refusal_record(problem: Problem) -> dict[str, Any]:
+    """How a refusal is kept in a file's check record (``reason`` and ``problem``); ``refusal`` reads it back."""
+    t = problem.type
+    return {
+        "reason": t.code,
+        "problem": {"status": t.status, "title": t.title, "detail": problem.detail, "extra": problem.extra},
+    }
 
 
 def refusal(stored: StoredFile) -> Problem:
@@ -334,11 +344,9 @@ async def _settle(
             values: dict[str, Any] = {"status": "ready", "metadata": dict(processed.metadata), "check": check}
         else:
             assert rejected is not None
-            t = rejected.type
             check = {
                 "state": "done",
-                "reason": t.code,
-                "problem": {"status": t.status, "title": t.title, "detail": rejected.detail, "extra": rejected.extra},
+                **refusal_record(rejected),
                 "duration_ms": None if started is None else round((time.perf_counter() - started) * 1000, 1),
             }
             values = {"status": "rejected", "check": check}
@@ -475,7 +483,7 @@ async def insert_blobs(conn: AsyncConnection, renditions: list[RenditionRecord],
     existing = set((await conn.execute(sa.select(db.blobs.c.sha256).where(db.blobs.c.sha256.in_(unique)))).scalars())
     new = [{"sha256": h, "size": s, "created_at": now} for h, s in unique.items() if h not in existing]
     if new:
-        await conn.execute(_insert_ignore(conn, db.blobs), new)
+        await conn.execute(db.insert_ignore(conn, db.blobs), new)
 
 
 async def discard_new_files(cs: Careshare, file_ids: list[str]) -> None:
@@ -514,15 +522,6 @@ async def discard_new_files(cs: Careshare, file_ids: list[str]) -> None:
                 await cs.store.discard(content_key(sha256))
         for file_id in doomed:  # a file whose check had not ended still holds its upload
             await cs.store.discard(held_key(file_id))
-
-
-def _insert_ignore(conn: AsyncConnection, table: sa.Table) -> Any:
-    # Two uploads of the same bytes may race to record the blob; the second insert is a no-op.
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table).on_conflict_do_nothing()
 
 
 async def _insert_file(conn: AsyncConnection, stored: StoredFile) -> None:

@@ -119,7 +119,7 @@ class LocalQueue:
             "created_at": now,
         }
         async with self.engine.begin() as conn:
-            await conn.execute(_insert_ignore(conn, db.jobs).values(**row))
+            await conn.execute(db.insert_ignore(conn, db.jobs).values(**row))
         self._wake.set()
 
     async def waiting(self, keys: Iterable[str]) -> set[str]:
@@ -325,11 +325,3 @@ def _conninfo(database_url: str) -> str:
     """A libpq URL from an SQLAlchemy one (``postgresql+asyncpg://`` -> ``postgresql://``)."""
     scheme, sep, rest = database_url.partition("://")
     return f"{scheme.split('+', 1)[0]}{sep}{rest}"
-
-
-def _insert_ignore(conn: Any, table: sa.Table) -> Any:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table).on_conflict_do_nothing()

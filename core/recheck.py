@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from careshare.core import db
-from careshare.core.files import ORIGINAL, _load, check_record, replace_renditions, run_handler
+from careshare.core.files import ORIGINAL, _load, check_record, refusal_record, replace_renditions, run_handler
 from careshare.core.jobs import task
 from careshare.core.problems import Problem
 from careshare.core.storage import content_key
@@ -86,16 +86,9 @@ async def recheck_file(cs: Careshare, *, file_id: str, attempts: int = 1) -> Non
             cs, stored, content_key(original.sha256), cs.settings.policy
         )
     except Problem as problem:
-        t = problem.type
-        logger.warning("recheck refused a stored file code=%s", t.code)
+        logger.warning("recheck refused a stored file code=%s", problem.type.code)
         renditions = []
-        check = {
-            **stored.check,
-            "state": "done",
-            "reason": t.code,
-            "problem": {"status": t.status, "title": t.title, "detail": problem.detail, "extra": problem.extra},
-            "rechecked": True,
-        }
+        check = {**stored.check, "state": "done", **refusal_record(problem), "rechecked": True}
         values = {"status": "rejected", "check": check}
     else:
         check = {**check_record(processed, original, renditions, started, handler_seconds), "rechecked": True}
