@@ -28,6 +28,7 @@ __all__ = [
     "files",
     "insert_ignore",
     "jobs",
+    "links",
     "metadata",
     "migrate",
     "newest_first",
@@ -324,4 +325,30 @@ jobs = sa.Table(
     sa.Column("leased_until", UTCDateTime),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Index("ix_jobs_due", "run_after"),
+)
+
+links = sa.Table(
+    "links",
+    metadata,
+    # Expiring download links for people outside the app (careshare.core.links); the token is never stored.
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("org_id", sa.String(200), sa.ForeignKey("organisations.id"), nullable=False),
+    sa.Column("file_id", ID, sa.ForeignKey("files.id"), nullable=False),
+    sa.Column("rendition", sa.String(32), nullable=False),
+    # Set for a link to an attachment (its pinned bytes); None: the file's rendition as it is now.
+    sa.Column("attachment_id", ID),
+    sa.Column("target", sa.String(64)),
+    sa.Column("item_id", ID),
+    sa.Column("patient_id", ID),
+    sa.Column("purpose", sa.String(200), nullable=False),
+    sa.Column("created_by", sa.String(200), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime),
+    sa.Column("revoked_by", sa.String(200)),
+    sa.Column("uses", sa.Integer, nullable=False),
+    sa.Column("last_used_at", UTCDateTime),
+    sa.Index("ix_links_org_file", "org_id", "file_id", "id"),
+    sa.Index("ix_links_attachment", "attachment_id"),
+    sa.Index("ix_links_item", "target", "item_id"),
 )

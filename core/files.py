@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -13,11 +14,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 import sqlalchemy as sa
 
-from careshare.core import db
+from careshare.core import db, scanning
 from careshare.core.audit import record_event
 from careshare.core.filenames import sanitise_filename
 from careshare.core.ids import new_id
-from careshare.core.jobs import MAX_ATTEMPTS, task
+from careshare.core.jobs import MAX_ATTEMPTS, RetryLater, task
 from careshare.core.models import RenditionRecord, Source, StoredFile
 from careshare.core.problems import (
     FILE_UNPROCESSABLE,
@@ -27,7 +28,7 @@ from careshare.core.problems import (
     ProblemType,
     problem_types,
 )
-from careshare.core.storage import content_key, held_key
+from careshare.core.storage import InsufficientStorage, content_key, database_out_of_space, held_key
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable
@@ -131,6 +132,7 @@ async def accept(
     except BaseException:
         await cs.store.discard(held_key(stored.id))
         raise
+    cs.store.release(held_key(stored.id))  # its processing row owns it now
     # After the commit: a crash in between leaves a processing file that requeue_stranded finds.
     await cs.jobs.defer(CHECK_TASK, key=check_key(stored.id), file_id=stored.id)
     return stored
@@ -254,9 +256,12 @@ async def check_file(cs: Careshare, *, file_id: str, attempts: int = 1) -> None:
     """
     try:
         await _check(cs, file_id, attempts)
-    except Problem:
+    except (Problem, RetryLater):  # a scanner that is away: the run does not count, the file waits
         raise
     except Exception as exc:
+        if database_out_of_space(exc):  # the database's disk is full: not the file's fault either
+            logger.warning("check postponed, database full file=%s", file_id)
+            raise RetryLater(LONGEST_STORAGE_WAIT_SECONDS) from None
         if attempts < MAX_ATTEMPTS:
             raise
         logger.error("check given up file=%s error=%s", file_id, type(exc).__name__)
@@ -287,13 +292,25 @@ async def _check(cs: Careshare, file_id: str, attempts: int) -> None:
     started = time.perf_counter()
     original = RenditionRecord(ORIGINAL, stored.media_type, stored.size, stored.sha256)
     try:
+        # Malware scanning first: no handler parses bytes a scanner refused or could not check.
+        scans = await scanning.scan(cs, stored, key)
         processed, renditions, handler_seconds = await run_handler(cs, stored, key, cs.settings.policy)
+    except scanning.ScannerUnavailable as unavailable:
+        raise RetryLater(await scanning.note_scanner_wait(cs, file_id, str(unavailable))) from None
+    except InsufficientStorage:
+        # Not the file's fault: it stays processing and its check runs again once there is room.
+        raise RetryLater(await _note_storage_wait(cs, file_id)) from None
     except Problem as problem:
         await _settle(cs, file_id, rejected=problem, started=started)
         return
     # Promote before the row says ready: a crash in between leaves a stored blob and a job to retry.
-    await cs.store.promote_held(file_id, stored.sha256)
+    try:
+        await cs.store.promote_held(file_id, stored.sha256)
+    except InsufficientStorage:
+        raise RetryLater(await _note_storage_wait(cs, file_id)) from None
     check = check_record(processed, original, renditions, started, handler_seconds)
+    if scans:
+        check["scans"] = scans
     await _settle(cs, file_id, ready=(processed, renditions, check))
 
 
@@ -317,11 +334,60 @@ async def run_handler(
                 workdir=Path(workdir),
             )
             started = time.perf_counter()
-            processed = await cs.processor.process(source, stored.kind, policy)
+            try:
+                processed = await cs.processor.process(source, stored.kind, policy)
+            except Problem:
+                # A handler whose outputs hit a full disk fails as if the file were bad: it is not.
+                if _short_of_space(Path(workdir), stored.size):
+                    raise InsufficientStorage from None
+                raise
             handler_seconds = time.perf_counter() - started
             if processed is None:
                 raise Problem(missing)
             return processed, await store_renditions(cs, processed, original), handler_seconds
+
+
+#: A handler refusing a file while its work directory's disk has less room than the original plus
+#: this is put down to the disk, not the file: the check is tried again later.
+_SPACE_MARGIN_BYTES = 1024 * 1024
+#: The check state of a file whose check found no room to store its outputs (it stays ``processing``).
+WAITING_FOR_STORAGE = "waiting-for-storage"
+#: Seconds between two tries while the store is full: 1, 2, 4 ... at most this.
+LONGEST_STORAGE_WAIT_SECONDS = 60.0
+
+
+def _short_of_space(workdir: Path, original_size: int) -> bool:
+    """Whether the disk under ``workdir`` lacks room (bytes or inodes) for another copy of the original."""
+    try:
+        disk = os.statvfs(workdir)
+    except OSError:
+        return False
+    no_inodes = disk.f_files > 0 and disk.f_favail == 0
+    return no_inodes or disk.f_bavail * disk.f_frsize < original_size + _SPACE_MARGIN_BYTES
+
+
+async def _note_storage_wait(cs: Careshare, file_id: str) -> float:
+    """Mark a processing file as waiting for room to store its outputs; returns the seconds until it is tried again."""
+    try:
+        async with cs.engine.begin() as conn:
+            row = (
+                await conn.execute(sa.select(db.files.c.status, db.files.c.check).where(db.files.c.id == file_id))
+            ).first()
+            if row is None or row.status != "processing":
+                return 0.0
+            waits = int(row.check.get("storage_waits") or 0) + 1
+            check = {**row.check, "state": WAITING_FOR_STORAGE, "storage_waits": waits}
+            await conn.execute(
+                sa.update(db.files)
+                .where(db.files.c.id == file_id, db.files.c.status == "processing")
+                .values(check=check)
+            )
+    except Exception as exc:  # the database may sit on the full disk too: wait the longest
+        logger.warning("could not note a storage wait file=%s error=%s", file_id, type(exc).__name__)
+        return LONGEST_STORAGE_WAIT_SECONDS
+    delay = min(2.0 ** (waits - 1), LONGEST_STORAGE_WAIT_SECONDS)
+    logger.warning("check postponed, storage full file=%s waits=%s retry_in=%s", file_id, waits, delay)
+    return delay
 
 
 async def _settle(

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from careshare.core.models import Identification, Processed, Source
     from careshare.core.policy import Policy
+    from careshare.core.scanning import ScanContent, ScanVerdict
 
 __all__ = [
     "careshare_archive",
@@ -27,6 +28,7 @@ __all__ = [
     "careshare_migrations",
     "careshare_process",
     "careshare_routes",
+    "careshare_scan",
     "careshare_shared",
     "careshare_targets",
 ]
@@ -121,6 +123,26 @@ def careshare_process(source: Source, kind: str, policy: Policy) -> Processed | 
     :param kind: the kind ``careshare_identify`` gave.
     :param policy: the organisation's limits and options (:class:`~careshare.core.policy.Policy`).
     :return: a :class:`~careshare.core.models.Processed`, or None when this plugin does not handle ``kind``.
+    """
+
+
+@hookspec
+def careshare_scan(content: ScanContent, careshare: Any) -> ScanVerdict | None:
+    """Scan an uploaded file for malware before it can become ``ready`` (and so be shared).
+
+    Runs in the file's check job on the held original, before ``careshare_process``. Every
+    scanner that answers must say ``clean``: one ``infected`` verdict refuses the file
+    (``file-infected``), one ``too-large`` (over the scanner's limits: not known to be clean)
+    refuses it as ``file-too-large-to-scan``. Raise
+    :class:`~careshare.core.scanning.ScannerUnavailable` when the scanner cannot answer now: the
+    file stays ``processing`` (``check.state`` ``waiting-for-scanner``) and is tried again later,
+    without counting toward the attempts that end in refusal. Any other exception fails the
+    attempt like a crashed check. May be a coroutine function (it usually talks to a daemon).
+
+    :param content: the file's size, hash and kind, and ``chunks()`` streaming its bytes.
+    :param careshare: the running :class:`~careshare.core.runtime.Careshare` (its settings).
+    :return: a :class:`~careshare.core.scanning.ScanVerdict`, or None when this scanner is not
+        configured (nothing scanned).
     """
 
 

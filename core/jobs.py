@@ -39,6 +39,7 @@ __all__ = [
     "JobQueue",
     "LocalQueue",
     "ProcrastinateQueue",
+    "RetryLater",
     "make_queue",
     "task",
 ]
@@ -63,6 +64,23 @@ def task(name: str) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., 
         return fn
 
     return register
+
+
+class RetryLater(Exception):
+    """Raised by a task whose work waits on something outside careshare (a malware scanner that is down).
+
+    The job runs again after ``seconds`` and this run does not count toward ``MAX_ATTEMPTS``: the
+    task sees the same ``attempts`` next time, so an outage never makes it give its work up. The
+    task picks its own backoff (it keeps its count of waits in its own state).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.seconds = max(float(seconds), 0.0)
+
+
+#: The argument a procrastinate job carries the runs of earlier jobs in (RetryLater defers a new job).
+_SPENT_ARG = "_careshare_spent_attempts"
 
 
 def retry_delay(attempts: int) -> float:
@@ -176,6 +194,15 @@ class LocalQueue:
                     async with self.engine.begin() as conn:
                         await conn.execute(sa.update(db.jobs).where(mine).values(leased_until=None))
             raise
+        except RetryLater as later:
+            logger.info("job waits task=%s attempt=%s retry_in=%s", row.task, attempts, later.seconds)
+            async with self.engine.begin() as conn:
+                retry_at = db.utcnow() + timedelta(seconds=later.seconds)
+                await conn.execute(
+                    sa.update(db.jobs)
+                    .where(mine)
+                    .values(attempts=row.attempts, leased_until=None, run_after=retry_at)  # this run does not count
+                )
         except Exception as exc:
             logger.warning("job failed task=%s attempt=%s error=%s", row.task, attempts, type(exc).__name__)
             async with self.engine.begin() as conn:
@@ -241,7 +268,15 @@ class ProcrastinateQueue:
 
         async def run(context: Any, **args: Any) -> None:
             cs = context.additional_context["careshare"]
-            await _run(cs, name, args, context.job.attempts + 1)
+            spent = int(args.pop(_SPENT_ARG, 0))
+            try:
+                await _run(cs, name, args, spent + context.job.attempts + 1)
+            except RetryLater as later:
+                # procrastinate counts every run of a job, so the wait is a new job under the same
+                # key carrying the runs that counted; this one ends (the key's lock keeps them apart).
+                logger.info("job waits task=%s retry_in=%s", name, later.seconds)
+                key = context.job.queueing_lock or context.job.lock
+                await self._defer(name, key, {**args, _SPENT_ARG: spent + context.job.attempts}, later.seconds)
 
         retry = RetryStrategy(max_attempts=MAX_ATTEMPTS - 1, exponential_wait=2)
         self.app.task(name=name, pass_context=True, retry=retry)(run)
@@ -269,11 +304,15 @@ class ProcrastinateQueue:
             await conn.execute(self.app.schema_manager.get_schema())
 
     async def defer(self, name: str, *, key: str, **args: Any) -> None:
+        self._register(name)
+        await self._defer(name, key, args, None)
+
+    async def _defer(self, name: str, key: str, args: dict[str, Any], in_seconds: float | None) -> None:
         from procrastinate.exceptions import AlreadyEnqueued
 
-        self._register(name)
+        later = {} if in_seconds is None else {"schedule_in": {"seconds": in_seconds}}
         with contextlib.suppress(AlreadyEnqueued):
-            await self.app.configure_task(name, lock=key, queueing_lock=key).defer_async(**args)
+            await self.app.configure_task(name, lock=key, queueing_lock=key, **later).defer_async(**args)
 
     async def waiting(self, keys: Iterable[str]) -> set[str]:
         keys = list(keys)

@@ -1,4 +1,4 @@
-"""Organisations (known from tokens) and the patients a clinic registers."""
+"""Organisations (registered, or allowed by configuration) and the patients a clinic registers."""
 
 from __future__ import annotations
 
@@ -10,27 +10,65 @@ from sqlalchemy.exc import IntegrityError
 from careshare.core import db
 from careshare.core.audit import record_event
 from careshare.core.ids import new_id
-from careshare.core.models import Patient
+from careshare.core.models import Patient, Principal
 from careshare.core.problems import NOT_FOUND, PATIENT_EXISTS, Problem
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-    from careshare.core.models import Principal
 
-__all__ = ["ensure_organisation", "get_patient", "register_patient"]
+__all__ = [
+    "get_patient",
+    "list_organisations",
+    "organisation_known",
+    "register_organisation",
+    "register_patient",
+]
 
 
-async def ensure_organisation(engine: AsyncEngine, org: str) -> None:
-    """Create the organisation row the first time a token of it is seen."""
+async def organisation_known(engine: AsyncEngine, org: str, allowed: frozenset[str] = frozenset()) -> bool:
+    """Whether tokens of ``org`` are accepted: registered, or on the configured allow-list.
+
+    An allowed organisation's row is created the first time one of its tokens is seen.
+    """
     async with engine.begin() as conn:
         exists = (await conn.execute(sa.select(db.organisations.c.id).where(db.organisations.c.id == org))).first()
-        if exists is None:
-            try:
-                async with conn.begin_nested():
-                    await conn.execute(db.organisations.insert().values(id=org, created_at=db.utcnow()))
-            except IntegrityError:
-                pass  # another request created it first
+        if exists is not None:
+            return True
+        if org not in allowed:
+            return False
+        await _insert_organisation(conn, org)
+    return True
+
+
+async def register_organisation(engine: AsyncEngine, org: str) -> bool:
+    """Register ``org`` (``careshare org create``); False when it was registered already."""
+    async with engine.begin() as conn:
+        exists = (await conn.execute(sa.select(db.organisations.c.id).where(db.organisations.c.id == org))).first()
+        if exists is not None:
+            return False
+        await _insert_organisation(conn, org)
+        operator = Principal(subject="careshare-cli", role="clinician", org=org)
+        await record_event(conn, operator, "organisation.created")
+    return True
+
+
+async def list_organisations(engine: AsyncEngine) -> list[tuple[str, datetime]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            sa.select(db.organisations.c.id, db.organisations.c.created_at).order_by(db.organisations.c.id)
+        )
+        return [(row.id, row.created_at) for row in rows]
+
+
+async def _insert_organisation(conn: AsyncConnection, org: str) -> None:
+    try:
+        async with conn.begin_nested():
+            await conn.execute(db.organisations.insert().values(id=org, created_at=db.utcnow()))
+    except IntegrityError:
+        pass  # another request created it first
 
 
 async def register_patient(

@@ -9,10 +9,12 @@ import attrs
 __all__ = [
     "FILE_UNPROCESSABLE",
     "FORBIDDEN_ROLE",
+    "INSUFFICIENT_STORAGE",
     "INVALID_TOKEN",
     "MISSING_TOKEN",
     "NOT_FOUND",
     "PATIENT_EXISTS",
+    "UNKNOWN_ORGANISATION",
     "UNSUPPORTED_FILE_TYPE",
     "UPLOAD_EMPTY",
     "UPLOAD_INCOMPLETE",
@@ -99,6 +101,13 @@ INVALID_TOKEN = ProblemType(
     "Token not accepted",
     "The bearer token is invalid or has expired. Sign in again to get a new one.",
 )
+UNKNOWN_ORGANISATION = ProblemType(
+    "organisation-unknown",
+    403,
+    "Organisation not registered",
+    "The token names an organisation this server does not know. Ask its administrator to register the"
+    " organisation (careshare org create) or to add it to CARESHARE_ORGS.",
+)
 FORBIDDEN_ROLE = ProblemType(
     "forbidden",
     403,
@@ -144,4 +153,12 @@ FILE_UNPROCESSABLE = ProblemType(
     "File could not be processed",
     "careshare recognised the file type but could not process this file."
     " Save or export it again and upload the new copy.",
+)
+#: The disk or the bucket refused a write (full, over quota): the server's state, not the request's fault.
+INSUFFICIENT_STORAGE = ProblemType(
+    "insufficient-storage",
+    507,
+    "Server out of storage space",
+    "The server has no room to store this right now, so nothing was kept. Try again later;"
+    " if it keeps happening, tell the clinic's administrator.",
 )

@@ -33,6 +33,11 @@ SECRET_FILE = "secret.key"
 #: ``smtp://`` plain (or ``?starttls=true``), ``smtp+starttls://`` upgraded, ``smtps://`` TLS from the start.
 SMTP_SCHEMES = ("smtp", "smtp+starttls", "smtps")
 DEFAULT_MAIL_FROM = "careshare@localhost"
+#: Where people outside the app reach this server: the base of expiring links in emails.
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
+#: The most an email carries attached (letter PDF and files, before encoding): base64 adds a
+#: third, so 15 MB travel as about 20 MB, under what common mail providers accept.
+DEFAULT_MAIL_MAX_ATTACHMENT_BYTES = 15_000_000
 #: How long an upload without ``Prefer: wait`` waits for its check before answering ``202``: long
 #: enough that a photo, a letter PDF or a short clip feel synchronous (201 with the final file).
 DEFAULT_UPLOAD_WAIT_SECONDS = 10.0
@@ -40,7 +45,22 @@ DEFAULT_UPLOAD_WAIT_SECONDS = 10.0
 DEFAULT_MAX_WAIT_SECONDS = 30.0
 #: A running job's lease (embedded queue) or a silent worker's grace (procrastinate) before it is retried.
 DEFAULT_JOB_LEASE_SECONDS = 30.0
+#: The sweep (core/sweep.py) removes crash leftovers only once they are this old: live uploads and
+#: running checks, in any process sharing the store, are always younger.
+DEFAULT_SWEEP_AGE_SECONDS = 3600.0
+#: Slow and stuck clients (host/limits.py): the longest wait for a request body's next bytes (a JSON
+#: body must also arrive whole in this time), and for a request's head from the connection's start.
+DEFAULT_BODY_READ_TIMEOUT_SECONDS = 30.0
+DEFAULT_HEADER_TIMEOUT_SECONDS = 20.0
+#: Upload bodies arriving at once, per caller and per process; patient uploads an hour; failed tokens
+#: a minute per client address (0: no limit for the last two).
+DEFAULT_MAX_UPLOADS_PER_CALLER = 16
+DEFAULT_MAX_UPLOADS = 64
+DEFAULT_PATIENT_UPLOADS_PER_HOUR = 200
+DEFAULT_TOKEN_FAILURES_PER_MINUTE = 30
 QUEUES = ("local", "procrastinate")
+#: How long one step of a malware scan may take (connect, send a block, wait for the verdict).
+DEFAULT_CLAMD_TIMEOUT_SECONDS = 120.0
 
 
 def disabled_plugins(environ: Mapping[str, str] | None = None) -> frozenset[str]:
@@ -74,6 +94,24 @@ class Settings:
     #: ``local`` (careshare's own table) or ``procrastinate`` (PostgreSQL); None: by the database.
     queue: str | None = None
     job_lease_seconds: float = DEFAULT_JOB_LEASE_SECONDS
+    #: Age a staging file, work directory, held copy or unowned blob must reach before the sweep removes it.
+    sweep_age_seconds: float = DEFAULT_SWEEP_AGE_SECONDS
+    #: Slow and stuck clients, concurrent uploads and rate limits (``host/limits.py``, ``host/server.py``).
+    body_read_timeout_seconds: float = DEFAULT_BODY_READ_TIMEOUT_SECONDS
+    header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_SECONDS
+    max_uploads_per_caller: int = DEFAULT_MAX_UPLOADS_PER_CALLER
+    max_uploads: int = DEFAULT_MAX_UPLOADS
+    patient_uploads_per_hour: int = DEFAULT_PATIENT_UPLOADS_PER_HOUR
+    token_failures_per_minute: int = DEFAULT_TOKEN_FAILURES_PER_MINUTE
+    #: The base URL of expiring links (``<public_url>/v1/links/<token>``), without a trailing slash.
+    public_url: str = DEFAULT_PUBLIC_URL
+    #: Over this many bytes of attachments, an email carries expiring links to its files instead.
+    mail_max_attachment_bytes: int = DEFAULT_MAIL_MAX_ATTACHMENT_BYTES
+    #: Organisations whose tokens are accepted without ``careshare org create`` (their rows are made on first sight).
+    allowed_orgs: frozenset[str] = frozenset()
+    #: ClamAV's daemon scanning every upload: a unix socket path or ``tcp://host:port``; None: no scanning.
+    clamd: str | None = None
+    clamd_timeout_seconds: float = DEFAULT_CLAMD_TIMEOUT_SECONDS
 
     @property
     def queue_engine(self) -> str:
@@ -122,6 +160,7 @@ class Settings:
         lease = _seconds(env, "CARESHARE_JOB_LEASE_SECONDS", DEFAULT_JOB_LEASE_SECONDS)
         if lease <= 0:
             raise ValueError("CARESHARE_JOB_LEASE_SECONDS must be a positive number of seconds")
+        sweep_age = _seconds(env, "CARESHARE_SWEEP_AGE_SECONDS", DEFAULT_SWEEP_AGE_SECONDS)
         workers = int(env.get("CARESHARE_WORKERS") or (os.cpu_count() or 2))
         if workers < 0:
             raise ValueError("CARESHARE_WORKERS must be 0 or more")
@@ -130,6 +169,17 @@ class Settings:
             raise ValueError(f"CARESHARE_QUEUE must be one of {', '.join(QUEUES)}")
         if queue == "procrastinate" and not database_url.startswith("postgresql"):
             raise ValueError("CARESHARE_QUEUE=procrastinate needs a PostgreSQL CARESHARE_DATABASE_URL")
+        public_url = _public_url(env.get("CARESHARE_PUBLIC_URL"))
+        mail_max = (env.get("CARESHARE_MAIL_MAX_ATTACHMENT_BYTES") or "").strip()
+        if mail_max and (not mail_max.isdigit() or int(mail_max) <= 0):
+            raise ValueError("CARESHARE_MAIL_MAX_ATTACHMENT_BYTES must be a positive number of bytes")
+        allowed_orgs = frozenset(o.strip() for o in (env.get("CARESHARE_ORGS") or "").split(",") if o.strip())
+        clamd = (env.get("CARESHARE_CLAMD") or "").strip() or None
+        if clamd is not None and not _valid_clamd(clamd):
+            raise ValueError("CARESHARE_CLAMD must be clamd's unix socket (an absolute path) or tcp://host:port")
+        clamd_timeout = _seconds(env, "CARESHARE_CLAMD_TIMEOUT", DEFAULT_CLAMD_TIMEOUT_SECONDS)
+        if clamd_timeout <= 0:
+            raise ValueError("CARESHARE_CLAMD_TIMEOUT must be a positive number of seconds")
         return cls(
             data_dir=data_dir,
             database_url=database_url,
@@ -146,6 +196,13 @@ class Settings:
             workers=workers,
             queue=queue,
             job_lease_seconds=lease,
+            sweep_age_seconds=sweep_age,
+            **_client_limits(env),
+            public_url=public_url,
+            mail_max_attachment_bytes=int(mail_max) if mail_max else DEFAULT_MAIL_MAX_ATTACHMENT_BYTES,
+            allowed_orgs=allowed_orgs,
+            clamd=clamd,
+            clamd_timeout_seconds=clamd_timeout,
         )
 
 
@@ -160,6 +217,30 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     if not 0 <= value < float("inf"):
         raise ValueError(f"{name} must be a number of seconds, 0 or more")
     return value
+
+
+def _public_url(raw: str | None) -> str:
+    url = (raw or "").strip().rstrip("/") or DEFAULT_PUBLIC_URL
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is no number)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(
+            "CARESHARE_PUBLIC_URL must be an http:// or https:// URL such as https://careshare.example.org"
+        )
+    return url
+
+
+def _valid_clamd(address: str) -> bool:
+    if address.startswith("tcp://"):
+        try:
+            parts = urlsplit(address)
+            return bool(parts.hostname) and parts.port is not None and not parts.path.strip("/")
+        except ValueError:
+            return False
+    return Path(address.removeprefix("unix://")).is_absolute()
 
 
 def _valid_smtp_url(url: str) -> bool:
@@ -198,3 +279,26 @@ def _kept_secret(data_dir: Path) -> str:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
     return path.read_text().strip()
+
+
+def _client_limits(env: Mapping[str, str]) -> dict[str, float | int]:
+    """The timeouts, upload caps and rate limits against slow, stuck and hostile clients."""
+    values: dict[str, float | int] = {}
+    for field, name, default in (
+        ("body_read_timeout_seconds", "CARESHARE_BODY_READ_TIMEOUT", DEFAULT_BODY_READ_TIMEOUT_SECONDS),
+        ("header_timeout_seconds", "CARESHARE_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT_SECONDS),
+    ):
+        values[field] = _seconds(env, name, default)
+        if values[field] <= 0:
+            raise ValueError(f"{name} must be a positive number of seconds")
+    for field, name, default, least in (
+        ("max_uploads_per_caller", "CARESHARE_MAX_UPLOADS_PER_CALLER", DEFAULT_MAX_UPLOADS_PER_CALLER, 1),
+        ("max_uploads", "CARESHARE_MAX_UPLOADS", DEFAULT_MAX_UPLOADS, 1),
+        ("patient_uploads_per_hour", "CARESHARE_PATIENT_UPLOADS_PER_HOUR", DEFAULT_PATIENT_UPLOADS_PER_HOUR, 0),
+        ("token_failures_per_minute", "CARESHARE_TOKEN_FAILURES_PER_MINUTE", DEFAULT_TOKEN_FAILURES_PER_MINUTE, 0),
+    ):
+        raw = (env.get(name) or "").strip()
+        if raw and (not raw.isdigit() or int(raw) < least):
+            raise ValueError(f"{name} must be a whole number, {least} or more")
+        values[field] = int(raw) if raw else default
+    return values

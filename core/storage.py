@@ -11,7 +11,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ctypes
+import errno
 import hashlib
+import logging
 import os
 import shutil
 import sys
@@ -23,18 +25,31 @@ from urllib.parse import urlparse
 
 import attrs
 import obstore
-from obstore.exceptions import AlreadyExistsError, NotFoundError
+from obstore.exceptions import AlreadyExistsError, BaseError, NotFoundError, NotModifiedError, PreconditionError
 from obstore.store import LocalStore, S3Store
 
 from careshare.core.ids import new_id
-from careshare.core.problems import UPLOAD_EMPTY, UPLOAD_TOO_LARGE, Problem
+from careshare.core.problems import INSUFFICIENT_STORAGE, UPLOAD_EMPTY, UPLOAD_TOO_LARGE, Problem
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+    from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 
     from obstore import ObjectMeta
 
-__all__ = ["HEAD_BYTES", "BlobStore", "StagedBlob", "content_key", "held_key"]
+__all__ = [
+    "DOWNLOAD_PREFIX",
+    "HEAD_BYTES",
+    "STAGING_ROOT",
+    "WORKDIR_PREFIX",
+    "BlobStore",
+    "InsufficientStorage",
+    "StagedBlob",
+    "content_key",
+    "database_out_of_space",
+    "held_key",
+]
+
+logger = logging.getLogger(__name__)
 
 #: How much of the start of an upload the identify hook sees.
 HEAD_BYTES = 64 * 1024
@@ -49,6 +64,45 @@ _BLOCK_BYTES = 1024 * 1024
 _READ_CHUNK = 256 * 1024
 #: writev() takes at most this many buffers (Linux and macOS).
 _IOV_MAX = 1024
+#: errno values that mean the disk takes no more bytes: full (ENOSPC) or over a quota (EDQUOT).
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: A stored blob found again (dedupe) older than this is written again on a bucket, so that its
+#: age, which the sweep reads, says it is in use (a local one is touched instead).
+_REFRESH_SECONDS = 600.0
+#: Where uploads stream before they are held or promoted.
+STAGING_ROOT = "staging/"
+#: Handlers' work directories in the local temporary directory (``tmp/careshare-work-*``).
+WORKDIR_PREFIX = "careshare-work-"
+#: Originals downloaded from a bucket for a check (``tmp/careshare-*`` files).
+DOWNLOAD_PREFIX = "careshare-"
+
+
+class InsufficientStorage(Problem):
+    """The disk or the bucket refused a write (``507``): the server's trouble, never the file's fault."""
+
+    def __init__(self) -> None:
+        super().__init__(INSUFFICIENT_STORAGE)
+
+
+#: SQLite's SQLITE_FULL message and PostgreSQL's ``disk_full`` SQLSTATE.
+_DATABASE_FULL_MESSAGE = "database or disk is full"
+_DATABASE_FULL_STATES = frozenset({"53100"})
+
+
+def database_out_of_space(exc: BaseException) -> bool:
+    """Whether ``exc`` (a driver error, maybe wrapped by SQLAlchemy) is the database's disk being full."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _NO_ROOM:
+            return True
+        if _DATABASE_FULL_MESSAGE in str(current).lower():
+            return True
+        if str(getattr(current, "sqlstate", "") or getattr(current, "pgcode", "")) in _DATABASE_FULL_STATES:
+            return True
+        current = getattr(current, "orig", None) or current.__cause__
+    return False
 
 
 def content_key(sha256: str) -> str:
@@ -260,6 +314,39 @@ class BlobStore:
         else:
             raise ValueError(f"CARESHARE_STORAGE_URL must be file:// or s3://, not {parsed.scheme!r}")
         self.local_tmp = local_tmp
+        #: Keys (and local temporary paths) this process is writing or about to record: the sweep
+        #: leaves them alone whatever their age. Other processes' are safe by the sweep's age guard.
+        self.in_use: set[str] = set()
+
+    def _no_room(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is the disk or the bucket refusing a write (not a bug, not the client)."""
+        if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
+            return True
+        if isinstance(exc, (AlreadyExistsError, PreconditionError, NotModifiedError)):
+            return False  # answers to a conditional write, which the callers handle
+        if self.local_root is None:
+            # A bucket that refuses (quota, policy, missing) answers a write with an obstore error.
+            return isinstance(exc, (BaseError, FileNotFoundError, PermissionError))
+        # LocalStore wraps the OS error in its message ("No space left on device (os error 28)").
+        return isinstance(exc, BaseError) and any(f"(os error {n})" in str(exc) for n in _NO_ROOM)
+
+    @contextlib.contextmanager
+    def _storing(self, step: str) -> Iterator[None]:
+        """Turn the store refusing a write into ``insufficient-storage``; every other error passes."""
+        try:
+            yield
+        except Problem:
+            raise
+        except Exception as exc:
+            if not self._no_room(exc):
+                raise
+            # The error's text names keys and paths: only the step and the type are logged.
+            logger.warning("storage refused a write step=%s error=%s", step, type(exc).__name__)
+            raise InsufficientStorage from None
+
+    def release(self, key: str) -> None:
+        """The caller has recorded (or given up) ``key``: from now on the sweep judges it by its rows."""
+        self.in_use.discard(key)
 
     async def stage(
         self, chunks: AsyncIterable[bytes], *, limit: int | None, remote_key: str | None = None
@@ -272,12 +359,17 @@ class BlobStore:
         of every byte); on local disk they go to ``staging/`` and a rename moves them in no time.
         """
         meter = _Meter(limit)
-        if self.local_root is not None:
-            key = f"staging/{new_id()}"
-            sha256 = await self._stage_local(key, meter, chunks)
-        else:
-            key = remote_key or f"staging/{new_id()}"
-            sha256 = await self._stage_remote(key, meter, chunks)
+        key = f"{STAGING_ROOT}{new_id()}" if self.local_root is not None or remote_key is None else remote_key
+        self.in_use.add(key)
+        try:
+            with self._storing("stage"):
+                if self.local_root is not None:
+                    sha256 = await self._stage_local(key, meter, chunks)
+                else:
+                    sha256 = await self._stage_remote(key, meter, chunks)
+        except BaseException:
+            self.release(key)
+            raise
         if meter.size == 0:
             await self.discard(key)
             raise Problem(UPLOAD_EMPTY)
@@ -311,16 +403,20 @@ class BlobStore:
     async def discard(self, key: str) -> None:
         with contextlib.suppress(NotFoundError, FileNotFoundError):
             await obstore.delete_async(self.store, key)
+        self.release(key)
 
     async def promote(self, staged: StagedBlob) -> str:
         """Move a staged blob to its content key; if those bytes are already stored, drop the copy."""
         key = content_key(staged.sha256)
         try:
-            await obstore.rename_async(self.store, staged.key, key, overwrite=False)
+            with self._storing("promote"):
+                await obstore.rename_async(self.store, staged.key, key, overwrite=False)
         except AlreadyExistsError:
             await self.discard(staged.key)
         else:
-            await asyncio.to_thread(self._make_durable, key)
+            self.release(staged.key)
+            with self._storing("promote"):
+                await asyncio.to_thread(self._make_durable, key)
         return key
 
     async def hold(self, staged: StagedBlob, file_id: str) -> str:
@@ -330,23 +426,39 @@ class BlobStore:
         check runs later, maybe in another process, and then promotes or discards the held copy.
         """
         key = held_key(file_id)
+        self.in_use.add(key)  # until the caller has recorded its row (``release``)
+        try:
+            with self._storing("hold"):
+                if staged.key != key:
+                    await obstore.rename_async(self.store, staged.key, key, overwrite=True)
+                await asyncio.to_thread(self._make_durable, key)
+        except InsufficientStorage:
+            await self.discard(key)  # half held (renamed, not durable): no copy stays
+            raise
+        except BaseException:
+            self.release(key)  # whatever a failed rename left is the sweep's, once old
+            raise
         if staged.key != key:
-            await obstore.rename_async(self.store, staged.key, key, overwrite=True)
-        await asyncio.to_thread(self._make_durable, key)
+            self.release(staged.key)
         return key
 
     async def promote_held(self, file_id: str, sha256: str) -> None:
         """Move a held upload to its content key (idempotent: a second call finds it done)."""
         key = content_key(sha256)
         try:
+            # On a bucket a missing source is NotFound too, so that is sorted out before mapping.
             await obstore.rename_async(self.store, held_key(file_id), key, overwrite=False)
         except AlreadyExistsError:
             await self.discard(held_key(file_id))
         except (NotFoundError, FileNotFoundError):
             if not await self.exists(sha256):
                 raise
+        except Exception as exc:
+            with self._storing("promote"):
+                raise exc from None
         else:
-            await asyncio.to_thread(self._make_durable, key)
+            with self._storing("promote"):
+                await asyncio.to_thread(self._make_durable, key)
 
     async def held_or_stored(self, file_id: str, sha256: str) -> str | None:
         """Where a file's original is while it is checked: held, already promoted, or (None) gone."""
@@ -366,14 +478,28 @@ class BlobStore:
         """
         sha256, size = await asyncio.to_thread(_hash_file, path)
         key = content_key(sha256)
-        if await self.exists(sha256):
+        if await self._still_fresh(key):
             return sha256, size
-        if self.local_root is not None and self.local_tmp is not None and path.is_relative_to(self.local_tmp):
-            await asyncio.to_thread(self._move_in, path, key)
-        else:
-            await obstore.put_async(self.store, key, path, mode="overwrite", max_concurrency=_PART_CONCURRENCY)
-        await asyncio.to_thread(self._make_durable, key)
+        with self._storing("rendition"):
+            if self.local_root is not None and self.local_tmp is not None and path.is_relative_to(self.local_tmp):
+                await asyncio.to_thread(self._move_in, path, key)
+            else:
+                await obstore.put_async(self.store, key, path, mode="overwrite", max_concurrency=_PART_CONCURRENCY)
+            await asyncio.to_thread(self._make_durable, key)
         return sha256, size
+
+    async def _still_fresh(self, key: str) -> bool:
+        """Whether ``key`` is stored and young, so the sweep spares it until its row is written."""
+        try:
+            meta = await obstore.head_async(self.store, key)
+        except (NotFoundError, FileNotFoundError):
+            return False
+        if self.local_root is not None:
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(os.utime, self.local_root / key)
+                return True
+            return False
+        return bool(time.time() - meta["last_modified"].timestamp() < _REFRESH_SECONDS)
 
     def _move_in(self, path: Path, key: str) -> None:
         assert self.local_root is not None
@@ -381,8 +507,14 @@ class BlobStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.replace(path, target)
-        except OSError:  # another filesystem after all: copy
-            shutil.copyfile(path, target)
+        except OSError:  # another filesystem after all: copy beside the target, then rename it in whole
+            partial = target.with_name(f"{target.name}.{new_id()}.tmp")
+            try:
+                shutil.copyfile(path, partial)
+                os.replace(partial, target)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    partial.unlink()
 
     async def exists(self, sha256: str) -> bool:
         try:
@@ -416,9 +548,11 @@ class BlobStore:
         if self.local_root is not None:
             yield self.local_root / key
             return
-        fd, name = tempfile.mkstemp(dir=self.local_tmp, prefix="careshare-")
+        with self._storing("download"):
+            fd, name = tempfile.mkstemp(dir=self.local_tmp, prefix=DOWNLOAD_PREFIX)
+        self.in_use.add(name)
         try:
-            with os.fdopen(fd, "wb") as handle:
+            with os.fdopen(fd, "wb") as handle, self._storing("download"):
                 result = await obstore.get_async(self.store, key)
                 async for chunk in result.stream(min_chunk_size=_BLOCK_BYTES):
                     await asyncio.to_thread(handle.write, chunk)
@@ -426,6 +560,7 @@ class BlobStore:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name)
+            self.release(name)
 
     def _make_durable(self, key: str) -> None:
         # LocalStore renames without fsync; an accepted file must survive a power cut.
@@ -443,8 +578,17 @@ class BlobStore:
         finally:
             os.close(dir_fd)
 
-    def workdir(self) -> contextlib.AbstractContextManager[str]:
-        return tempfile.TemporaryDirectory(dir=self.local_tmp, prefix="careshare-work-")
+    @contextlib.contextmanager
+    def workdir(self) -> Iterator[str]:
+        """A new empty directory for a handler's outputs, removed (with what is left in it) afterwards."""
+        with self._storing("workdir"):
+            name = tempfile.mkdtemp(dir=self.local_tmp, prefix=WORKDIR_PREFIX)
+        self.in_use.add(name)
+        try:
+            yield name
+        finally:
+            shutil.rmtree(name, ignore_errors=True)
+            self.release(name)
 
     def sweep_staging(self, older_than_seconds: float = 24 * 3600) -> int:
         """Remove staging leftovers of crashed processes (local stores; S3 uses lifecycle rules).
@@ -482,23 +626,30 @@ class BlobStore:
                 async for block in blocks:
                     yield b"".join(block)
 
-            await obstore.put_async(
-                self.store, key, joined(), chunk_size=_PART_BYTES, max_concurrency=_PART_CONCURRENCY
-            )
+            with self._storing("part"):
+                await obstore.put_async(
+                    self.store, key, joined(), chunk_size=_PART_BYTES, max_concurrency=_PART_CONCURRENCY
+                )
             return meter.size
         path = self.local_root / key
-        writing = _StagingFile(path.with_name(f"{path.name}.{new_id()}.tmp"))
+        with self._storing("part"):
+            writing = _StagingFile(path.with_name(f"{path.name}.{new_id()}.tmp"))
+        self.in_use.add(str(writing.path))
         try:
-            await writing.write(first)
-            async for block in blocks:
-                await writing.write(block)
-            await writing.settle()
-            await asyncio.to_thread(os.replace, writing.path, path)
-        except BaseException:
-            await writing.abort()
-            raise
-        writing.close()
-        await asyncio.to_thread(self._make_durable, key)
+            with self._storing("part"):
+                try:
+                    await writing.write(first)
+                    async for block in blocks:
+                        await writing.write(block)
+                    await writing.settle()
+                    await asyncio.to_thread(os.replace, writing.path, path)
+                except BaseException:
+                    await writing.abort()
+                    raise
+                writing.close()
+                await asyncio.to_thread(self._make_durable, key)
+        finally:
+            self.in_use.discard(str(writing.path))
         return meter.size
 
     async def read_parts(self, keys: Iterable[str]) -> AsyncIterator[bytes]:

@@ -627,7 +627,7 @@ async def _sweep_orphans(cs: Careshare) -> int:
         upload_id = meta["path"].removeprefix(PARTS_ROOT).partition("/")[0]
         if upload_id not in newest or meta["last_modified"] > newest[upload_id]:
             newest[upload_id] = meta["last_modified"]
-    cutoff = db.utcnow() - timedelta(seconds=ORPHAN_AGE_SECONDS)
+    cutoff = db.utcnow() - timedelta(seconds=min(ORPHAN_AGE_SECONDS, cs.settings.sweep_age_seconds))
     old = [upload_id for upload_id, modified in newest.items() if modified < cutoff]
     if not old:
         return 0
@@ -646,8 +646,13 @@ def sweep_interval(cs: Careshare) -> float:
     return min(600.0, max(1.0, cs.settings.upload_expiry_seconds / 4))
 
 
-async def run_sweeper(cs: Careshare, interval: float | None = None) -> None:
-    """Sweep expired uploads now and then every ``interval`` seconds until cancelled."""
+async def run_sweeper(cs: Careshare, interval: float | None = None, first_round: asyncio.Event | None = None) -> None:
+    """Sweep expired uploads and crash leftovers (``core/sweep.py``) now, then every ``interval`` seconds.
+
+    ``first_round`` is set once the start-up round has ended, whether or not it succeeded.
+    """
+    from careshare.core.sweep import sweep_leftovers
+
     while True:
         try:
             removed = await sweep(cs)
@@ -657,4 +662,12 @@ async def run_sweeper(cs: Careshare, interval: float | None = None) -> None:
             raise
         except Exception as exc:  # the database may be briefly unavailable: try again next round
             logger.warning("upload sweep failed error=%s", type(exc).__name__)
+        try:
+            await sweep_leftovers(cs)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.warning("leftover sweep failed error=%s", type(exc).__name__)
+        if first_round is not None:
+            first_round.set()
         await asyncio.sleep(interval or sweep_interval(cs))

@@ -22,7 +22,7 @@ from careshare.core.runtime import Careshare
 from careshare.core.settings import Settings
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     import pluggy
 
@@ -39,6 +39,11 @@ def _report_failure(task: asyncio.Task[object]) -> None:
 
 async def _awaited(job: Awaitable[object]) -> object:
     return await job
+
+
+async def _after(event: asyncio.Event, job: Callable[[], Awaitable[object]]) -> object:
+    await event.wait()
+    return await job()
 
 
 def start_background(cs: Careshare) -> list[asyncio.Task[object]]:
@@ -60,11 +65,13 @@ class CareshareInit(InitPlugin):
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         from careshare.host.auth import principal
+        from careshare.host.limits import client_limits
         from careshare.host.logging import access_log_middleware
-        from careshare.host.problems import exception_handlers
+        from careshare.host.problems import exception_handlers, refuse_unstorable_addresses
         from careshare.host.routes.files import FileController
         from careshare.host.routes.health import healthz
         from careshare.host.routes.library import LibraryController
+        from careshare.host.routes.links import ROUTES as LINK_ROUTES
         from careshare.host.routes.me import MeController
         from careshare.host.routes.patients import PatientController
         from careshare.host.routes.render import RenderController
@@ -86,6 +93,7 @@ class CareshareInit(InitPlugin):
                 MeController,
                 PatientUploadController,
                 ClinicUploadController,
+                *LINK_ROUTES,
                 *plugin_routes,
             ]
         )
@@ -94,6 +102,8 @@ class CareshareInit(InitPlugin):
         )
         app_config.exception_handlers.update(exception_handlers)
         app_config.middleware.insert(0, access_log_middleware)
+        app_config.middleware.insert(1, refuse_unstorable_addresses)
+        app_config.middleware.insert(2, client_limits)  # body timeouts, upload caps (host/limits.py)
         app_config.signature_namespace.update({"Careshare": Careshare, "Principal": Principal})
 
         @asynccontextmanager
@@ -105,10 +115,13 @@ class CareshareInit(InitPlugin):
             delivery = asyncio.create_task(
                 run_delivery_loop(cs.engine, cs.plugins, careshare=cs), name="careshare-delivery"
             )
-            sweeper = asyncio.create_task(run_sweeper(cs), name="careshare-upload-sweeper")
+            swept = asyncio.Event()
+            sweeper = asyncio.create_task(run_sweeper(cs, first_round=swept), name="careshare-upload-sweeper")
             tasks = [delivery, sweeper, *start_background(cs)]
             if cs.settings.workers > 0:
-                tasks.append(asyncio.create_task(cs.run_workers(cs.settings.workers), name="careshare-workers"))
+                # Checks start once the start-up sweep has judged what a crash left, not while it does.
+                workers = _after(swept, lambda: cs.run_workers(cs.settings.workers))
+                tasks.append(asyncio.create_task(workers, name="careshare-workers"))
             try:
                 yield
             finally:
@@ -139,4 +152,7 @@ def create_app(settings: Settings | None = None, plugins: pluggy.PluginManager |
         logging_config=None,
     )
     app.state.careshare = cs
+    from careshare.host.openapi import document_problems
+
+    document_problems(app)  # refusals are RFC 9457 problems: the OpenAPI says so (host/openapi.py)
     return app

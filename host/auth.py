@@ -9,8 +9,8 @@ import jwt
 from litestar.di import NamedDependency
 
 from careshare.core.models import Principal
-from careshare.core.patients import ensure_organisation
-from careshare.core.problems import FORBIDDEN_ROLE, INVALID_TOKEN, MISSING_TOKEN, Problem
+from careshare.core.patients import organisation_known
+from careshare.core.problems import FORBIDDEN_ROLE, INVALID_TOKEN, MISSING_TOKEN, UNKNOWN_ORGANISATION, Problem
 
 if TYPE_CHECKING:
     from litestar import Request
@@ -62,14 +62,18 @@ def verify_token(secret: str, token: str) -> Principal:
 
 async def principal(request: Request[Any, Any, Any], cs: NamedDependency[Careshare]) -> Principal:
     """The dependency every protected route takes: who is calling, from the bearer token."""
+    from careshare.host.limits import token_failures
+
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Problem(MISSING_TOKEN)
-    who = verify_token(cs.settings.secret_key, token.strip())
+    with token_failures(request):  # 429 while this address fails too often; counts invalid tokens
+        who = verify_token(cs.settings.secret_key, token.strip())
     known: set[str] = request.app.state.setdefault("known_orgs", set())
     if who.org not in known:
-        await ensure_organisation(cs.engine, who.org)
+        if not await organisation_known(cs.engine, who.org, cs.settings.allowed_orgs):
+            raise Problem(UNKNOWN_ORGANISATION)
         known.add(who.org)
     return who
 

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Annotated
+import contextlib
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     import pluggy
+
+    from careshare.core.runtime import Careshare
+    from careshare.core.settings import Settings
+
+T = TypeVar("T")
 
 __all__ = ["add_plugin_commands", "app", "main"]
 
@@ -34,6 +42,7 @@ def serve(
     from careshare.core.settings import Settings
     from careshare.host.app import create_app
     from careshare.host.logging import configure_logging
+    from careshare.host.server import uvicorn_config
 
     configure_logging(json_lines=log_json)
     settings = Settings.from_env()
@@ -42,7 +51,12 @@ def serve(
     shown = "[::1]" if host == "::1" else host
     err.print(f"careshare {settings.data_dir} -> http://{shown}:{port}  (API docs: http://{shown}:{port}/schema)")
     err.print("Mint a token: careshare token --role clinician --org demo --sub dr-who")
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False, lifespan="on")
+    server = uvicorn.Server(uvicorn_config(create_app(settings), settings, host=host, port=port))
+    # uvicorn re-raises the Ctrl-C it stopped on; uvicorn.run ignores it, and so does serve.
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        raise typer.Exit(3)
 
 
 @app.command()
@@ -127,19 +141,112 @@ def token(
     sub: Annotated[str | None, typer.Option(help="User id (clinicians)")] = None,
     patient: Annotated[str | None, typer.Option(help="Patient id (patients)")] = None,
     ttl: Annotated[int, typer.Option(help="Lifetime in seconds")] = 12 * 3600,
+    register: Annotated[
+        bool, typer.Option(help="Register the organisation in the database when it is new (development)")
+    ] = True,
 ) -> None:
-    """Print a signed bearer token for development (only the token, on stdout)."""
+    """Print a signed bearer token for development (only the token, on stdout).
+
+    A new organisation is registered in the database of ``CARESHARE_DATA_DIR`` /
+    ``CARESHARE_DATABASE_URL`` first (``--no-register`` does not), so the token works at once.
+    """
     from careshare.core.settings import Settings
     from careshare.host.auth import mint_token
 
+    settings = Settings.from_env()
     try:
-        value = mint_token(
-            Settings.from_env().secret_key, role=role, org=org, sub=sub, patient=patient, ttl_seconds=ttl
-        )
+        value = mint_token(settings.secret_key, role=role, org=org, sub=sub, patient=patient, ttl_seconds=ttl)
     except ValueError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    if register and org not in settings.allowed_orgs and _with_runtime(settings, _register(org)):
+        err.print(f"registered organisation {org!r} in {settings.data_dir}")
     typer.echo(value)
+
+
+def _register(org: str) -> Callable[[Careshare], Awaitable[bool]]:
+    from careshare.core.patients import register_organisation
+
+    return lambda cs: register_organisation(cs.engine, org)
+
+
+def _with_runtime(settings: Settings, job: Callable[[Careshare], Awaitable[T]]) -> T:
+    """Run ``job`` on a started runtime (migrated database), closing it after."""
+    from careshare.core.runtime import Careshare
+
+    async def run() -> T:
+        cs = Careshare.build(settings)
+        try:
+            await cs.start()
+            return await job(cs)
+        finally:
+            await cs.close()
+
+    return asyncio.run(run())
+
+
+org_app = typer.Typer(help="Organisations whose tokens this server accepts.", no_args_is_help=True)
+app.add_typer(org_app, name="org")
+
+
+@org_app.command("create")
+def org_create(
+    org: Annotated[str, typer.Argument(help="Organisation id, as tokens name it in their org claim")],
+) -> None:
+    """Register an organisation: tokens naming it are accepted from now on."""
+    from careshare.core.settings import Settings
+
+    org = org.strip()
+    if not org or len(org) > 200:
+        err.print("[red]an organisation id is 1 to 200 characters[/red]")
+        raise typer.Exit(2)
+    if _with_runtime(Settings.from_env(), _register(org)):
+        err.print(f"registered organisation {org!r}")
+    else:
+        err.print(f"organisation {org!r} was registered already")
+
+
+@org_app.command("list")
+def org_list() -> None:
+    """Print the registered organisations, one id per line."""
+    from careshare.core.patients import list_organisations
+    from careshare.core.settings import Settings
+
+    for org, _created in _with_runtime(Settings.from_env(), lambda cs: list_organisations(cs.engine)):
+        typer.echo(org)
+
+
+audit_app = typer.Typer(help="The audit trail: every share, upload and read.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("export")
+def audit_export(
+    since: Annotated[str, typer.Option(help="ISO 8601 time with its offset: events at or after it")],
+    org: Annotated[str | None, typer.Option(help="Only this organisation's events")] = None,
+) -> None:
+    """Print audit events as JSON lines, oldest first (ids only: no names, no file names)."""
+    import json
+
+    from careshare.core.audit import export_events
+    from careshare.core.models import parse_time
+    from careshare.core.settings import Settings
+
+    try:
+        start = parse_time(since)
+    except ValueError as exc:
+        err.print(f"[red]--since: {exc}[/red]")
+        raise typer.Exit(2) from None
+
+    async def export(cs: Careshare) -> int:
+        count = 0
+        async for event in export_events(cs.engine, since=start, org=org):
+            typer.echo(json.dumps(event, ensure_ascii=False))
+            count += 1
+        return count
+
+    count = _with_runtime(Settings.from_env(), export)
+    err.print(f"{count} event(s)")
 
 
 @app.command()

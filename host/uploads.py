@@ -11,8 +11,9 @@ from litestar.exceptions import HTTPException
 from litestar.openapi.datastructures import ResponseSpec
 from multipart import MultipartError, MultipartSegment, PushMultipartParser, parse_options_header
 
+from careshare.core.models import TextError, check_text
 from careshare.core.problems import UPLOAD_INCOMPLETE, UPLOAD_MALFORMED, UPLOAD_TOO_LARGE, Problem
-from careshare.host.problems import REQUEST_TOO_LARGE
+from careshare.host.problems import INVALID_REQUEST, REQUEST_TOO_LARGE
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator
@@ -36,6 +37,8 @@ __all__ = [
 #: Room for multipart boundaries, part headers and small text fields around the file.
 ENVELOPE_BYTES = 64 * 1024
 FILE_FIELD = "file"
+#: A part's headers may be this long: a file name of any length is cut by the sanitiser, not refused.
+MAX_PART_HEADER_BYTES = 32 * 1024
 _FILENAME_STAR = re.compile(r"filename\*\s*=\s*([^;]+)", re.IGNORECASE)
 _PREFER_WAIT = re.compile(r"^\s*wait\s*=\s*\"?(\d{1,9})\"?\s*$", re.IGNORECASE)
 _RESPOND_ASYNC = re.compile(r"^\s*respond-async\s*$", re.IGNORECASE)
@@ -168,7 +171,9 @@ class Upload:
 
     async def _multipart(self) -> AsyncIterator[bytes]:
         assert self.boundary is not None
-        parser = PushMultipartParser(self.boundary, max_segment_count=32, strict=True)
+        parser = PushMultipartParser(
+            self.boundary, max_header_size=MAX_PART_HEADER_BYTES, max_segment_count=32, strict=True
+        )
         in_file = found = False
         try:
             async for chunk in self._body():
@@ -260,7 +265,9 @@ class FormParts:
     async def _events(self) -> AsyncGenerator[Any, None]:
         assert self.boundary is not None
         segments = self.max_files + 1 + self.MAX_TEXT_FIELDS
-        parser = PushMultipartParser(self.boundary, max_segment_count=segments, strict=True)
+        parser = PushMultipartParser(
+            self.boundary, max_header_size=MAX_PART_HEADER_BYTES, max_segment_count=segments, strict=True
+        )
         try:
             async for chunk in _capped_body(self.request, self.max_body, self.max_file_bytes):
                 for event in parser.parse(chunk):
@@ -298,9 +305,11 @@ class FormParts:
                         )
                     value += data
                 try:
-                    text = value.decode("utf-8")
+                    text = check_text(value.decode("utf-8"))
                 except UnicodeDecodeError:
                     raise Problem(UPLOAD_MALFORMED, "A text field of the form is not UTF-8 text.") from None
+                except TextError:
+                    raise Problem(INVALID_REQUEST, errors=[f"$.{event.name}: {TextError.sentence}"]) from None
                 yield FormField(event.name, text)
         finally:
             await events.aclose()

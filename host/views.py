@@ -6,10 +6,9 @@ import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-from cattrs import ClassValidationError, transform_error
 from litestar.params import QueryParameter
 
-from careshare.core.models import converter
+from careshare.core.models import BodyErrors, parse_time, structure_body
 from careshare.core.problems import Problem
 from careshare.host.problems import BAD_REQUEST, INVALID_REQUEST
 
@@ -80,11 +79,9 @@ async def parse_body(request: Request[Any, Any, Any], cls: type[T]) -> T:
     if not isinstance(data, dict):
         raise Problem(INVALID_REQUEST, "The body must be a JSON object.", errors=["$: expected an object"])
     try:
-        return converter.structure(data, cls)
-    except ClassValidationError as exc:
-        raise Problem(INVALID_REQUEST, errors=transform_error(exc, path="$")) from None
-    except (TypeError, ValueError) as exc:
-        raise Problem(INVALID_REQUEST, errors=[f"$: {type(exc).__name__}"]) from None
+        return structure_body(data, cls)
+    except BodyErrors as exc:
+        raise Problem(INVALID_REQUEST, errors=exc.errors) from None
 
 
 def invalid(*errors: str) -> Problem:
@@ -93,13 +90,8 @@ def invalid(*errors: str) -> Problem:
 
 
 def aware_datetime(value: str, field: str) -> datetime:
-    """An ISO 8601 date and time with a UTC offset, or ``invalid-request`` naming ``field``."""
+    """An ISO 8601 date and time with a UTC offset in the range any database keeps, or ``invalid-request``."""
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise invalid(
-            f"{field}: expected an ISO 8601 date and time with its offset, such as 2030-01-31T09:30:00+00:00"
-        ) from None
-    if parsed.tzinfo is None or parsed.utcoffset() is None:
-        raise invalid(f"{field}: give the time zone offset (Z or +01:00, for example)")
-    return parsed
+        return parse_time(value)
+    except ValueError as exc:
+        raise invalid(f"{field}: {exc}") from None

@@ -53,11 +53,21 @@ def corpus_dir() -> Path:
     raise FileNotFoundError("the shared corpus was not found: set CARESHARE_CORPUS to its folder")
 
 
+#: Organisations ``make_settings`` allows by default.
+TEST_ORGS = ("org-a", "org-b")
+
+
 def make_settings(data_dir: Path, **env: str) -> Settings:
     """Settings on ``data_dir`` with extra ``CARESHARE_*`` values, ignoring the process environment."""
     values: dict[str, str] = {
         "CARESHARE_DATA_DIR": str(data_dir),
         "CARESHARE_SECRET_KEY": "test-secret-key-0123456789abcdef",
+        # The organisations the suite's tokens name; a test of registration sets its own.
+        "CARESHARE_ORGS": ",".join(TEST_ORGS),
+        # The suite's requests all come from one address and a few patients: the rate limits are
+        # off unless a test sets them (tests/test_slow_clients.py); the upload caps stay as deployed.
+        "CARESHARE_TOKEN_FAILURES_PER_MINUTE": "0",
+        "CARESHARE_PATIENT_UPLOADS_PER_HOUR": "0",
     }
     values.update(env)
     return Settings.from_env(values)
@@ -99,14 +109,18 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(app: Litestar, port: int | None = None) -> Iterator[str]:
-    """Serve ``app`` with a real uvicorn on 127.0.0.1 in a thread; yields the base URL."""
+def running_server(app: Litestar, port: int | None = None, *, http: str = "auto") -> Iterator[str]:
+    """Serve ``app`` with a real uvicorn on 127.0.0.1 in a thread; yields the base URL.
+
+    The server is configured as ``careshare serve`` configures it (``careshare.host.server``), with
+    the timeouts of the app's settings; ``http`` picks uvicorn's protocol (auto, h11, httptools).
+    """
     import uvicorn
 
+    from careshare.host.server import uvicorn_config
+
     port = port or free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
-    )
+    server = uvicorn.Server(uvicorn_config(app, app.state.careshare.settings, host="127.0.0.1", port=port, http=http))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

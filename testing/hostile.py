@@ -8,6 +8,8 @@ through an entry point that :func:`entry_point_dir` writes for ``PYTHONPATH``.
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 import time
 from typing import TYPE_CHECKING
@@ -49,7 +51,14 @@ def careshare_process(source: Source, kind: str) -> Processed | None:
     if behaviour == "exit":
         os._exit(3)  # dies like a crashing C library would
     if behaviour == "hog":
-        hoard = [bytearray(64 * 1024 * 1024) for _ in range(1024)]  # 64 GiB: over any memory limit
+        # 64 GiB of address space in 64 MiB maps, over any memory limit. Maps are not touched, so the
+        # limit (not the time it takes to fill pages) stops the handler; without one this succeeds.
+        try:
+            hoard = [mmap.mmap(-1, 64 * 1024 * 1024) for _ in range(1024)]
+        except OSError as exc:
+            if exc.errno == errno.ENOMEM:
+                raise MemoryError from None
+            raise
         return Processed(handler="hostile", handler_version=str(len(hoard)))
     if behaviour == "raise":
         raise RuntimeError("patient Jane Doe's file broke the handler")  # must never reach a client or log
@@ -57,6 +66,17 @@ def careshare_process(source: Source, kind: str) -> Processed | None:
         time.sleep(float(behaviour.removeprefix("sleep-")))
     if behaviour == "refuse":
         raise Problem(HOSTILE_REFUSED, "Refused with a detail.", hint="extra member")
+    if behaviour.startswith("write-"):  # a good file whose rendition is N KiB written to the work directory
+        output = source.workdir / "shareable.bin"
+        with output.open("wb") as out:
+            for _ in range(int(behaviour.removeprefix("write-"))):
+                out.write(os.urandom(1024))
+        return Processed(
+            handler="hostile",
+            handler_version="1",
+            metadata={"behaviour": behaviour},
+            renditions=(RenditionOutput(role="shareable", media_type="application/octet-stream", path=output),),
+        )
     return Processed(
         handler="hostile",
         handler_version="1",

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
     from careshare.core.settings import Settings
+    from careshare.testing.clamd import Clamd
 
 # Property runs: a modest count on CI's two cores, many more with --hypothesis-profile=thorough.
 hypothesis_settings.register_profile("default", max_examples=60, deadline=None)
@@ -109,6 +110,23 @@ def moto_s3() -> Iterator[MotoS3]:
         # Reason: moto[server] comes with the test extras; a machine where it cannot run on
         # 127.0.0.1 still runs everything else, and the skip says why.
         pytest.skip(f"moto_server (from moto[server]) cannot start here: {error}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def clamd() -> Iterator[Clamd]:
+    """A ClamAV daemon of this test's own on a unix socket, knowing the EICAR test string (built in code)."""
+    from careshare.testing.clamd import Clamd, find_clamd
+
+    if find_clamd() is None:
+        # Reason: scripts/test installs Debian's clamav-daemon where it can (root + apt); a machine
+        # without it still runs everything else, and the skip names what is missing.
+        pytest.skip("clamd (Debian's clamav-daemon) is not installed on this machine")
+    server = Clamd(max_file_bytes=512 * 1024)
+    server.start()  # installed but failing to start is a failure, not a skip
     try:
         yield server
     finally:

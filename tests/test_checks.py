@@ -307,6 +307,7 @@ def _worker_env(settings: Settings, plugins: Path, **extra: str) -> dict[str, st
         CARESHARE_DATABASE_URL=settings.database_url,
         CARESHARE_STORAGE_URL=settings.storage_url,
         CARESHARE_JOB_LEASE_SECONDS=str(settings.job_lease_seconds),
+        CARESHARE_ORGS=",".join(settings.allowed_orgs),
         PYTHONPATH=str(plugins),
     )
     env.update(extra)

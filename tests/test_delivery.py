@@ -38,7 +38,7 @@ from careshare.core.notifications import (
     enqueue,
     run_delivery_loop,
 )
-from careshare.core.patients import ensure_organisation, register_patient
+from careshare.core.patients import register_organisation, register_patient
 from careshare.core.plugins import get_plugin_manager
 from careshare.core.runtime import Careshare
 from careshare.core.sharing import share
@@ -140,7 +140,7 @@ async def cs(database: Settings) -> AsyncIterator[Careshare]:
 
 
 async def new_patient(cs: Careshare, external_id: str = "MRN-1") -> str:
-    await ensure_organisation(cs.engine, CLINICIAN.org)
+    await register_organisation(cs.engine, CLINICIAN.org)
     async with cs.engine.begin() as conn:
         found = await register_patient(conn, CLINICIAN, name="Pat One", external_id=external_id, email=None)
     return found.id

@@ -83,7 +83,7 @@ async def test_the_outside_plugin_example_works(settings: Settings, tmp_path: Pa
         out.setsampwidth(2)
         out.setframerate(8000)
         out.writeframes(b"\x00\x01" * 8000 * 2)
-    headers = bearer(settings, "clinician", "org-v", sub="dr-v")
+    headers = bearer(settings, "clinician", "org-a", sub="dr-v")
     async with AsyncTestClient(app=create_app(settings, plugins=pm)) as client:
         patient = await client.post("/v1/patients", json={"name": "V", "external_id": "V1"}, headers=headers)
         response = await client.post(

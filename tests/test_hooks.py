@@ -135,7 +135,7 @@ async def test_hook_careshare_routes(settings: Settings) -> None:
     mounted.register(DemoChannel(), name="demo-channel")
     blocked = get_plugin_manager(blocked={"demo-channel"})
     assert blocked.register(DemoChannel(), name="demo-channel") is None  # blocked names stay out
-    headers = bearer(settings, "clinician", "org-r", sub="dr-r")
+    headers = bearer(settings, "clinician", "org-a", sub="dr-r")
     async with AsyncTestClient(app=create_app(settings, plugins=mounted)) as client:
         response = await client.get("/v1/demo-channel/ping", headers=headers)
         assert response.status_code == 200

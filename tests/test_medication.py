@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from careshare.core import db
 from careshare.core.models import Principal
-from careshare.core.patients import ensure_organisation, register_patient
+from careshare.core.patients import register_organisation, register_patient
 from careshare.core.runtime import Careshare
 from careshare.host import create_app
 from careshare.host.app import CareshareInit
@@ -206,7 +206,7 @@ async def cs(database: Settings) -> AsyncIterator[Careshare]:
 @pytest.fixture
 async def prescriber(cs: Careshare) -> Any:
     """``prescribe(schedule)`` for one patient and type of org-a, straight through the plugin's functions."""
-    await ensure_organisation(cs.engine, CLINICIAN.org)
+    await register_organisation(cs.engine, CLINICIAN.org)
     async with cs.engine.begin() as conn:
         patient = await register_patient(conn, CLINICIAN, name="Pat", external_id="MRN-H", email=None)
         kind = await MEDICATION_TYPES.create(conn, CLINICIAN, name="Tablets", description="")
@@ -316,7 +316,7 @@ async def _prescribed_two_days_ago(settings: Settings) -> tuple[str, str, dateti
     await cs.start()
     dose = (db.utcnow() - timedelta(hours=1)).replace(second=0, microsecond=0)
     try:
-        await ensure_organisation(cs.engine, CLINICIAN.org)
+        await register_organisation(cs.engine, CLINICIAN.org)
         async with cs.engine.begin() as conn:
             patient = await register_patient(conn, CLINICIAN, name="Pat", external_id="MRN-L", email=None)
             kind = await MEDICATION_TYPES.create(conn, CLINICIAN, name="Tablets", description="")

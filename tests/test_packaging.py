@@ -39,6 +39,7 @@ ENTRY_POINTS = {
     "consents": "careshare.plugins.consents",
     "file-requests": "careshare.plugins.requests",
     "webhook": "careshare.plugins.webhook",
+    "clamd": "careshare.plugins.clamd",
 }
 
 # Imports the packages and reports where each came from, as JSON on stdout.

@@ -43,11 +43,13 @@ BUILT_INS = {
     "consents",
     "file-requests",
     "webhook",
+    "clamd",
 }
 FILE_TYPES = {"pdf", "image", "dicom", "video"}
 DELIVERY = {"webhook"}
+SCANNERS = {"clamd"}
 MODULES = {"file-requests": "careshare.plugins.requests"}
-CHANNELS = BUILT_INS - FILE_TYPES - DELIVERY
+CHANNELS = BUILT_INS - FILE_TYPES - DELIVERY - SCANNERS
 JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 

@@ -33,7 +33,7 @@ def limited(tmp_path: Path) -> Settings:
 @pytest.fixture
 async def hostile_client(limited: Settings) -> AsyncIterator[tuple[AsyncTestClient[Any], dict[str, str], str]]:
     pm = get_plugin_manager(plugins=[hostile])
-    headers = bearer(limited, "clinician", "org-h", sub="dr-h")
+    headers = bearer(limited, "clinician", "org-a", sub="dr-h")
     async with AsyncTestClient(app=create_app(limited, plugins=pm)) as client:
         patient = await client.post("/v1/patients", json={"name": "H", "external_id": "H1"}, headers=headers)
         yield client, headers, patient.json()["id"]
@@ -117,7 +117,7 @@ class SlowInThread:
 
 async def test_a_plugin_that_is_not_a_module_runs_in_a_thread_under_the_time_limit(limited: Settings) -> None:
     pm = get_plugin_manager(plugins=[SlowInThread()])
-    headers = bearer(limited, "clinician", "org-s", sub="dr-s")
+    headers = bearer(limited, "clinician", "org-a", sub="dr-s")
     app = create_app(limited, plugins=pm)
     assert app.state.careshare.processor.isolated is False
     async with AsyncTestClient(app=app) as client:

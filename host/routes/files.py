@@ -15,6 +15,7 @@ from careshare.core.filenames import content_disposition
 from careshare.core.files import get_file, mark_seen
 from careshare.core.problems import FORBIDDEN_ROLE, NOT_FOUND, Problem, ProblemType
 from careshare.host.auth import signed_in
+from careshare.host.openapi import CONTENT_PARAMETERS, CONTENT_RESPONSES, documented
 from careshare.host.problems import problem_response
 from careshare.host.views import file_json
 
@@ -43,6 +44,12 @@ _EXTENSIONS = {
 }
 
 
+def _position(digits: str) -> str:
+    """A byte position as digits, capped at 10**18: beyond any file, and int() refuses over 4300 digits."""
+    digits = digits.lstrip("0") or ("0" if digits else "")
+    return str(10**18) if len(digits) > 18 else digits
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """``(start, end_exclusive)`` for a single satisfiable byte range; None to send the whole file.
 
@@ -54,7 +61,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     match = _SINGLE_RANGE.match(header.strip().replace(" ", ""))
     if not match or match.group(1) == match.group(2) == "":
         return None
-    first, last = match.groups()
+    first, last = (_position(g) for g in match.groups())
     if first == "":  # suffix: the last N bytes
         length = int(last)
         if length == 0:
@@ -134,7 +141,7 @@ class FileController(Controller):
         async with cs.engine.begin() as conn:
             return file_json(await mark_seen(conn, principal, fid))
 
-    @get("/{fid:str}/content")
+    @get("/{fid:str}/content", responses=CONTENT_RESPONSES, operation_class=documented(parameters=CONTENT_PARAMETERS))
     async def content(
         self,
         request: Request[Any, Any, Any],

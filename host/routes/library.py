@@ -10,6 +10,7 @@ from litestar.params import FromQuery
 
 from careshare.core.files import accept, list_files
 from careshare.host.auth import clinician
+from careshare.host.openapi import UPLOAD_MEDIA, UPLOAD_PARAMETERS, documented
 from careshare.host.uploads import UPLOAD_RESPONSES, Upload, answer_upload
 from careshare.host.views import PageLimit, file_json, page_json
 
@@ -25,7 +26,13 @@ class LibraryController(Controller):
     dependencies = {"principal": Provide(clinician)}
     tags = ["library"]
 
-    @post("/", status_code=201, request_max_body_size=None, responses=UPLOAD_RESPONSES)
+    @post(
+        "/",
+        status_code=201,
+        request_max_body_size=None,
+        responses=UPLOAD_RESPONSES,
+        operation_class=documented(media=UPLOAD_MEDIA, parameters=UPLOAD_PARAMETERS),
+    )
     async def upload(
         self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
     ) -> Response[Any]:

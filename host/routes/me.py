@@ -11,6 +11,7 @@ from litestar.params import FromQuery
 from careshare.core.files import accept, list_files
 from careshare.core.patients import get_patient
 from careshare.host.auth import patient
+from careshare.host.openapi import UPLOAD_MEDIA, UPLOAD_PARAMETERS, documented
 from careshare.host.uploads import UPLOAD_RESPONSES, Upload, answer_upload
 from careshare.host.views import PageLimit, file_json, page_json, patient_json
 
@@ -31,7 +32,13 @@ class MeController(Controller):
         async with cs.reader.connect() as conn:
             return patient_json(await get_patient(conn, principal, str(principal.patient)))
 
-    @post("/files", status_code=201, request_max_body_size=None, responses=UPLOAD_RESPONSES)
+    @post(
+        "/files",
+        status_code=201,
+        request_max_body_size=None,
+        responses=UPLOAD_RESPONSES,
+        operation_class=documented(media=UPLOAD_MEDIA, parameters=UPLOAD_PARAMETERS),
+    )
     async def upload(
         self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
     ) -> Response[Any]:

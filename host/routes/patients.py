@@ -13,6 +13,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from careshare.core.files import accept, list_files
 from careshare.core.patients import get_patient, register_patient
 from careshare.host.auth import clinician
+from careshare.host.openapi import UPLOAD_MEDIA, UPLOAD_PARAMETERS, documented
 from careshare.host.uploads import UPLOAD_RESPONSES, Upload, answer_upload
 from careshare.host.views import PageLimit, file_json, page_json, parse_body, patient_json
 
@@ -47,7 +48,18 @@ class PatientController(Controller):
     dependencies = {"principal": Provide(clinician)}
     tags = ["patients"]
 
-    @post("/", status_code=201)
+    @post(
+        "/",
+        status_code=201,
+        operation_class=documented(
+            NewPatient,
+            links={
+                "patient": ("GET", "/v1/patients/{pid}", {"pid": "$response.body#/id"}),
+                "files": ("GET", "/v1/patients/{pid}/files", {"pid": "$response.body#/id"}),
+                "audit": ("GET", "/v1/patients/{pid}/audit", {"pid": "$response.body#/id"}),
+            },
+        ),
+    )
     async def register(
         self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
     ) -> dict[str, Any]:
@@ -65,7 +77,13 @@ class PatientController(Controller):
         async with cs.reader.connect() as conn:
             return patient_json(await get_patient(conn, principal, pid))
 
-    @post("/{pid:str}/files", status_code=201, request_max_body_size=None, responses=UPLOAD_RESPONSES)
+    @post(
+        "/{pid:str}/files",
+        status_code=201,
+        request_max_body_size=None,
+        responses=UPLOAD_RESPONSES,
+        operation_class=documented(media=UPLOAD_MEDIA, parameters=UPLOAD_PARAMETERS),
+    )
     async def upload(
         self,
         request: Request[Any, Any, Any],

@@ -10,6 +10,7 @@ from litestar.params import FromPath
 
 from careshare.core.rerender import RenderOptions, rerender
 from careshare.host.auth import clinician
+from careshare.host.openapi import documented
 from careshare.host.views import file_json, parse_body
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ class RenderController(Controller):
     dependencies = {"principal": Provide(clinician)}
     tags = ["files"]
 
-    @post("/{fid:str}/render", status_code=200)
+    @post("/{fid:str}/render", status_code=200, operation_class=documented(RenderOptions, status=200))
     async def render(
         self,
         request: Request[Any, Any, Any],

@@ -12,7 +12,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from careshare.core import db
-from careshare.core.audit import record_event
+from careshare.core.audit import event_json, record_event
 from careshare.core.models import Principal
 from careshare.core.notifications import inbox, mark_read
 from careshare.core.patients import get_patient
@@ -21,6 +21,7 @@ from careshare.core.runtime import Careshare
 from careshare.core.sharing import attachment_for_patient, shared_items
 from careshare.core.targets import Attachment, attachments_of, targets
 from careshare.host.auth import clinician, patient, signed_in
+from careshare.host.openapi import CONTENT_PARAMETERS, CONTENT_RESPONSES, documented
 from careshare.host.routes.files import blob_response, download_name
 from careshare.host.views import PageLimit, page_json
 
@@ -46,11 +47,18 @@ class AttachmentController(Controller):
     tags = ["sharing"]
 
     @get("/targets")
-    async def list_targets(self, cs: NamedDependency[Careshare]) -> dict[str, Any]:
-        """Every attachment target the loaded channels offer, with its rules."""
+    async def list_targets(
+        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
+    ) -> dict[str, Any]:
+        """Every attachment target the loaded channels offer, with its rules (anyone signed in)."""
+        del principal  # taken so that the route needs a token
         return {"items": [t.rules() for t in targets(cs.plugins).values()]}
 
-    @get("/attachments/{aid:str}/content")
+    @get(
+        "/attachments/{aid:str}/content",
+        responses=CONTENT_RESPONSES,
+        operation_class=documented(parameters=CONTENT_PARAMETERS),
+    )
     async def content(
         self,
         request: Request[Any, Any, Any],
@@ -181,18 +189,5 @@ class AuditController(Controller):
             if cursor:
                 query = query.where(db.audit_events.c.id < cursor)
             rows = list(await conn.execute(query.order_by(db.audit_events.c.id.desc()).limit(limit + 1)))
-        items = [
-            {
-                "id": r.id,
-                "action": r.action,
-                "actor": r.actor,
-                "actor_role": r.actor_role,
-                "file_id": r.file_id,
-                "rendition": r.rendition,
-                "target": r.target,
-                "item_id": r.item_id,
-                "at": r.at.isoformat(),
-            }
-            for r in itertools.islice(rows, limit)
-        ]
+        items = [event_json(r) for r in itertools.islice(rows, limit)]
         return page_json(items, rows[limit - 1].id if len(rows) > limit else None)

@@ -13,6 +13,7 @@ from careshare.core.models import Principal
 from careshare.core.runtime import Careshare
 from careshare.core.templates import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, Template, Templates
 from careshare.host.auth import clinician
+from careshare.host.openapi import documented
 from careshare.host.routes.sharing import attachment_json
 from careshare.host.views import PageLimit, invalid, page_json, parse_body
 
@@ -75,7 +76,20 @@ def template_routes(templates: Templates, *, base: str, tag: str) -> type[Contro
         dependencies = {"principal": Provide(clinician)}
         tags = [tag]
 
-        @post("/", status_code=201)
+        made = {"tid": "$response.body#/id"}
+
+        @post(
+            "/",
+            status_code=201,
+            operation_class=documented(
+                NewTemplate,
+                links={
+                    "template": ("GET", f"{base}/{{tid}}", made),
+                    "change": ("PATCH", f"{base}/{{tid}}", made),
+                    "attach": ("POST", f"{base}/{{tid}}/attachments", made),
+                },
+            ),
+        )
         async def create(
             self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
         ) -> dict[str, Any]:
@@ -105,7 +119,7 @@ def template_routes(templates: Templates, *, base: str, tag: str) -> type[Contro
             async with cs.reader.connect() as conn:
                 return template_json(await templates.get(conn, principal, tid))
 
-        @patch("/{tid:str}")
+        @patch("/{tid:str}", operation_class=documented(TemplateChange, status=200))
         async def change(
             self,
             request: Request[Any, Any, Any],
@@ -121,7 +135,7 @@ def template_routes(templates: Templates, *, base: str, tag: str) -> type[Contro
                 changed = await templates.update(conn, principal, tid, name=name, description=description)
             return template_json(changed)
 
-        @post("/{tid:str}/attachments", status_code=201)
+        @post("/{tid:str}/attachments", status_code=201, operation_class=documented(NewTemplateAttachment))
         async def attach(
             self,
             request: Request[Any, Any, Any],

@@ -23,6 +23,15 @@ from careshare.core.patients import get_patient
 from careshare.core.problems import Problem, ProblemType
 from careshare.core.runtime import Careshare
 from careshare.host.auth import clinician, patient
+from careshare.host.openapi import (
+    TUS_CREATE_PARAMETERS,
+    TUS_CREATED,
+    TUS_NO_CONTENT,
+    TUS_PARAMETERS,
+    TUS_PATCH_MEDIA,
+    TUS_PATCH_PARAMETERS,
+    documented,
+)
 from careshare.host.problems import exception_handlers
 from careshare.host.uploads import requested_wait
 
@@ -105,7 +114,9 @@ def _count(value: str | None, missing: ProblemType, invalid: ProblemType) -> int
     value = value.strip()
     if not value.isdigit() or not value.isascii():
         raise Problem(invalid)
-    return int(value)
+    # Past 18 digits a count is beyond any upload (and int() refuses over 4300 digits): cap it.
+    digits = value.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else 10**18
 
 
 def parse_metadata(header: str | None) -> dict[str, bytes]:
@@ -228,7 +239,7 @@ class _ResumableUploads(Controller):
         """tus discovery: the version, extensions, size limit and checksum algorithms (no sign-in)."""
         return _empty(204, _options_headers(cs))
 
-    @post("/", status_code=201)
+    @post("/", status_code=201, responses=TUS_CREATED, operation_class=documented(parameters=TUS_CREATE_PARAMETERS))
     async def create(
         self,
         request: Request[Any, Any, Any],
@@ -255,7 +266,7 @@ class _ResumableUploads(Controller):
         location = f"{request.url.path.rstrip('/')}/{upload.id}"
         return _empty(201, {"Location": location, "Upload-Offset": "0", "Upload-Expires": _http_date(upload)})
 
-    @head("/{uid:str}")
+    @head("/{uid:str}", operation_class=documented(parameters=TUS_PARAMETERS))
     async def offset(
         self,
         cs: NamedDependency[Careshare],
@@ -269,7 +280,13 @@ class _ResumableUploads(Controller):
             headers["Upload-Metadata"] = upload.metadata
         return _empty(200, headers)
 
-    @patch("/{uid:str}", status_code=204, request_max_body_size=None)
+    @patch(
+        "/{uid:str}",
+        status_code=204,
+        request_max_body_size=None,
+        responses=TUS_NO_CONTENT,
+        operation_class=documented(media=TUS_PATCH_MEDIA, parameters=TUS_PATCH_PARAMETERS),
+    )
     async def append(
         self,
         request: Request[Any, Any, Any],
@@ -297,7 +314,7 @@ class _ResumableUploads(Controller):
         )
         return _empty(204, _state_headers(upload))
 
-    @delete("/{uid:str}", status_code=204)
+    @delete("/{uid:str}", status_code=204, operation_class=documented(parameters=TUS_PARAMETERS))
     async def terminate(
         self,
         cs: NamedDependency[Careshare],

@@ -10,6 +10,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery
 
 from careshare.host.auth import clinician, patient
+from careshare.host.openapi import documented
 from careshare.host.routes.sharing import attachment_json
 from careshare.host.routes.templates import template_routes
 from careshare.host.views import PageLimit, aware_datetime, page_json, parse_body
@@ -48,7 +49,7 @@ class ClinicianAppointments(Controller):
     dependencies = {"principal": Provide(clinician)}
     tags = ["appointments"]
 
-    @post("/", status_code=201)
+    @post("/", status_code=201, operation_class=documented(NewAppointment))
     async def book_appointment(
         self,
         request: Request[Any, Any, Any],

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import sqlalchemy as sa
-from cattrs import ClassValidationError, transform_error
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery
@@ -21,12 +20,13 @@ from multipart import parse_options_header
 from careshare.core import db
 from careshare.core.files import discard_new_files, ingest
 from careshare.core.ids import new_id
-from careshare.core.models import converter
+from careshare.core.models import BodyErrors, structure_body
 from careshare.core.patients import get_patient
 from careshare.core.problems import Problem
 from careshare.core.sharing import share
 from careshare.core.targets import TOO_MANY_ATTACHMENTS, Attachment, Item, attach, attachments_of
 from careshare.host.auth import clinician, patient
+from careshare.host.openapi import documented
 from careshare.host.problems import BAD_REQUEST, INVALID_REQUEST, REQUEST_TOO_LARGE
 from careshare.host.routes.sharing import attachment_json
 from careshare.host.uploads import FILE_FIELD, FilePart, FormParts
@@ -104,11 +104,9 @@ async def _json_message(request: Request[Any, Any, Any]) -> NewMessage:
     if not isinstance(data, dict):
         raise _invalid("$: expected an object")
     try:
-        return _checked(converter.structure(data, NewMessage))
-    except ClassValidationError as exc:
-        raise Problem(INVALID_REQUEST, errors=transform_error(exc, path="$")) from None
-    except (TypeError, ValueError) as exc:
-        raise _invalid(f"$: {type(exc).__name__}") from None
+        return _checked(structure_body(data, NewMessage))
+    except BodyErrors as exc:
+        raise Problem(INVALID_REQUEST, errors=exc.errors) from None
 
 
 async def _form_message(
@@ -231,7 +229,7 @@ class ClinicianMessages(Controller):
     dependencies = {"principal": Provide(clinician)}
     tags = ["chat"]
 
-    @post("/{pid:str}/messages", status_code=201, request_max_body_size=None)
+    @post("/{pid:str}/messages", status_code=201, request_max_body_size=None, operation_class=documented(NewMessage))
     async def send(
         self,
         request: Request[Any, Any, Any],
@@ -262,7 +260,7 @@ class PatientMessages(Controller):
     dependencies = {"principal": Provide(patient)}
     tags = ["chat"]
 
-    @post("/messages", status_code=201, request_max_body_size=None)
+    @post("/messages", status_code=201, request_max_body_size=None, operation_class=documented(NewMessage))
     async def reply(
         self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
     ) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from litestar.params import FromPath, FromQuery
 
 from careshare.core.problems import Problem
 from careshare.host.auth import clinician, patient
+from careshare.host.openapi import documented
 from careshare.host.problems import INVALID_REQUEST
 from careshare.host.routes.sharing import attachment_json
 from careshare.host.views import PageLimit, page_json, parse_body
@@ -138,7 +139,13 @@ class InformationPackController(Controller):
     dependencies = {"principal": Provide(clinician)}
     tags = ["consents"]
 
-    @post("/", status_code=201)
+    @post(
+        "/",
+        status_code=201,
+        operation_class=documented(
+            NewPack, links={"pack": ("GET", "/v1/information-packs/{pack_id}", {"pack_id": "$response.body#/id"})}
+        ),
+    )
     async def create(
         self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
     ) -> dict[str, Any]:
@@ -171,7 +178,7 @@ class InformationPackController(Controller):
         async with cs.reader.connect() as conn:
             return pack_json(await get_pack(conn, principal, pack_id))
 
-    @post("/{pack_id:str}/attachments", status_code=201)
+    @post("/{pack_id:str}/attachments", status_code=201, operation_class=documented(NewAttachment))
     async def add_file(
         self,
         request: Request[Any, Any, Any],
@@ -202,7 +209,13 @@ class ConsentFormController(Controller):
     dependencies = {"principal": Provide(clinician)}
     tags = ["consents"]
 
-    @post("/", status_code=201)
+    @post(
+        "/",
+        status_code=201,
+        operation_class=documented(
+            NewForm, links={"form": ("GET", "/v1/consent-forms/{form_id}", {"form_id": "$response.body#/id"})}
+        ),
+    )
     async def create(
         self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
     ) -> dict[str, Any]:
@@ -244,7 +257,13 @@ class PatientConsentController(Controller):
     dependencies = {"principal": Provide(clinician)}
     tags = ["consents"]
 
-    @post("/", status_code=201)
+    @post(
+        "/",
+        status_code=201,
+        operation_class=documented(
+            NewConsent, links={"consent": ("GET", "/v1/consents/{cid}", {"cid": "$response.body#/id"})}
+        ),
+    )
     async def ask(
         self,
         request: Request[Any, Any, Any],
@@ -312,7 +331,7 @@ class MyConsentController(Controller):
         async with cs.reader.connect() as conn:
             return consent_json(await get_consent(conn, principal, cid), for_clinician=False)
 
-    @post("/{cid:str}/decision", status_code=200)
+    @post("/{cid:str}/decision", status_code=200, operation_class=documented(Answer, status=200))
     async def decide(
         self,
         request: Request[Any, Any, Any],

@@ -25,7 +25,8 @@ from careshare.core import db
 from careshare.core.audit import record_event
 from careshare.core.files import insert_blobs
 from careshare.core.ids import new_id
-from careshare.core.models import RenditionRecord
+from careshare.core.links import MAX_LINK_SECONDS, attachment_link, find_links, link_url
+from careshare.core.models import Principal, RenditionRecord
 from careshare.core.patients import get_patient
 from careshare.core.problems import NOT_FOUND, Problem, ProblemType
 from careshare.core.sharing import share
@@ -51,7 +52,8 @@ if TYPE_CHECKING:
     import pluggy
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-    from careshare.core.models import Patient, Principal
+    from careshare.core.links import Link
+    from careshare.core.models import Patient
     from careshare.core.notifications import Notification
     from careshare.core.runtime import Careshare
 
@@ -70,6 +72,7 @@ __all__ = [
     "create_template",
     "deliver_email",
     "edit_letter",
+    "email_files",
     "email_state",
     "get_letter",
     "get_settings",
@@ -97,6 +100,9 @@ NOTIFICATION_KIND = "letter"
 SEND_ATTEMPTS = 3
 #: How long one delivery may hold a letter's email before another may try (longer than any SMTP exchange).
 EMAIL_HOLD_SECONDS = 900
+#: The purpose of the links a letter's email carries; they live as long as any link may: people read mail late.
+EMAIL_LINK_PURPOSE = "letter-email"
+EMAIL_LINK_SECONDS = MAX_LINK_SECONDS
 
 TARGET = Target(
     name="letter",
@@ -516,6 +522,43 @@ async def email_state(conn: AsyncConnection, pm: pluggy.PluginManager, row: sa.R
     return ("failed" if state == "failed" else "pending"), row.email_error
 
 
+def _too_large_to_attach(cs: Careshare, row: sa.Row[Any], attached: list[Attachment]) -> bool:
+    """Whether the letter's PDF and files together pass what one email may carry (``CARESHARE_MAIL_MAX_ATTACHMENT_BYTES``)."""
+    return (
+        bool(attached) and (row.pdf_size or 0) + sum(a.size for a in attached) > cs.settings.mail_max_attachment_bytes
+    )
+
+
+async def email_files(conn: AsyncConnection, cs: Careshare, row: sa.Row[Any]) -> str | None:
+    """How the email carries the letter's files: ``attached``, ``linked`` (expiring links), or None (no email)."""
+    if not row.email_requested:
+        return None
+    if await find_links(conn, row.org_id, target=TARGET.name, item_id=row.id, purpose=EMAIL_LINK_PURPOSE):
+        return "linked"
+    if row.email_sent_at is not None:
+        return "attached"
+    attached = (await attachments_of(conn, TARGET.name, [row.id]))[row.id]
+    return "linked" if _too_large_to_attach(cs, row, attached) else "attached"
+
+
+async def _email_links(cs: Careshare, row: sa.Row[Any], attached: list[Attachment]) -> list[Link]:
+    """One active link per file for this letter's email: made on the first try, the same on every retry."""
+    sender = Principal(subject=row.sent_by, role="clinician", org=row.org_id)
+    async with cs.engine.begin() as conn:
+        made = await find_links(conn, row.org_id, target=TARGET.name, item_id=row.id, purpose=EMAIL_LINK_PURPOSE)
+        now = db.utcnow()
+        usable = {link.attachment_id: link for link in made if link.status(now) == "active"}
+        links = []
+        for attachment in attached:
+            link = usable.get(attachment.id)
+            if link is None:  # first try, or a retry after the earlier link lapsed or was revoked
+                link = await attachment_link(
+                    conn, sender, attachment.id, purpose=EMAIL_LINK_PURPOSE, expires_in=EMAIL_LINK_SECONDS
+                )
+            links.append(link)
+    return links
+
+
 async def _note_email(cs: Careshare, letter_id: str, **values: Any) -> None:
     async with cs.engine.begin() as conn:
         await conn.execute(sa.update(letters).where(letters.c.id == letter_id).values(**values))
@@ -571,7 +614,16 @@ async def _hold_email(cs: Careshare, letter_id: str) -> bool:
 
 async def _send_email(cs: Careshare, row: sa.Row[Any], settings: LetterSettings, attached: list[Attachment]) -> bool:
     pdf = await cs.store.read_all(row.pdf_sha256)
-    files = [mail.MailAttachment(a.filename, a.media_type, await cs.store.read_all(a.sha256)) for a in attached]
+    files: list[mail.MailAttachment] = []
+    links: list[mail.MailLink] = []
+    if _too_large_to_attach(cs, row, attached):
+        for attachment, link in zip(attached, await _email_links(cs, row, attached), strict=True):
+            url = link_url(cs.settings, link.id)
+            links.append(
+                mail.MailLink(attachment.filename, attachment.media_type, attachment.size, url, link.expires_at)
+            )
+    else:
+        files = [mail.MailAttachment(a.filename, a.media_type, await cs.store.read_all(a.sha256)) for a in attached]
 
     def compose_and_send() -> None:
         message = mail.build_message(
@@ -582,6 +634,7 @@ async def _send_email(cs: Careshare, row: sa.Row[Any], settings: LetterSettings,
             sent_at=row.sent_at,
             pdf=pdf,
             files=files,
+            links=links,
         )
         mail.send(mail.SmtpServer.from_url(cs.settings.smtp_url or ""), message)
 

@@ -3,7 +3,8 @@
 ``CARESHARE_SMTP_URL`` names the server: ``smtp://host:port`` (plain; ``?starttls=true`` to
 upgrade), ``smtp+starttls://host:port`` (upgraded), ``smtps://host:port`` (TLS from the start),
 each with an optional ``user:password@`` to log in. The subject and the text say only who wrote;
-the letter itself travels as the PDF attachment, with every file the letter carries.
+the letter itself travels as the PDF attachment, with every file the letter carries, or, when the
+files are too large to attach, with an expiring download link for each.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import attrs
 from careshare.core.settings import SMTP_SCHEMES
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from datetime import datetime
 
-__all__ = ["MailAttachment", "SmtpServer", "build_message", "message_id", "refusal_reason", "send"]
+__all__ = ["MailAttachment", "MailLink", "SmtpServer", "build_message", "message_id", "refusal_reason", "send"]
 
 #: A slow server is simply retried: this runs in a worker thread of the delivery round.
 TIMEOUT_SECONDS = 30.0
@@ -66,6 +68,17 @@ class MailAttachment:
     data: bytes = attrs.field(repr=False)
 
 
+@attrs.frozen
+class MailLink:
+    """A file the email names with a download link instead of carrying it."""
+
+    filename: str
+    media_type: str
+    size: int
+    url: str = attrs.field(repr=False)  # holds the link's secret
+    expires_at: datetime
+
+
 def message_id(letter_id: str, mail_from: str) -> str:
     """The same for every try of one letter's email, so receivers can drop a repeat."""
     domain = mail_from.rsplit("@", 1)[-1].strip("<> ") or "careshare"
@@ -88,7 +101,9 @@ def build_message(
     sent_at: datetime,
     pdf: bytes,
     files: list[MailAttachment],
+    links: Sequence[MailLink] = (),
 ) -> EmailMessage:
+    """The letter's email: the PDF attached, and each file either attached (``files``) or linked (``links``)."""
     message = EmailMessage()
     message["From"] = mail_from
     message["To"] = to
@@ -97,9 +112,21 @@ def build_message(
     message["Date"] = format_datetime(sent_at)
     message["Message-ID"] = message_id(letter_id, mail_from)
     enclosed = f" and {len(files)} file{'s' if len(files) != 1 else ''}" if files else ""
-    message.set_content(
+    text = (
         f"{organisation} has sent you a letter. It is attached as a PDF{enclosed}.\nYou can also read it in the app.\n"
     )
+    if links:
+        until = min(link.expires_at for link in links)
+        text += (
+            f"\nThe letter comes with {len(links)} file{'s' if len(links) != 1 else ''} too large to attach."
+            f" Download {'them' if len(links) != 1 else 'it'} with these links before {until:%d %B %Y, %H:%M} UTC"
+            " (each link opens one file; the app keeps them for good):\n\n"
+        )
+        text += "".join(
+            f"{attachment_name(link.filename, link.media_type)} ({_megabytes(link.size)})\n{link.url}\n\n"
+            for link in links
+        )
+    message.set_content(text)
     message.add_attachment(pdf, maintype="application", subtype="pdf", filename="letter.pdf")
     for file in files:
         maintype, _, subtype = file.media_type.partition("/")
@@ -110,6 +137,10 @@ def build_message(
             filename=attachment_name(file.filename, file.media_type),
         )
     return message
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1_000_000:.1f} MB" if size >= 100_000 else f"{max(size // 1000, 1)} kB"
 
 
 def send(server: SmtpServer, message: EmailMessage) -> None:

@@ -16,6 +16,7 @@ from careshare.core.patients import get_patient
 from careshare.core.problems import NOT_FOUND, Problem
 from careshare.core.targets import attachments_of
 from careshare.host.auth import clinician, patient, signed_in
+from careshare.host.openapi import CONTENT_PARAMETERS, CONTENT_RESPONSES, UPLOAD_MEDIA, UPLOAD_PARAMETERS, documented
 from careshare.host.problems import INVALID_REQUEST
 from careshare.host.routes.files import blob_response
 from careshare.host.routes.sharing import attachment_json
@@ -30,6 +31,7 @@ from careshare.plugins.letters.letters import (
     create_letter,
     create_template,
     edit_letter,
+    email_files,
     email_state,
     get_letter,
     get_settings,
@@ -173,6 +175,7 @@ async def letter_json(conn: AsyncConnection, cs: Careshare, row: sa.Row[Any], *,
             "email_status": status,
             "email_error": reason,
             "email_sent_at": row.email_sent_at.isoformat() if row.email_sent_at else None,
+            "email_files": await email_files(conn, cs, row),
         }
     )
     return shown
@@ -199,7 +202,13 @@ class LetterTemplateController(Controller):
     dependencies = {"principal": Provide(clinician)}
     tags = ["letters"]
 
-    @post("/", status_code=201)
+    @post(
+        "/",
+        status_code=201,
+        operation_class=documented(
+            NewTemplate, links={"template": ("GET", "/v1/letter-templates/{tid}", {"tid": "$response.body#/id"})}
+        ),
+    )
     async def create(
         self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
     ) -> dict[str, Any]:
@@ -239,7 +248,17 @@ class PatientLetterController(Controller):
     dependencies = {"principal": Provide(clinician)}
     tags = ["letters"]
 
-    @post("/", status_code=201)
+    @post(
+        "/",
+        status_code=201,
+        operation_class=documented(
+            NewLetter,
+            links={
+                "letter": ("GET", "/v1/letters/{lid}", {"lid": "$response.body#/id"}),
+                "edit": ("PATCH", "/v1/letters/{lid}", {"lid": "$response.body#/id"}),
+            },
+        ),
+    )
     async def create(
         self,
         request: Request[Any, Any, Any],
@@ -291,7 +310,7 @@ class LetterController(Controller):
     ) -> dict[str, Any]:
         return await _shown(cs, principal, lid)
 
-    @patch("/{lid:str}")
+    @patch("/{lid:str}", operation_class=documented(LetterEdit, status=200))
     async def edit(
         self,
         request: Request[Any, Any, Any],
@@ -312,7 +331,12 @@ class LetterController(Controller):
             row = await edit_letter(conn, principal, lid, subject=subject, body=body.body)
             return await letter_json(conn, cs, row, for_clinician=True)
 
-    @post("/{lid:str}/attachments", status_code=201, request_max_body_size=None)
+    @post(
+        "/{lid:str}/attachments",
+        status_code=201,
+        request_max_body_size=None,
+        operation_class=documented(NewAttachment, media=UPLOAD_MEDIA, parameters=UPLOAD_PARAMETERS),
+    )
     async def attach_file(
         self,
         request: Request[Any, Any, Any],
@@ -357,7 +381,7 @@ class LetterController(Controller):
             row = await get_letter(conn, principal, lid)
             return await letter_json(conn, cs, row, for_clinician=True)
 
-    @post("/{lid:str}/send", status_code=200)
+    @post("/{lid:str}/send", status_code=200, operation_class=documented(Send, status=200))
     async def send(
         self,
         request: Request[Any, Any, Any],
@@ -380,7 +404,7 @@ class LetterPdfController(Controller):
     dependencies = {"principal": Provide(signed_in)}
     tags = ["letters"]
 
-    @get("/{lid:str}/pdf")
+    @get("/{lid:str}/pdf", responses=CONTENT_RESPONSES, operation_class=documented(parameters=CONTENT_PARAMETERS))
     async def pdf(
         self,
         request: Request[Any, Any, Any],
@@ -415,7 +439,7 @@ class LetterSettingsController(Controller):
         async with cs.reader.connect() as conn:
             return _settings_json(await get_settings(conn, principal.org), principal.org)
 
-    @put("/")
+    @put("/", operation_class=documented(SettingsBody, status=200))
     async def replace(
         self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
     ) -> dict[str, Any]:

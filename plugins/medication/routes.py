@@ -11,6 +11,7 @@ from litestar.params import FromPath, FromQuery
 
 from careshare.core import db
 from careshare.host.auth import clinician, patient, signed_in
+from careshare.host.openapi import documented
 from careshare.host.routes.sharing import attachment_json
 from careshare.host.routes.templates import template_routes
 from careshare.host.views import PageLimit, invalid, page_json, parse_body
@@ -79,7 +80,17 @@ class ClinicianMedications(Controller):
     dependencies = {"principal": Provide(clinician)}
     tags = ["medication"]
 
-    @post("/", status_code=201)
+    @post(
+        "/",
+        status_code=201,
+        operation_class=documented(
+            NewMedication,
+            links={
+                "medication": ("GET", "/v1/medications/{mid}", {"mid": "$response.body#/id"}),
+                "reminders": ("GET", "/v1/medications/{mid}/reminders", {"mid": "$response.body#/id"}),
+            },
+        ),
+    )
     async def prescribe_medication(
         self,
         request: Request[Any, Any, Any],

@@ -11,9 +11,11 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery
 
 from careshare.core import db
+from careshare.core.models import parse_time
 from careshare.core.problems import Problem
 from careshare.core.targets import ALL_KINDS
 from careshare.host.auth import clinician, patient
+from careshare.host.openapi import UPLOAD_MEDIA, UPLOAD_PARAMETERS, documented
 from careshare.host.problems import INVALID_REQUEST
 from careshare.host.uploads import Upload
 from careshare.host.views import PageLimit, file_json, page_json, parse_body
@@ -59,12 +61,9 @@ def _invalid(errors: list[str]) -> Problem:
 
 def _due_at(value: str, errors: list[str]) -> datetime | None:
     try:
-        due = datetime.fromisoformat(value)
-    except ValueError:
-        errors.append("$.due_at: expected an ISO 8601 date and time, such as 2030-01-31T17:00:00+00:00")
-        return None
-    if due.tzinfo is None:
-        errors.append("$.due_at: give a time zone offset (Z or +01:00, for example)")
+        due = parse_time(value)
+    except ValueError as exc:
+        errors.append(f"$.due_at: {exc}")
         return None
     if due <= db.utcnow():
         errors.append("$.due_at: must be in the future")
@@ -134,7 +133,13 @@ class PatientFileRequestController(Controller):
     dependencies = {"principal": Provide(clinician)}
     tags = ["file-requests"]
 
-    @post("/", status_code=201)
+    @post(
+        "/",
+        status_code=201,
+        operation_class=documented(
+            NewFileRequest, links={"request": ("GET", "/v1/file-requests/{rid}", {"rid": "$response.body#/id"})}
+        ),
+    )
     async def ask(
         self,
         request: Request[Any, Any, Any],
@@ -184,7 +189,7 @@ class FileRequestController(Controller):
         async with cs.reader.connect() as conn:
             return request_json(await get_request(conn, principal, rid), for_clinician=True)
 
-    @post("/{rid:str}/files/{fid:str}/review", status_code=200)
+    @post("/{rid:str}/files/{fid:str}/review", status_code=200, operation_class=documented(Review, status=200))
     async def review(
         self,
         request: Request[Any, Any, Any],
@@ -248,7 +253,12 @@ class MyFileRequestController(Controller):
         async with cs.reader.connect() as conn:
             return request_json(await get_request(conn, principal, rid), for_clinician=False)
 
-    @post("/{rid:str}/files", status_code=201, request_max_body_size=None)
+    @post(
+        "/{rid:str}/files",
+        status_code=201,
+        request_max_body_size=None,
+        operation_class=documented(media=UPLOAD_MEDIA, parameters=UPLOAD_PARAMETERS),
+    )
     async def answer(
         self,
         request: Request[Any, Any, Any],
