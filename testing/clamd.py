@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import shutil
 import socket
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from careshare.testing.processes import start_server_process, stop_process
+
 if TYPE_CHECKING:
+    import subprocess
     from types import TracebackType
 
 __all__ = ["EICAR_SIGNATURE", "Clamd", "eicar", "find_clamd"]
@@ -96,21 +97,13 @@ class Clamd:
 
     def start(self, timeout: float = 60) -> str:
         """Start clamd and wait until it answers ``PING``; returns ``address``."""
-        log = self.dir / "out.log"
-        with log.open("ab") as out:
-            self._process = subprocess.Popen(
-                [str(self.binary), "-c", str(self.config)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout
-        while not self.ping():
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                output = log.read_text(errors="replace")[-2000:]
-                self.halt()
-                raise RuntimeError(f"clamd did not start: {output}")
-            time.sleep(0.05)
+        self._process = start_server_process(
+            [str(self.binary), "-c", str(self.config)],
+            self.dir / "out.log",
+            ready=self.ping,
+            name="clamd",
+            timeout=timeout,
+        )
         return self.address
 
     def ping(self) -> bool:
@@ -136,12 +129,7 @@ class Clamd:
     def halt(self) -> None:
         """Stop the daemon (an outage); ``start`` brings it back on the same address."""
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(timeout=15)
+            stop_process(self._process, grace=15)
             self._process = None
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()

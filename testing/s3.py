@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -16,7 +14,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from careshare.testing.processes import start_server_process, stop_process
+
 if TYPE_CHECKING:
+    import subprocess
     from types import TracebackType
 
     from obstore.store import S3Store
@@ -70,21 +71,13 @@ class MotoS3:
 
     def start(self, timeout: float = 30) -> str:
         """Start the server, wait until it answers, create the bucket; returns ``storage_url()``."""
-        log = self.dir / "log"
-        with log.open("wb") as out:
-            self._process = subprocess.Popen(
-                [*self.command, "-H", "127.0.0.1", "-p", str(self.port)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout
-        while not self._create_bucket():
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                output = log.read_text(errors="replace")[-2000:]
-                self.stop()
-                raise RuntimeError(f"moto_server did not start on {self.endpoint}: {output}")
-            time.sleep(0.05)
+        self._process = start_server_process(
+            [*self.command, "-H", "127.0.0.1", "-p", str(self.port)],
+            self.dir / "log",
+            ready=self._create_bucket,
+            name=f"moto_server on {self.endpoint}",
+            timeout=timeout,
+        )
         return self.storage_url()
 
     def _create_bucket(self) -> bool:
@@ -126,12 +119,7 @@ class MotoS3:
 
     def stop(self) -> None:
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(timeout=10)
+            stop_process(self._process, grace=10)
             self._process = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
