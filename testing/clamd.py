@@ -13,11 +13,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from careshare.testing.processes import start_server_process, stop_process
+from careshare.testing.processes import ServerProcess, start_server_process, stop_process
 
 if TYPE_CHECKING:
     import subprocess
-    from types import TracebackType
 
 __all__ = ["EICAR_SIGNATURE", "Clamd", "eicar", "find_clamd"]
 
@@ -40,7 +39,7 @@ def find_clamd() -> Path | None:
     return Path(found) if found else None
 
 
-class Clamd:
+class Clamd(ServerProcess):
     """``clamd`` in the foreground on a unix socket (or 127.0.0.1 and a free port), stopped and removed on ``stop``.
 
     ``stream_max_bytes`` is its ``StreamMaxLength`` (INSTREAM refuses more); ``max_file_bytes`` its
@@ -137,13 +136,3 @@ class Clamd:
     def stop(self) -> None:
         self.halt()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Clamd:
-        self.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        with contextlib.suppress(OSError):
-            self.stop()

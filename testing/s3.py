@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import shutil
 import sys
@@ -14,11 +13,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from careshare.testing.processes import start_server_process, stop_process
+from careshare.testing.processes import ServerProcess, start_server_process, stop_process
 
 if TYPE_CHECKING:
     import subprocess
-    from types import TracebackType
 
     from obstore.store import S3Store
 
@@ -35,7 +33,7 @@ def moto_server_command() -> list[str] | None:
     return [found] if found else None
 
 
-class MotoS3:
+class MotoS3(ServerProcess):
     """An S3 server (``moto_server``) on 127.0.0.1 and a free port with one bucket, gone on ``stop``.
 
     ``env`` is what a careshare process reads to reach it: obstore's ``S3Store`` takes endpoint,
@@ -122,13 +120,3 @@ class MotoS3:
             stop_process(self._process, grace=10)
             self._process = None
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> MotoS3:
-        self.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        with contextlib.suppress(OSError):
-            self.stop()

@@ -337,7 +337,9 @@ def test_the_client_speaks_tcp_too() -> None:
     from careshare.testing.clamd import Clamd, find_clamd
 
     if find_clamd() is None:
-        pytest.skip("clamd (Debian's clamav-daemon) is not installed on this machine")  # Reason: as the fixture
+        pytest.skip(
+            "clamd (Debian's clamav-daemon) is not installed on this machine"
+        )  # Reason: scripts/test installs it; a developer machine may lack it
     with Clamd(tcp=True, stream_max_bytes=64 * 1024) as server:
         assert server.address.startswith("tcp://127.0.0.1:")
 

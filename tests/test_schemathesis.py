@@ -47,10 +47,6 @@ PROBLEM_JSON = "application/problem+json"
 #: Examples per operation and per mode (valid, invalid): an eighth of the profile's count.
 EXAMPLES = max(3, hypothesis_settings.default.max_examples // 8)
 
-#: Known and being fixed elsewhere in issue 10; listed so they can be taken out once fixed.
-#: Each is (method, path) -> why its failures are expected now.
-EXPECTED_TO_FAIL: dict[tuple[str, str], str] = {}
-
 
 METHODS = ("get", "put", "post", "delete", "patch", "head")
 
@@ -154,9 +150,7 @@ def test_the_server_publishes_the_operations_collected(api: Api) -> None:
 
 
 def _param(operation: tuple[str, str]) -> Any:
-    reason = EXPECTED_TO_FAIL.get(operation)
-    marks = [pytest.mark.xfail(reason=reason, strict=False)] if reason else []
-    return pytest.param(operation, id=" ".join(operation), marks=marks)
+    return pytest.param(operation, id=" ".join(operation))
 
 
 @pytest.mark.parametrize("operation", [_param(op) for op in OPERATIONS])

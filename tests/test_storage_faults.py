@@ -45,8 +45,7 @@ def small_disk(where: Path, mib: int = DISK_MIB) -> Iterator[Path]:
     """A real filesystem of ``mib`` MiB mounted at ``where``: tmpfs, else a loop-mounted ext4 image."""
     where.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
-        # Reason: mounting a filesystem needs root; CI runs the suite as root, a developer may not.
-        pytest.skip("mounting a small disk needs root (mount -t tmpfs)")
+        pytest.skip("mounting a small disk needs root (mount -t tmpfs)")  # Reason: CI runs as root; a developer may not
     tried = _run("mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=0755", "tmpfs", str(where))
     if tried.returncode != 0:
         image = where.with_name(f"{where.name}.ext4")
