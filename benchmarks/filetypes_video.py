@@ -34,9 +34,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-from careshare.core.imaging import save_jpeg
 from careshare.core.policy import Policy
 from careshare.plugins.filetypes import video
+from careshare.plugins.filetypes.imaging import save_jpeg
 
 TARGET_RATIO = 1.2
 WIDTH, HEIGHT, FPS = 1920, 1080, 30

@@ -19,6 +19,7 @@ from careshare.core.audit import record_event
 from careshare.core.filenames import sanitise_filename
 from careshare.core.ids import new_id
 from careshare.core.jobs import MAX_ATTEMPTS, RetryLater, task
+from careshare.core.kinds import unsupported_detail
 from careshare.core.models import RenditionRecord, Source, StoredFile
 from careshare.core.problems import (
     FILE_UNPROCESSABLE,
@@ -100,7 +101,7 @@ async def accept(
     try:
         ident = cs.plugins.hook.careshare_identify(head=staged.head, filename=name)
         if ident is None:
-            raise Problem(UNSUPPORTED_FILE_TYPE)
+            raise Problem(UNSUPPORTED_FILE_TYPE, unsupported_detail(cs.plugins))
         now = db.utcnow()
         stored = StoredFile(
             id=file_id,
@@ -700,11 +701,8 @@ async def list_files(
         query = query.where(db.files.c.source == source)
     if unseen:
         query = query.where(db.files.c.seen_at.is_(None))
-    if cursor:
-        query = query.where(db.files.c.id < cursor)
-    rows = list((await conn.execute(query.order_by(db.files.c.id.desc()).limit(limit + 1))).all())
-    next_cursor = rows[limit - 1].id if len(rows) > limit else None
-    return await _with_renditions(conn, rows[:limit]), next_cursor
+    rows, next_cursor = await db.newest_first(conn, query, db.files.c.id, cursor=cursor, limit=limit)
+    return await _with_renditions(conn, rows), next_cursor
 
 
 async def mark_seen(conn: AsyncConnection, principal: Principal, file_id: str) -> StoredFile:

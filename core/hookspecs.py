@@ -14,21 +14,31 @@ from careshare import hookspec
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from careshare.core.models import Identification, Processed, Source
+    from careshare.core.kinds import Kind
+    from careshare.core.models import Identification, Patient, Processed, Source, StoredFile
+    from careshare.core.notifications import Notification
     from careshare.core.policy import Policy
+    from careshare.core.problems import Problem
+    from careshare.core.runtime import Careshare
     from careshare.core.scanning import ScanContent, ScanVerdict
+    from careshare.core.settings import Setting
+    from careshare.core.sharing import Shared
+    from careshare.core.targets import Attachment, Item, Target
 
 __all__ = [
     "careshare_archive",
     "careshare_background",
     "careshare_check_attachment",
     "careshare_commands",
+    "careshare_contract",
     "careshare_deliver",
     "careshare_identify",
+    "careshare_kinds",
     "careshare_migrations",
     "careshare_process",
     "careshare_routes",
     "careshare_scan",
+    "careshare_settings",
     "careshare_shared",
     "careshare_targets",
 ]
@@ -38,23 +48,25 @@ __all__ = [
 
 
 @hookspec
-def careshare_targets() -> list[Any]:
-    """The attachment targets this plugin offers (a chat message, a letter, an information pack).
+def careshare_targets() -> list[Target]:
+    """The attachment targets this plugin offers (a message, a template, a document sent for signing).
 
-    Each target declares its name, which kinds of file it accepts, its limits (bytes per file, bytes
-    per item, how many files, whether video is allowed), whether items must be drafts, and which
-    rendition the patient receives.
+    Each target declares its name, which kinds of file it accepts (``accepts=None``: every kind
+    the file-type plugins declare), its limits (bytes per file, bytes per item, how many files),
+    whether items must be drafts, and which rendition the patient receives.
 
     :return: a list of targets; an empty list for a plugin with none.
     """
 
 
 @hookspec
-def careshare_check_attachment(target: Any, item: Any, file: Any, attached: list[Any]) -> list[Any]:
+def careshare_check_attachment(
+    target: Target, item: Item, file: StoredFile, attached: list[Attachment]
+) -> list[Problem]:
     """Rules beyond a target's declarative limits, checked before a file is attached.
 
     :param target: the target being attached to.
-    :param item: the item (message, letter, ...) that would carry the file.
+    :param item: the item (a message, ...) that would carry the file.
     :param file: the :class:`~careshare.core.models.StoredFile` to attach.
     :param attached: the files already attached to the item.
     :return: a list of :class:`~careshare.core.problems.Problem`; empty when the plugin has no objection.
@@ -62,8 +74,8 @@ def careshare_check_attachment(target: Any, item: Any, file: Any, attached: list
 
 
 @hookspec
-def careshare_shared(event: Any) -> None:
-    """Something reached a patient: a message sent, a letter sent, an appointment booked.
+def careshare_shared(event: Shared) -> None:
+    """Something reached a patient: a message sent, a document sent, a visit booked.
 
     Called inside the sharing transaction, so a plugin can write notifications atomically with it.
 
@@ -72,11 +84,25 @@ def careshare_shared(event: Any) -> None:
 
 
 @hookspec
-def careshare_archive(patient: Any) -> list[Any]:
+def careshare_archive(patient: Patient) -> list[Any]:
     """The items this plugin contributes to a patient's archive (``GET /v1/me/archive``).
 
     :param patient: the :class:`~careshare.core.models.Patient` whose archive is being built.
     :return: archive entries, each with its attachments; may be an awaitable.
+    """
+
+
+@hookspec
+def careshare_contract() -> list[Any]:
+    """How the contract kit (``careshare.testing``) drives this plugin's targets and routes in its tests.
+
+    Called only by the kit, never by a running app: import the testing code inside the
+    implementation, as ``careshare_routes`` imports the web layer. What the kit cannot read from
+    the declarations (how to make an item and attach a file through the routes, an object behind
+    each path parameter, a body each route accepts) comes from here; the kit fails, naming the
+    target, while a loaded target has no adapter.
+
+    :return: a list of :class:`careshare.testing.contract.Contract`.
     """
 
 
@@ -92,6 +118,21 @@ def careshare_migrations() -> list[Path]:
 
 
 # -- file types -------------------------------------------------------------------------------
+
+
+@hookspec
+def careshare_kinds() -> list[Kind]:
+    """The kinds of file this plugin identifies and processes, and what core needs to know of each.
+
+    Core names no kind: targets that accept every kind list these, refusals list their nouns, and
+    each kind brings its policy section (``Kind.options``, read by its handler with
+    ``policy.section(...)``), the options a clinician may render its files again with
+    (``Kind.render_options``) and, where a target leaves it out, a refusal of its own
+    (``Kind.refusal``: a stable code and a boolean rule in ``GET /v1/targets``). Declare every kind
+    ``careshare_identify`` can answer; a kind declared twice must be declared the same way.
+
+    :return: a list of :class:`~careshare.core.kinds.Kind`; empty for a plugin with none.
+    """
 
 
 @hookspec(firstresult=True)
@@ -121,13 +162,14 @@ def careshare_process(source: Source, kind: str, policy: Policy) -> Processed | 
 
     :param source: the held upload (:class:`~careshare.core.models.Source`).
     :param kind: the kind ``careshare_identify`` gave.
-    :param policy: the organisation's limits and options (:class:`~careshare.core.policy.Policy`).
+    :param policy: the organisation's limits and options (:class:`~careshare.core.policy.Policy`);
+        the handler's own options are its section, ``policy.section(TheOptionsClass)``.
     :return: a :class:`~careshare.core.models.Processed`, or None when this plugin does not handle ``kind``.
     """
 
 
 @hookspec
-def careshare_scan(content: ScanContent, careshare: Any) -> ScanVerdict | None:
+def careshare_scan(content: ScanContent, cs: Careshare) -> ScanVerdict | None:
     """Scan an uploaded file for malware before it can become ``ready`` (and so be shared).
 
     Runs in the file's check job on the held original, before ``careshare_process``. Every
@@ -140,7 +182,7 @@ def careshare_scan(content: ScanContent, careshare: Any) -> ScanVerdict | None:
     attempt like a crashed check. May be a coroutine function (it usually talks to a daemon).
 
     :param content: the file's size, hash and kind, and ``chunks()`` streaming its bytes.
-    :param careshare: the running :class:`~careshare.core.runtime.Careshare` (its settings).
+    :param cs: the running :class:`~careshare.core.runtime.Careshare` (its settings).
     :return: a :class:`~careshare.core.scanning.ScanVerdict`, or None when this scanner is not
         configured (nothing scanned).
     """
@@ -150,7 +192,7 @@ def careshare_scan(content: ScanContent, careshare: Any) -> ScanVerdict | None:
 
 
 @hookspec
-def careshare_deliver(notification: Any, careshare: Any) -> bool | None:
+def careshare_deliver(notification: Notification, cs: Careshare | None) -> bool | None:
     """Deliver a notification over one channel (in-app inbox, email, webhook).
 
     Delivery is at least once: a notification may arrive again after a retry, so receivers
@@ -158,10 +200,27 @@ def careshare_deliver(notification: Any, careshare: Any) -> bool | None:
     A plain function runs in a worker thread; a coroutine function runs on the event loop.
 
     :param notification: the notification to deliver.
-    :param careshare: the running :class:`~careshare.core.runtime.Careshare` (settings, blob store,
-        database), for a plugin that needs more than the notification (an email with the letter's
+    :param cs: the running :class:`~careshare.core.runtime.Careshare` (settings, blob store,
+        database), for a plugin that needs more than the notification (an email with the item's
         files); None when the caller has none to give.
     :return: True when delivered, False to be retried later, None when this plugin does not deliver it.
+    """
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+@hookspec
+def careshare_settings() -> list[Setting[Any]]:
+    """The settings this plugin reads, declared so they are read, checked and listed with core's.
+
+    Like tox's ``tox_add_core_config``: a plugin declares each variable (its ``CARESHARE_*``
+    name, default, parser and one sentence), and reads the value with ``cs.settings.get(SETTING)``
+    from the same environment core's settings come from. Every declared value is checked when the
+    runtime is built, so a typo fails at start-up naming the variable (never its value), and
+    ``careshare plugins`` lists each plugin's variables. A variable declared by two plugins is an error.
+
+    :return: a list of :class:`~careshare.core.settings.Setting`; empty for a plugin with none.
     """
 
 
@@ -180,7 +239,7 @@ def careshare_routes() -> list[Any]:
 
 
 @hookspec
-def careshare_background(cs: Any) -> list[Any]:
+def careshare_background(cs: Careshare) -> list[Any]:
     """Work the host runs beside the API for as long as it serves (reminders falling due, sweeps).
 
     The host starts each as an asyncio task once migrations have run, next to notification

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     import pluggy
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+    from careshare.core.runtime import Careshare
+
 __all__ = [
     "Delivery",
     "Notification",
@@ -193,11 +195,8 @@ async def inbox(
     )
     if unread_only:
         query = query.where(db.notifications.c.read_at.is_(None))
-    if cursor:
-        query = query.where(db.notifications.c.id < cursor)
-    rows = list(await conn.execute(query.order_by(db.notifications.c.id.desc()).limit(limit + 1)))
-    next_cursor = rows[limit - 1].id if len(rows) > limit else None
-    return [_from_row(row) for row in rows[:limit]], next_cursor
+    rows, next_cursor = await db.newest_first(conn, query, db.notifications.c.id, cursor=cursor, limit=limit)
+    return [_from_row(row) for row in rows], next_cursor
 
 
 async def mark_read(conn: AsyncConnection, org: str, patient_id: str, notification_id: str) -> Notification | None:
@@ -255,13 +254,13 @@ async def deliver_due(
     now: datetime | None = None,
     batch: int = 50,
     concurrency: int = CONCURRENT_DELIVERIES,
-    careshare: Any = None,
+    cs: Careshare | None = None,
 ) -> int:
     """Try every delivery that is due once; returns how many were tried.
 
     ``now`` is the clock for this round: what is due, and when a retry falls due. Tests pass a
     time past the backoff instead of sleeping. Deliveries of channels that are not loaded (a
-    plugin disabled since) wait, pending, for their plugin to come back. ``careshare`` (the
+    plugin disabled since) wait, pending, for their plugin to come back. ``cs`` (the
     running :class:`~careshare.core.runtime.Careshare`) is handed to plugins that ask for it.
     """
     impls = _delivery_impls(pm)
@@ -274,7 +273,7 @@ async def deliver_due(
     async def one(row: sa.Row[Any]) -> None:
         notification = _from_row(row)
         async with gate:
-            outcome, error = await _try(row.channel, impls[row.channel], notification, careshare)
+            outcome, error = await _try(row.channel, impls[row.channel], notification, cs)
         await _record(engine, row, outcome, error, now)
 
     results = await asyncio.gather(*(one(row) for row in claimed), return_exceptions=True)
@@ -348,10 +347,10 @@ async def _record(
 
 
 async def _try(
-    channel: str, impl: pluggy.HookImpl, notification: Notification, careshare: Any
+    channel: str, impl: pluggy.HookImpl, notification: Notification, cs: Careshare | None
 ) -> tuple[bool | None, str | None]:
     """Call one plugin: True delivered, None not for it, False retry (with the reason to keep)."""
-    offered = {"notification": notification, "careshare": careshare}
+    offered = {"notification": notification, "cs": cs}
     kwargs = {name: value for name, value in offered.items() if name in impl.argnames}
     try:
         if inspect.iscoroutinefunction(impl.function):
@@ -369,7 +368,7 @@ async def _try(
 
 
 async def run_delivery_loop(
-    engine: AsyncEngine, pm: pluggy.PluginManager, interval: float = 1.0, *, careshare: Any = None
+    engine: AsyncEngine, pm: pluggy.PluginManager, interval: float = 1.0, *, cs: Careshare | None = None
 ) -> None:
     """Deliver due notifications until cancelled (the host runs this beside the API).
 
@@ -380,7 +379,7 @@ async def run_delivery_loop(
     while True:
         tried = 0
         try:
-            tried = await deliver_due(engine, pm, batch=batch, careshare=careshare)
+            tried = await deliver_due(engine, pm, batch=batch, cs=cs)
         except Exception as exc:
             logger.warning("delivery round failed error=%s", type(exc).__name__)
         if tried < batch:

@@ -8,6 +8,7 @@ import pluggy
 
 from careshare import PROJECT_NAME
 from careshare.core import hookspecs
+from careshare.core.settings import declared_settings
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -43,8 +44,9 @@ def get_plugin_manager(
 
 
 def plugin_hooks(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
-    """Each registered plugin with the hooks it implements, for ``careshare plugins``."""
+    """Each registered plugin with the hooks it implements and the variables it reads, for ``careshare plugins``."""
     dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
+    settings = declared_settings(pm)
     rows = []
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0] or ""):
         if plugin is None:  # blocked
@@ -56,6 +58,7 @@ def plugin_hooks(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
                 "module": getattr(plugin, "__name__", type(plugin).__name__),
                 "distribution": f"{dist.project_name} {dist.version}" if dist else None,
                 "hooks": sorted(caller.name for caller in pm.get_hookcallers(plugin) or ()),
+                "settings": [setting.variable for setting in settings.get(name, [])],
             }
         )
     return rows

@@ -124,7 +124,8 @@ UNSUPPORTED_FILE_TYPE = ProblemType(
     "unsupported-file-type",
     415,
     "File type not supported",
-    "careshare could not recognise this file as a type it can share. Send a PDF, an image, a DICOM file or a video.",
+    # Raised with the loaded kinds named (careshare.core.kinds.unsupported_detail); this is the fallback.
+    "careshare could not recognise this file as a type it can share. Send a file of a type careshare accepts.",
 )
 UPLOAD_TOO_LARGE = ProblemType(
     "upload-too-large",

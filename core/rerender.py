@@ -1,8 +1,12 @@
-"""Rendering a stored file again with other options (DICOM frame and window), replacing its shareable copy."""
+"""Rendering a stored file again with other options (a frame, a window), replacing its shareable copy.
+
+The options are the file-type plugin's (``Kind.render_options``): :func:`render_options` says which
+class a file's body is read into, and :func:`rerender` hands them to the handler as its policy
+section, so core names no format.
+"""
 
 from __future__ import annotations
 
-import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +16,7 @@ import sqlalchemy as sa
 from careshare.core import db
 from careshare.core.audit import record_event
 from careshare.core.files import ORIGINAL, check_record, get_file, replace_renditions, run_handler
+from careshare.core.kinds import kinds
 from careshare.core.problems import Problem, ProblemType
 from careshare.core.storage import content_key
 
@@ -19,58 +24,55 @@ if TYPE_CHECKING:
     from careshare.core.models import Principal, StoredFile
     from careshare.core.runtime import Careshare
 
-__all__ = ["RENDER_NOT_SUPPORTED", "RenderOptions", "rerender"]
+__all__ = ["RENDER_BODY_SCHEMA", "RENDER_NOT_SUPPORTED", "render_options", "rerender"]
 
 RENDER_NOT_SUPPORTED = ProblemType(
     "render-not-supported",
     422,
     "File cannot be rendered again",
-    "Only images with frames and windows (DICOM) can be rendered again; this file is shared as it is.",
+    "Only files whose type has rendering options (a frame, a window) can be rendered again;"
+    " this file is shared as it is.",
 )
 
-
-def _positive_frame(_instance: Any, _attribute: attrs.Attribute[Any], value: int | None) -> None:
-    if value is not None and value < 1:
-        raise ValueError("frame counts from 1")
-
-
-def _finite(_instance: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not math.isfinite(value):
-        raise ValueError(f"{attribute.name} must be a finite number")
+#: The body of a re-render as the host documents it: an object whose members the file's kind
+#: defines (``Kind.render_options``), read once the file's kind is known (:func:`render_options`).
+RENDER_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "The rendering options of the file's kind; a member left out takes the file's default.",
+}
 
 
-def _positive_width(_instance: Any, _attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise ValueError("window_width must be a number greater than 0")
+async def render_options(cs: Careshare, principal: Principal, file_id: str) -> type:
+    """The class a re-render body of this file is read into: its kind's ``render_options``.
+
+    Asked before the body is read, so a file that cannot be rendered again is
+    ``render-not-supported`` whatever the body holds, and a missing file ``not-found``.
+    """
+    async with cs.reader.connect() as conn:
+        stored = await get_file(conn, principal, file_id)
+    return _render_options(cs, stored)
 
 
-@attrs.frozen
-class RenderOptions:
-    """What the clinician asks for; a field left out takes the file's default (middle frame, its own window)."""
-
-    #: 1-based, as DICOM numbers frames.
-    frame: int | None = attrs.field(default=None, validator=_positive_frame)
-    window_center: float | None = attrs.field(default=None, validator=_finite)
-    window_width: float | None = attrs.field(default=None, validator=_positive_width)
+def _render_options(cs: Careshare, stored: StoredFile) -> type:
+    kind = kinds(cs.plugins).get(stored.kind)
+    if kind is None or kind.render_options is None or not stored.check.get("renderable"):
+        raise Problem(RENDER_NOT_SUPPORTED)
+    return kind.render_options
 
 
-async def rerender(cs: Careshare, principal: Principal, file_id: str, options: RenderOptions) -> StoredFile:
+async def rerender(cs: Careshare, principal: Principal, file_id: str, options: object) -> StoredFile:
     """Run the file's handler again on its original with ``options``; its shareable copy and thumbnail are replaced.
 
-    Old rendition blobs stay in the store: attachments already sent pin them by hash. Refusals
-    (a frame out of range, ...) come from the handler and leave the file as it was.
+    ``options`` is an instance of the class :func:`render_options` gave: it reaches the handler as
+    its policy section. Old rendition blobs stay in the store: attachments already sent pin them
+    by hash. Refusals (a frame out of range, ...) come from the handler and leave the file as it was.
     """
     async with cs.reader.connect() as conn:
         stored = await get_file(conn, principal, file_id)
     original = stored.rendition(ORIGINAL)
-    if not stored.check.get("renderable") or original is None:
+    if not isinstance(options, _render_options(cs, stored)) or original is None:
         raise Problem(RENDER_NOT_SUPPORTED)
-    policy = attrs.evolve(
-        cs.settings.policy,
-        dicom_frame=options.frame,
-        dicom_window_center=options.window_center,
-        dicom_window_width=options.window_width,
-    )
+    policy = cs.settings.policy.with_section(options)
     started = time.perf_counter()
     processed, renditions, handler_seconds = await run_handler(
         cs, stored, content_key(original.sha256), policy, missing=RENDER_NOT_SUPPORTED

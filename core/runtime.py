@@ -14,6 +14,7 @@ from careshare.core.db import create_engine, migrate
 from careshare.core.jobs import make_queue
 from careshare.core.plugins import get_plugin_manager
 from careshare.core.processing import Processor
+from careshare.core.settings import check_settings
 from careshare.core.storage import BlobStore
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ class Careshare:
         engine: AsyncEngine,
         reader: AsyncEngine | None = None,
     ) -> None:
+        # Every plugin's settings are read now: a wrong value stops the start, naming its variable.
+        check_settings(plugins, settings)
         self.settings = settings
         self.plugins = plugins
         self.store = store

@@ -109,7 +109,7 @@ async def scan(cs: Careshare, stored: StoredFile, key: str) -> list[dict[str, An
         media_type=stored.media_type,
         open=lambda: cs.store.read_parts([key]),
     )
-    results = list(cs.plugins.hook.careshare_scan(content=content, careshare=cs))
+    results = list(cs.plugins.hook.careshare_scan(content=content, cs=cs))
     verdicts: list[ScanVerdict] = []
     unavailable: list[str] = []
     try:

@@ -1,4 +1,9 @@
-"""Settings, read from ``CARESHARE_*`` environment variables with embedded defaults."""
+"""Settings, read from ``CARESHARE_*`` environment variables with embedded defaults.
+
+Core's own settings are fields of :class:`Settings`; a plugin declares the variables it reads
+(``careshare_settings``, each a :class:`Setting`) and reads them with :meth:`Settings.get` from
+the same environment, checked when the runtime is built (:func:`check_settings`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import os
 import secrets
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
@@ -15,31 +20,32 @@ import attrs
 from careshare.core.policy import Policy
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
+
+    import pluggy
 
 __all__ = [
-    "DEFAULT_MAIL_FROM",
     "DEFAULT_MAX_UPLOAD_BYTES",
     "DEFAULT_UPLOAD_EXPIRY_SECONDS",
-    "SMTP_SCHEMES",
+    "Setting",
     "Settings",
+    "check_settings",
+    "declared_settings",
     "disabled_plugins",
 ]
 
+T = TypeVar("T")
+
+#: Every variable careshare and its plugins read starts so.
+PREFIX = "CARESHARE_"
 DEFAULT_MAX_UPLOAD_BYTES = 1024**3
 #: How long an unfinished resumable (tus) upload waits for its next bytes before it is swept.
 DEFAULT_UPLOAD_EXPIRY_SECONDS = 24 * 3600.0
 SECRET_FILE = "secret.key"
-#: ``smtp://`` plain (or ``?starttls=true``), ``smtp+starttls://`` upgraded, ``smtps://`` TLS from the start.
-SMTP_SCHEMES = ("smtp", "smtp+starttls", "smtps")
-DEFAULT_MAIL_FROM = "careshare@localhost"
 #: Where people outside the app reach this server: the base of expiring links in emails.
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
-#: The most an email carries attached (letter PDF and files, before encoding): base64 adds a
-#: third, so 15 MB travel as about 20 MB, under what common mail providers accept.
-DEFAULT_MAIL_MAX_ATTACHMENT_BYTES = 15_000_000
 #: How long an upload without ``Prefer: wait`` waits for its check before answering ``202``: long
-#: enough that a photo, a letter PDF or a short clip feel synchronous (201 with the final file).
+#: enough that a photo, a short document or a short clip feel synchronous (201 with the final file).
 DEFAULT_UPLOAD_WAIT_SECONDS = 10.0
 #: The most any request waits for checks (``Prefer: wait=N`` is capped here): under a proxy's 60 s.
 DEFAULT_MAX_WAIT_SECONDS = 30.0
@@ -70,6 +76,36 @@ def disabled_plugins(environ: Mapping[str, str] | None = None) -> frozenset[str]
 
 
 @attrs.frozen
+class Setting(Generic[T]):
+    """One ``CARESHARE_*`` variable a plugin reads, declared with ``careshare_settings``.
+
+    Unset or blank means ``default``. A wrong value is refused naming the variable and what it
+    must be (``expected``), never the value itself: it may hold a password.
+    """
+
+    variable: str
+    default: T
+    #: What it is for, in one sentence (listed by ``careshare plugins``).
+    description: str
+    #: The value from the variable's stripped text; raises ``ValueError`` when the text is wrong.
+    parse: Callable[[str], T]
+    #: What a right value is, ending "<variable> must be ..." (``"a positive number of bytes"``).
+    expected: str
+    #: The value may hold a password or key: never shown, only whether it is set.
+    secret: bool = False
+
+    def read(self, environ: Mapping[str, str]) -> T:
+        """The value in ``environ``: the default when unset or blank, else parsed (or ``ValueError``)."""
+        raw = (environ.get(self.variable) or "").strip()
+        if not raw:
+            return self.default
+        try:
+            return self.parse(raw)
+        except ValueError:
+            raise ValueError(f"{self.variable} must be {self.expected}") from None
+
+
+@attrs.frozen
 class Settings:
     """Everything a careshare process needs to know about where it runs."""
 
@@ -82,9 +118,6 @@ class Settings:
     upload_expiry_seconds: float = DEFAULT_UPLOAD_EXPIRY_SECONDS
     #: Limits and options handlers apply (the defaults of every organisation).
     policy: Policy = attrs.field(factory=Policy)
-    #: Where email goes out (``smtp://user:password@host:port``); None: this server sends no email.
-    smtp_url: str | None = attrs.field(default=None, repr=False)  # may hold a password
-    mail_from: str = DEFAULT_MAIL_FROM
     #: Seconds an upload waits for its check when the client states no ``Prefer: wait``.
     upload_wait_seconds: float = DEFAULT_UPLOAD_WAIT_SECONDS
     #: The longest any request waits for a check.
@@ -105,13 +138,18 @@ class Settings:
     token_failures_per_minute: int = DEFAULT_TOKEN_FAILURES_PER_MINUTE
     #: The base URL of expiring links (``<public_url>/v1/links/<token>``), without a trailing slash.
     public_url: str = DEFAULT_PUBLIC_URL
-    #: Over this many bytes of attachments, an email carries expiring links to its files instead.
-    mail_max_attachment_bytes: int = DEFAULT_MAIL_MAX_ATTACHMENT_BYTES
     #: Organisations whose tokens are accepted without ``careshare org create`` (their rows are made on first sight).
     allowed_orgs: frozenset[str] = frozenset()
     #: ClamAV's daemon scanning every upload: a unix socket path or ``tcp://host:port``; None: no scanning.
     clamd: str | None = None
     clamd_timeout_seconds: float = DEFAULT_CLAMD_TIMEOUT_SECONDS
+    #: The ``CARESHARE_*`` variables as read, for the settings plugins declare (:meth:`get`).
+    #: Never shown or compared: values may be passwords.
+    environ: Mapping[str, str] = attrs.field(factory=dict, repr=False, eq=False)
+
+    def get(self, setting: Setting[T]) -> T:
+        """A plugin's setting, read from the environment these settings came from."""
+        return setting.read(self.environ)
 
     @property
     def queue_engine(self) -> str:
@@ -148,13 +186,6 @@ class Settings:
         if policy.time_limit_seconds <= 0 or policy.memory_limit_bytes <= 0:
             raise ValueError("CARESHARE_HANDLER_TIME_LIMIT and CARESHARE_HANDLER_MEMORY_LIMIT must be positive")
         disabled = disabled_plugins(env)
-        smtp_url = (env.get("CARESHARE_SMTP_URL") or "").strip() or None
-        if smtp_url is not None and not _valid_smtp_url(smtp_url):
-            # The URL may hold a password: name only what is wrong with it.
-            raise ValueError(f"CARESHARE_SMTP_URL must be {', '.join(s + '://host:port' for s in SMTP_SCHEMES)}")
-        mail_from = (env.get("CARESHARE_MAIL_FROM") or "").strip() or DEFAULT_MAIL_FROM
-        if "@" not in mail_from:
-            raise ValueError("CARESHARE_MAIL_FROM must be an email address")
         upload_wait = _seconds(env, "CARESHARE_UPLOAD_WAIT", DEFAULT_UPLOAD_WAIT_SECONDS)
         max_wait = _seconds(env, "CARESHARE_MAX_WAIT", DEFAULT_MAX_WAIT_SECONDS)
         lease = _seconds(env, "CARESHARE_JOB_LEASE_SECONDS", DEFAULT_JOB_LEASE_SECONDS)
@@ -170,9 +201,6 @@ class Settings:
         if queue == "procrastinate" and not database_url.startswith("postgresql"):
             raise ValueError("CARESHARE_QUEUE=procrastinate needs a PostgreSQL CARESHARE_DATABASE_URL")
         public_url = _public_url(env.get("CARESHARE_PUBLIC_URL"))
-        mail_max = (env.get("CARESHARE_MAIL_MAX_ATTACHMENT_BYTES") or "").strip()
-        if mail_max and (not mail_max.isdigit() or int(mail_max) <= 0):
-            raise ValueError("CARESHARE_MAIL_MAX_ATTACHMENT_BYTES must be a positive number of bytes")
         allowed_orgs = frozenset(o.strip() for o in (env.get("CARESHARE_ORGS") or "").split(",") if o.strip())
         clamd = (env.get("CARESHARE_CLAMD") or "").strip() or None
         if clamd is not None and not _valid_clamd(clamd):
@@ -189,8 +217,6 @@ class Settings:
             disabled_plugins=disabled,
             upload_expiry_seconds=upload_expiry,
             policy=policy,
-            smtp_url=smtp_url,
-            mail_from=mail_from,
             upload_wait_seconds=upload_wait,
             max_wait_seconds=max_wait,
             workers=workers,
@@ -199,11 +225,36 @@ class Settings:
             sweep_age_seconds=sweep_age,
             **_client_limits(env),
             public_url=public_url,
-            mail_max_attachment_bytes=int(mail_max) if mail_max else DEFAULT_MAIL_MAX_ATTACHMENT_BYTES,
             allowed_orgs=allowed_orgs,
             clamd=clamd,
             clamd_timeout_seconds=clamd_timeout,
+            environ={name: value for name, value in env.items() if name.startswith(PREFIX)},
         )
+
+
+def declared_settings(pm: pluggy.PluginManager) -> dict[str, list[Setting[Any]]]:
+    """The settings each loaded plugin declares (``careshare_settings``), by plugin name.
+
+    A variable declared twice (by two plugins, or one plugin twice) is an error: the two would
+    read one value two ways.
+    """
+    declared: dict[str, list[Setting[Any]]] = {}
+    seen: set[str] = set()
+    for impl in reversed(pm.hook.careshare_settings.get_hookimpls()):
+        name = str(pm.get_name(impl.plugin))
+        for setting in impl.function():
+            if setting.variable in seen:
+                raise ValueError(f"setting {setting.variable} is declared twice")
+            seen.add(setting.variable)
+            declared.setdefault(name, []).append(setting)
+    return declared
+
+
+def check_settings(pm: pluggy.PluginManager, settings: Settings) -> None:
+    """Read every setting the loaded plugins declare, so a wrong one fails at start-up, not on first use."""
+    for declared in declared_settings(pm).values():
+        for setting in declared:
+            settings.get(setting)
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
@@ -241,15 +292,6 @@ def _valid_clamd(address: str) -> bool:
         except ValueError:
             return False
     return Path(address.removeprefix("unix://")).is_absolute()
-
-
-def _valid_smtp_url(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 (raises on a port that is no number)
-    except ValueError:
-        return False
-    return parts.scheme.lower() in SMTP_SCHEMES and bool(parts.hostname)
 
 
 def _kept_secret(data_dir: Path) -> str:

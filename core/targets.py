@@ -3,6 +3,10 @@
 A channel plugin declares its targets (``careshare_targets``); core checks every declared limit and
 asks ``careshare_check_attachment`` for the channel's own rules, then pins the rendition the
 patient receives by its hash. What is pinned stays readable whatever later happens to the file.
+
+Core names no kind of file: a target accepts every kind the file-type plugins declare
+(``accepts=None``) or the ones it lists, and a kind left out reads as that kind declares
+(:class:`~careshare.core.kinds.KindRefusal`), else as ``kind-not-allowed``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import sqlalchemy as sa
 from careshare.core import db
 from careshare.core.files import get_file
 from careshare.core.ids import new_id
+from careshare.core.kinds import Kind, kinds
 from careshare.core.problems import NOT_FOUND, Problem, ProblemType
 
 if TYPE_CHECKING:
@@ -27,7 +32,6 @@ if TYPE_CHECKING:
     from careshare.core.models import Principal, StoredFile
 
 __all__ = [
-    "ALL_KINDS",
     "Attachment",
     "Item",
     "Target",
@@ -36,10 +40,9 @@ __all__ = [
     "copy_attachments",
     "detach",
     "find_target",
+    "resolve",
     "targets",
 ]
-
-ALL_KINDS = frozenset({"pdf", "image", "dicom", "video"})
 
 FILE_TOO_LARGE = ProblemType(
     "file-too-large", 422, "File too large for this item", "This file is larger than this item accepts."
@@ -55,9 +58,6 @@ TOO_MANY_ATTACHMENTS = ProblemType(
 )
 KIND_NOT_ALLOWED = ProblemType(
     "kind-not-allowed", 422, "File type not allowed here", "This kind of file cannot be attached to this item."
-)
-VIDEO_NOT_ALLOWED = ProblemType(
-    "video-not-allowed", 422, "Video not allowed here", "Videos cannot be attached to this item."
 )
 FILE_NOT_READY = ProblemType(
     "file-not-ready",
@@ -97,28 +97,37 @@ class Target:
 
     name: str
     channel: str
-    accepts: frozenset[str] = ALL_KINDS
+    #: The kinds of file accepted; None: every kind the loaded file-type plugins declare.
+    accepts: frozenset[str] | None = None
     max_file_bytes: int | None = None
     max_total_bytes: int | None = None
     max_count: int | None = None
-    video_allowed: bool = True
     draft_required: bool = False
-    #: Which rendition the patient receives (DICOM, for one, is never sent as DICOM).
+    #: Which rendition the patient receives (a format phones cannot open is sent as its rendering).
     rendition: str = "shareable"
     #: Files may come from the item's patient's files, the organisation library, or both.
     sources: frozenset[Literal["patient", "library"]] = frozenset({"patient", "library"})
     #: What the patient receives, in a few words (shown to product teams by ``GET /v1/targets``).
     description: str = ""
+    #: The kinds loaded when the target was resolved (:func:`resolve`): what ``accepts=None``
+    #: means, and how a kind left out is refused. Filled in by core, never declared.
+    kinds: tuple[Kind, ...] = attrs.field(default=(), repr=False)
+
+    def accepted(self) -> frozenset[str]:
+        """The kinds accepted: those declared, or every loaded kind (none before :func:`resolve`)."""
+        return frozenset(k.name for k in self.kinds) if self.accepts is None else self.accepts
 
     def rules(self) -> dict[str, Any]:
+        """The rules as ``GET /v1/targets`` shows them; each kind's own refusal adds its boolean rule."""
+        accepted = self.accepted()
         return {
             "name": self.name,
             "channel": self.channel,
-            "accepts": sorted(self.accepts),
+            "accepts": sorted(accepted),
             "max_file_bytes": self.max_file_bytes,
             "max_total_bytes": self.max_total_bytes,
             "max_count": self.max_count,
-            "video_allowed": self.video_allowed,
+            **{k.refusal.rule: k.name in accepted for k in self.kinds if k.refusal is not None},
             "draft_required": self.draft_required,
             "rendition": self.rendition,
             "sources": sorted(self.sources),
@@ -128,12 +137,12 @@ class Target:
 
 @attrs.frozen
 class Item:
-    """The thing files attach to: a message, a letter, an appointment type ... as core needs to see it."""
+    """The thing files attach to (a message, a template ...) as core needs to see it."""
 
     target: str
     id: str
     org: str
-    #: The patient the item is for; None for templates (appointment types, information packs).
+    #: The patient the item is for; None for the organisation's templates.
     patient_id: str | None
     is_draft: bool = False
     #: The channel's own record, for ``careshare_check_attachment`` implementations.
@@ -155,13 +164,19 @@ class Attachment:
     position: int
 
 
+def resolve(target: Target, pm: pluggy.PluginManager) -> Target:
+    """``target`` with the loaded kinds: ``accepts=None`` then lists them, and each refuses as it declares."""
+    return attrs.evolve(target, kinds=tuple(kinds(pm).values()))
+
+
 def targets(pm: pluggy.PluginManager) -> dict[str, Target]:
-    """Every target of every loaded plugin, by name (a name declared twice is an error)."""
+    """Every target of every loaded plugin, by name, resolved (a name declared twice is an error)."""
     found: dict[str, Target] = {}
+    loaded = tuple(kinds(pm).values())
     for target in itertools.chain.from_iterable(pm.hook.careshare_targets()):
         if target.name in found:
             raise ValueError(f"attachment target {target.name!r} is declared twice")
-        found[target.name] = target
+        found[target.name] = attrs.evolve(target, kinds=loaded)
     return found
 
 
@@ -209,13 +224,11 @@ def check_declared(target: Target, item: Item, file: StoredFile, attached: list[
         )
     if file.owner_type == "patient" and file.patient_id != item.patient_id:
         raise Problem(FILE_NOT_AVAILABLE)
-    if file.kind == "video" and not target.video_allowed:
-        raise Problem(
-            VIDEO_NOT_ALLOWED,
-            f"Videos cannot be attached here: {target.description or target.name} can't contain streaming video.",
-            rule=_where(target, "video_allowed"),
-        )
-    if file.kind not in target.accepts:
+    if target.accepts is not None and file.kind not in target.accepts:
+        refusal = next((k.refusal for k in target.kinds if k.name == file.kind), None)
+        if refusal is not None:
+            where = target.description or target.name
+            raise Problem(refusal.problem, refusal.detail.format(target=where), rule=_where(target, refusal.rule))
         raise Problem(
             KIND_NOT_ALLOWED,
             f"A {file.kind} file cannot be attached here; this accepts {', '.join(sorted(target.accepts))}.",
@@ -277,6 +290,7 @@ async def attach(
     """
     if item.org != principal.org:
         raise Problem(NOT_FOUND)
+    target = resolve(target, pm)
     attached = (await attachments_of(conn, target.name, [item.id]))[item.id]
     added: list[Attachment] = []
     for file_id in file_ids:
@@ -332,8 +346,8 @@ async def copy_attachments(
 ) -> list[Attachment]:
     """Pin the attachments ``source_item_id`` carries now onto ``dest_item_id`` too, in the caller's transaction.
 
-    For items made from a template (an appointment booked from its type, a reminder of a
-    medication): the copy keeps the pinned rows (hash, rendition role, media type, size, filename,
+    For items made from a template (an item booked or sent from the organisation's template):
+    the copy keeps the pinned rows (hash, rendition role, media type, size, filename,
     order), so later edits of the template reach later items only. Nothing is checked again: each
     row was checked when it was pinned. Copies follow what ``dest_item_id`` already carries.
     """

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["MAX_DESCRIPTION_CHARS", "MAX_NAME_CHARS", "Template", "Templates", "template_table"]
 
 MAX_NAME_CHARS = 200
-MAX_DESCRIPTION_CHARS = 2000
+#: Room for a few paragraphs of instructions (an information pack's, an appointment type's).
+MAX_DESCRIPTION_CHARS = 4000
 
 
 def template_table(name: str) -> sa.Table:
@@ -70,7 +71,8 @@ class Templates:
     def item(self, template_id: str, org: str) -> Item:
         return Item(target=self.target.name, id=template_id, org=org, patient_id=None)
 
-    async def _load(self, conn: AsyncConnection, rows: list[Any]) -> list[Template]:
+    async def load(self, conn: AsyncConnection, rows: list[Any]) -> list[Template]:
+        """Templates from rows of the table, each with its files (one query for all)."""
         attached = await attachments_of(conn, self.target.name, [row.id for row in rows])
         return [
             Template(
@@ -102,16 +104,19 @@ class Templates:
         )
         return await self.get(conn, principal, template_id)
 
-    async def get(self, conn: AsyncConnection, principal: Principal, template_id: str) -> Template:
-        """The template if it belongs to the principal's organisation, else ``not-found``."""
-        row = (
-            await conn.execute(
-                sa.select(self.table).where(self.table.c.id == template_id, self.table.c.org_id == principal.org)
-            )
-        ).first()
+    async def get(
+        self, conn: AsyncConnection, principal: Principal, template_id: str, *, for_update: bool = False
+    ) -> Template:
+        """The template if it belongs to the principal's organisation, else ``not-found``.
+
+        ``for_update``: PostgreSQL queues edits of one template here (positions, the file count);
+        SQLite writers are serial anyway.
+        """
+        query = sa.select(self.table).where(self.table.c.id == template_id, self.table.c.org_id == principal.org)
+        row = (await conn.execute(query.with_for_update() if for_update else query)).first()
         if row is None:
             raise Problem(NOT_FOUND)
-        return (await self._load(conn, [row]))[0]
+        return (await self.load(conn, [row]))[0]
 
     async def page(
         self, conn: AsyncConnection, principal: Principal, *, cursor: str | None, limit: int
@@ -119,7 +124,7 @@ class Templates:
         """A page of the organisation's templates, newest first, and the next cursor."""
         query = sa.select(self.table).where(self.table.c.org_id == principal.org)
         rows, next_cursor = await db.newest_first(conn, query, self.table.c.id, cursor=cursor, limit=limit)
-        return await self._load(conn, rows), next_cursor
+        return await self.load(conn, rows), next_cursor
 
     async def update(
         self,
@@ -148,13 +153,13 @@ class Templates:
         file_ids: list[str],
     ) -> Template:
         """Attach files to the template under its target's rules (or raise the first rule broken)."""
-        await self.get(conn, principal, template_id)
+        await self.get(conn, principal, template_id, for_update=True)
         await attach(conn, pm, principal, self.target, self.item(template_id, principal.org), file_ids)
         return await self.update(conn, principal, template_id)
 
     async def detach(
         self, conn: AsyncConnection, principal: Principal, template_id: str, attachment_id: str
     ) -> Template:
-        await self.get(conn, principal, template_id)
+        await self.get(conn, principal, template_id, for_update=True)
         await detach(conn, principal, self.target, self.item(template_id, principal.org), attachment_id)
         return await self.update(conn, principal, template_id)

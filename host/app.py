@@ -113,7 +113,7 @@ class CareshareInit(InitPlugin):
 
             await cs.start()
             delivery = asyncio.create_task(
-                run_delivery_loop(cs.engine, cs.plugins, careshare=cs), name="careshare-delivery"
+                run_delivery_loop(cs.engine, cs.plugins, cs=cs), name="careshare-delivery"
             )
             swept = asyncio.Event()
             sweeper = asyncio.create_task(run_sweeper(cs, first_round=swept), name="careshare-upload-sweeper")
@@ -152,7 +152,7 @@ def create_app(settings: Settings | None = None, plugins: pluggy.PluginManager |
         logging_config=None,
     )
     app.state.careshare = cs
-    from careshare.host.openapi import document_problems
+    from careshare.web.openapi import document_problems
 
     document_problems(app)  # refusals are RFC 9457 problems: the OpenAPI says so (host/openapi.py)
     return app

@@ -10,14 +10,14 @@ from litestar.di import NamedDependency
 
 from careshare.core.models import Principal
 from careshare.core.patients import organisation_known
-from careshare.core.problems import FORBIDDEN_ROLE, INVALID_TOKEN, MISSING_TOKEN, UNKNOWN_ORGANISATION, Problem
+from careshare.core.problems import INVALID_TOKEN, MISSING_TOKEN, UNKNOWN_ORGANISATION, Problem
 
 if TYPE_CHECKING:
     from litestar import Request
 
     from careshare.core.runtime import Careshare
 
-__all__ = ["clinician", "mint_token", "patient", "principal", "signed_in", "verify_token"]
+__all__ = ["mint_token", "principal", "verify_token"]
 
 ALGORITHM = "HS256"
 ROLES = ("clinician", "patient")
@@ -76,19 +76,3 @@ async def principal(request: Request[Any, Any, Any], cs: NamedDependency[Caresha
             raise Problem(UNKNOWN_ORGANISATION)
         known.add(who.org)
     return who
-
-
-async def signed_in(caller: NamedDependency[Principal]) -> Principal:
-    return caller
-
-
-async def clinician(caller: NamedDependency[Principal]) -> Principal:
-    if not caller.is_clinician:
-        raise Problem(FORBIDDEN_ROLE, "Only clinicians may do this.")
-    return caller
-
-
-async def patient(caller: NamedDependency[Principal]) -> Principal:
-    if caller.is_clinician:
-        raise Problem(FORBIDDEN_ROLE, "This address is for patients; clinicians use /v1/patients/{pid}/...")
-    return caller

@@ -255,9 +255,9 @@ def plugins() -> None:
     from careshare.core.plugins import get_plugin_manager, plugin_hooks
     from careshare.core.settings import Settings
 
-    table = Table("plugin", "module", "hooks")
+    table = Table("plugin", "module", "hooks", "settings")
     for row in plugin_hooks(get_plugin_manager(blocked=Settings.from_env().disabled_plugins)):
-        table.add_row(row["name"], row["module"], ", ".join(row["hooks"]))
+        table.add_row(row["name"], row["module"], ", ".join(row["hooks"]), ", ".join(row["settings"]))
     Console().print(table)
 
 

@@ -11,6 +11,7 @@ from litestar import Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from careshare.core.problems import Problem, ProblemType
+from careshare.web.problems import BAD_REQUEST, REQUEST_TOO_LARGE, problem_response
 
 if TYPE_CHECKING:
     from litestar import Request
@@ -18,21 +19,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INTERNAL_ERROR",
-    "INVALID_REQUEST",
     "exception_handlers",
-    "problem_response",
     "refuse_unstorable_addresses",
 ]
 
 logger = logging.getLogger("careshare.host")
-PROBLEM_JSON = "application/problem+json"
 
-INVALID_REQUEST = ProblemType(
-    "invalid-request", 422, "Request not valid", "The request is not valid. Correct the fields named in 'errors'."
-)
-BAD_REQUEST = ProblemType(
-    "bad-request", 400, "Bad request", "The request could not be understood. Check it and send it again."
-)
 METHOD_NOT_ALLOWED = ProblemType(
     "method-not-allowed", 405, "Method not allowed", "This address does not accept this HTTP method."
 )
@@ -51,25 +43,11 @@ CLIENT_CLOSED_REQUEST = ProblemType(
 )
 #: Litestar's words when the client disconnects while a handler reads the body.
 _DISCONNECTED = "client disconnected prematurely"
-REQUEST_TOO_LARGE = ProblemType(
-    "request-too-large", 413, "Request too large", "The request body is larger than this address accepts."
-)
 _BY_STATUS = {
     400: BAD_REQUEST,
     405: METHOD_NOT_ALLOWED,
     413: REQUEST_TOO_LARGE,
 }
-
-
-def problem_response(
-    problem: Problem, request: Request[Any, Any, Any] | None = None, headers: dict[str, str] | None = None
-) -> Response[Any]:
-    return Response(
-        content=problem.to_dict(instance=request.url.path if request else None),
-        status_code=problem.status,
-        media_type=PROBLEM_JSON,
-        headers=headers,
-    )
 
 
 def _on_problem(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

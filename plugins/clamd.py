@@ -35,11 +35,11 @@ _LIMIT_SIGNATURES = ("Heuristics.Limits.Exceeded",)
 
 
 @hookimpl
-async def careshare_scan(content: ScanContent, careshare: Careshare) -> ScanVerdict | None:
-    address = careshare.settings.clamd
+async def careshare_scan(content: ScanContent, cs: Careshare) -> ScanVerdict | None:
+    address = cs.settings.clamd
     if address is None:
         return None
-    answer = await instream(address, content.chunks(), timeout=careshare.settings.clamd_timeout_seconds)
+    answer = await instream(address, content.chunks(), timeout=cs.settings.clamd_timeout_seconds)
     return verdict(answer)
 
 

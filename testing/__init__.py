@@ -3,6 +3,10 @@
 Real components only: settings on a temporary data directory, signed tokens, files made by the
 real libraries, a throwaway PostgreSQL cluster, a throwaway S3 server (moto) and a real uvicorn
 server on 127.0.0.1.
+
+The contract kit every channel runs is :mod:`careshare.testing.contract` (its fixtures in
+:mod:`careshare.testing.pytest_plugin`, a ``pytest11`` plugin; the built-in channels' contracts in
+:mod:`careshare.testing.channels`).
 """
 
 from __future__ import annotations

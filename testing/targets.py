@@ -5,7 +5,8 @@ says which problem code attaching a file must give, in core's check order
 (:func:`careshare.core.targets.check_declared`), or None when the file attaches. A channel's
 :class:`Adapter` does the same through its real routes; :class:`World` holds one small real file
 of each kind (made by :mod:`careshare.testing.strategies`' builders), uploaded once to each place
-and reused by every example. ``tests/test_attachment_matrix.py`` runs every loaded target this way.
+and reused by every example. The contract kit (:mod:`careshare.testing.contract`) runs every loaded
+target this way, with the adapters the channels give it (``careshare_contract``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from careshare.testing.strategies.images import encode, quadrants
 from careshare.testing.strategies.video import VideoSpec, make_video
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     import httpx
     from hypothesis.strategies import DrawFn
@@ -69,13 +70,22 @@ def predict(
     attached_count: int,
     attached_bytes: int,
     is_draft: bool = True,
+    refusals: Mapping[str, tuple[str, str]] | None = None,
 ) -> str | None:
-    """The problem code the declared ``rules`` give for attaching one file, or None: it attaches."""
+    """The problem code the declared ``rules`` give for attaching one file, or None: it attaches.
+
+    A kind with a refusal of its own shows it as a boolean rule of ``GET /v1/targets``; ``refusals``
+    maps the kind to (that rule, its problem code), by default the habit of the file-type plugins
+    (``video_allowed`` false refuses a video as ``video-not-allowed``); any other kind left out of
+    ``accepts`` is ``kind-not-allowed``.
+    """
     owner = "library" if source == "library" else "patient"
+    rule, refused_as = (refusals or {}).get(kind, (f"{kind}_allowed", f"{kind}-not-allowed"))
+    own_refusal = rules.get(rule) is False
     checks = (
         (rules["draft_required"] and not is_draft, "draft-required"),
         (owner not in rules["sources"] or source == "other-patient", "file-not-available"),
-        (kind == "video" and not rules["video_allowed"], "video-not-allowed"),
+        (own_refusal, refused_as),
         (kind not in rules["accepts"], "kind-not-allowed"),
         (rules["max_count"] is not None and attached_count + 1 > rules["max_count"], "too-many-attachments"),
         (rules["max_file_bytes"] is not None and size > rules["max_file_bytes"], "file-too-large"),
@@ -129,6 +139,14 @@ class World:
     patient_id: str
     other_patient_id: str
     samples: dict[tuple[str, str], Sample] = attrs.field(factory=dict)
+    #: The other patient's headers (they must never see this patient's items).
+    other_patient: dict[str, str] = attrs.field(factory=dict)
+    #: Text an adapter writes into its items where clinical text would go (a message body, a letter's
+    #: subject): the kit looks for it, and for the patient's name, where neither may appear.
+    clinical_text: str = "Contract clinical text 7f3a"
+    patient_name: str = ""
+    #: A patient's headers from their id (a seed signs in as the patients it makes).
+    patient_of: Callable[[str], dict[str, str]] | None = None
 
     async def sample(self, kind: str, source: str) -> Sample:
         """The sample of ``kind`` stored at ``source``, uploaded on first use."""
@@ -155,12 +173,16 @@ class Adapter:
     each item rather than from ``GET /v1/targets`` (file requests); it then overrides ``draw_rules``.
     """
 
+    #: The name of the target this adapter drives (as ``GET /v1/targets`` lists it).
+    target = ""
     batch = 1
     item_per_request = False
     sources: tuple[str, ...] = SOURCES
     declared = True
     #: True when ``finish`` turns a draft into a sent item (letters).
     can_finish = False
+    #: True when ``share`` makes what reaches the patient from an item (checked in archive and inbox).
+    shares = False
 
     def draw_rules(self, draw: DrawFn, declared: Mapping[str, Any] | None) -> Mapping[str, Any]:
         assert declared is not None
@@ -179,4 +201,13 @@ class Adapter:
         raise NotImplementedError
 
     async def finish(self, world: World, item: Any) -> None:
+        raise NotImplementedError
+
+    async def share(self, world: World, item: Any, files: Sequence[Sample]) -> str:
+        """Make what reaches the patient from ``item``, which carries ``files``; its id in the archive.
+
+        A message is shared as it is sent (``item`` is None: send one with ``files``), a letter by
+        sending it, an appointment type by booking one. The kit then expects the patient's archive
+        to list that id with exactly ``files`` and the patient's inbox to name it.
+        """
         raise NotImplementedError

@@ -1,21 +1,19 @@
-"""Shared fixtures: real settings on a temporary data directory, the real app, real tokens."""
+"""Shared fixtures: real settings on a temporary data directory, the real app, real tokens.
+
+The contract kit's pytest plugin (``careshare.testing.pytest_plugin``, loaded by its ``pytest11``
+entry point) registers the Hypothesis profiles and the ``careshare_*`` fixtures; these are the
+suite's shorter names, on the same migrated database.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 import shutil
-import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from hypothesis import HealthCheck
-from hypothesis import settings as hypothesis_settings
 from litestar.testing import AsyncTestClient
 
-from careshare.core.runtime import Careshare
 from careshare.host import create_app
 from careshare.testing import MotoS3, PostgresCluster, bearer, find_postgres_bin, make_settings
 
@@ -25,12 +23,6 @@ if TYPE_CHECKING:
     from careshare.core.settings import Settings
     from careshare.testing.clamd import Clamd
 
-# Property runs: a modest count on CI's two cores, many more with --hypothesis-profile=thorough.
-hypothesis_settings.register_profile("default", max_examples=60, deadline=None)
-hypothesis_settings.register_profile("ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-hypothesis_settings.register_profile("thorough", max_examples=2000, deadline=None)
-hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "default")
-
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
@@ -38,19 +30,9 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An SQLite database the built-in plugins' migrations brought up to date, once per session."""
-    settings = make_settings(tmp_path_factory.mktemp("migrated") / "data")
-    url = settings.database_url
-    cs = Careshare.build(settings)
-    try:
-        asyncio.run(cs.start())
-    finally:
-        asyncio.run(cs.close())
-    path = Path(url.split("///", 1)[1])
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    return path
+def migrated_database(careshare_migrated_database: Path) -> Path:
+    """An SQLite database the installed plugins' migrations brought up to date, once per session (the kit's)."""
+    return careshare_migrated_database
 
 
 @pytest.fixture

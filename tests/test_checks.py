@@ -26,8 +26,8 @@ from careshare.core.models import Principal
 from careshare.core.plugins import get_plugin_manager
 from careshare.core.runtime import Careshare
 from careshare.host import create_app
-from careshare.host.uploads import prefer_wait
 from careshare.testing import bearer, hostile, make_pdf, make_settings, running_server
+from careshare.web.uploads import prefer_wait
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable

@@ -461,6 +461,11 @@ async def test_the_running_app_delivers_without_a_manual_call(
 ) -> None:
     receiver = receive([500])  # one failure too: the loop retries on its own after the backoff
     marker = "SECRET-CLINICAL-DETAIL-7731"
+    # The running app reads the webhook's settings from its own settings' environment, as it reads core's.
+    settings = attrs.evolve(
+        settings,
+        environ={**settings.environ, "CARESHARE_WEBHOOK_URL": receiver.url, "CARESHARE_WEBHOOK_SECRET": SECRET},
+    )
     app = create_app(settings, plugins=get_plugin_manager(plugins=[Notes()]))
     async with AsyncTestClient(app=app) as client:
         system = app.plugins.get(CareshareInit).cs

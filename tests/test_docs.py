@@ -91,6 +91,8 @@ async def test_the_outside_plugin_example_works(settings: Settings, tmp_path: Pa
             content=recording.read_bytes(),
             headers=headers,
         )
+        listed = (await client.get("/v1/targets", headers=headers)).json()["items"]
+    assert "audio" in next(t for t in listed if t["name"] == "chat-message")["accepts"]  # its declared kind
     assert response.status_code == 201, response.text
     assert response.json()["kind"] == "audio"
     assert response.json()["metadata"] == {"duration_seconds": 2.0, "channels": 1}

@@ -23,7 +23,6 @@ from litestar.testing import AsyncTestClient
 from PIL import Image
 
 from careshare.core import db
-from careshare.core.targets import ALL_KINDS
 from careshare.host import create_app
 from careshare.plugins.requests import careshare_migrations
 from careshare.plugins.requests.file_requests import REJECTED_TITLE, REQUEST_TITLE
@@ -544,7 +543,7 @@ steps = st.lists(
 
 @reuses_fixtures
 @given(
-    kinds=st.frozensets(st.sampled_from(sorted(ALL_KINDS)), min_size=1),
+    kinds=st.frozensets(st.sampled_from(sorted(SAMPLES)), min_size=1),
     max_files=st.integers(1, 4),
     steps=steps,
 )

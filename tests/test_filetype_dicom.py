@@ -17,6 +17,7 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import numpy as np
 import pydicom
 import pytest
@@ -85,7 +86,13 @@ def process(directory: Path, data: bytes, **policy: Any) -> Processed:
     source = Source(
         path=path, sha256=digest, size=len(data), kind=dicom.KIND, media_type=dicom.MEDIA_TYPE, workdir=workdir
     )
-    result = dicom.careshare_process(source=source, kind=dicom.KIND, policy=Policy(**policy))
+    # ``dicom_frame=`` ... are the render options (the handler's policy section), the rest shared fields.
+    with attrs.validators.disabled():  # the handler checks a frame itself too: frame=0 must reach it
+        render = dicom.RenderOptions(
+            **{k.removeprefix("dicom_"): v for k, v in policy.items() if k.startswith("dicom_")}
+        )
+    shared = Policy(**{k: v for k, v in policy.items() if not k.startswith("dicom_")})
+    result = dicom.careshare_process(source=source, kind=dicom.KIND, policy=shared.with_section(render))
     assert result is not None
     return result
 

@@ -440,7 +440,7 @@ def test_first_frame_of_animations_and_first_page_of_tiffs(tmp_path: Path) -> No
 
 
 def test_small_animations_are_kept_when_the_policy_says_so(tmp_path: Path) -> None:
-    keep = Policy(keep_small_animations=True)
+    keep = Policy().with_section(handler.ImageOptions(keep_small_animations=True))
     frames = [quadrants((30, 30)), Image.new("RGB", (30, 30), "black"), Image.new("RGB", (30, 30), "yellow")]
     for fmt, media_type in (("GIF", "image/gif"), ("WEBP", "image/webp"), ("PNG", "image/webp")):
         data = encode([f.convert("P") if fmt == "GIF" else f for f in frames], fmt, comment=b"patient: Jane Doe")
@@ -597,10 +597,10 @@ def test_corpus_pictures_stand_upright(tmp_path: Path, name: str, size: tuple[in
 # -- properties --------------------------------------------------------------------------------
 
 policies = st.builds(
-    Policy,
+    lambda keep, **shared: Policy(**shared).with_section(handler.ImageOptions(keep_small_animations=keep)),
     max_long_edge=st.sampled_from([24, 4096]),
     thumbnail_size=st.sampled_from([8, 320]),
-    keep_small_animations=st.booleans(),
+    keep=st.booleans(),
 )
 
 

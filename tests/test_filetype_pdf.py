@@ -433,7 +433,7 @@ def test_a_pdf_without_pages_is_refused(pm: pluggy.PluginManager, tmp_path: Path
 
 
 def test_page_cap(pm: pluggy.PluginManager, tmp_path: Path) -> None:
-    policy = Policy(max_pdf_pages=3)
+    policy = Policy().with_section(pdf.PdfOptions(max_pages=3))
     assert process(pm, tmp_path / "three", make_pdf(pages=3), policy).metadata["pages"] == 3
     problem = refusal(pm, tmp_path, make_pdf(pages=4), policy)
     assert (problem.code, problem.status) == ("pdf-too-many-pages", 422)
@@ -617,7 +617,7 @@ async def test_upload_shares_the_sanitised_copy_and_a_thumbnail(
 
 
 async def test_upload_over_the_page_cap_is_refused(settings: Settings) -> None:
-    capped = attrs.evolve(settings, policy=Policy(max_pdf_pages=2))
+    capped = attrs.evolve(settings, policy=Policy().with_section(pdf.PdfOptions(max_pages=2)))
     headers = bearer(capped, "clinician", "org-a", sub="dr-a")
     async with AsyncTestClient(app=create_app(capped)) as client:
         registered = await client.post("/v1/patients", json={"name": "P", "external_id": "MRN-9"}, headers=headers)

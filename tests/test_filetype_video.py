@@ -456,8 +456,8 @@ def test_playlist_named_mp4_is_refused_without_its_segment_ever_being_opened(tmp
 @pytest.mark.parametrize(
     ("policy", "extra"),
     [
-        (Policy(max_video_pixels=64 * 48 - 1), "pixels"),
-        (Policy(max_video_seconds=0.5), "seconds"),
+        (Policy().with_section(video.VideoOptions(max_pixels=64 * 48 - 1)), "pixels"),
+        (Policy().with_section(video.VideoOptions(max_seconds=0.5)), "seconds"),
     ],
 )
 def test_caps_refuse_too_large_videos(tmp_path: Path, policy: Policy, extra: str) -> None:
@@ -468,7 +468,7 @@ def test_caps_refuse_too_large_videos(tmp_path: Path, policy: Policy, extra: str
 
 
 def test_caps_are_inclusive(tmp_path: Path) -> None:
-    policy = Policy(max_video_pixels=64 * 48, max_video_seconds=5)
+    policy = Policy().with_section(video.VideoOptions(max_pixels=64 * 48, max_seconds=5))
     assert process_bytes(tmp_path, make_video(VideoSpec(frames=10, fps=10)), policy=policy).metadata["width"] == 64
 
 

@@ -38,7 +38,7 @@ from careshare.core.notifications import MAX_ATTEMPTS, deliver_due
 from careshare.host import create_app
 from careshare.plugins.letters import TARGET
 from careshare.plugins.letters.letters import DEFAULT_MAX_ATTACHMENT_BYTES
-from careshare.plugins.letters.mail import SmtpServer, refusal_reason
+from careshare.plugins.letters.mail import MAIL_FROM, SMTP_URL, SmtpServer, refusal_reason
 from careshare.testing import bearer, free_port, make_pdf, make_settings
 from careshare.testing.strategies.dicom import build_dataset, to_bytes
 
@@ -751,7 +751,7 @@ async def deliver(client: AsyncTestClient[Any], round_: int) -> int:
     """One delivery round on a clock ``round_`` days ahead (past any backoff), in the app's event loop."""
     cs = system(client)
     now = db.utcnow() + timedelta(days=round_)
-    one_round = functools.partial(deliver_due, cs.engine, cs.plugins, now=now, careshare=cs)
+    one_round = functools.partial(deliver_due, cs.engine, cs.plugins, now=now, cs=cs)
     return int(await asyncio.to_thread(client.blocking_portal.call, one_round))
 
 
@@ -926,10 +926,10 @@ def test_smtp_urls_and_refusal_reasons(tmp_path: Path) -> None:
     assert refusal_reason(ConnectionResetError("x")) == "ConnectionResetError"
     for bad in ("mail.example:25", "http://mail.example", "smtp://", "smtp://mail.example:port"):
         with pytest.raises(ValueError, match="CARESHARE_SMTP_URL"):
-            make_settings(tmp_path, CARESHARE_SMTP_URL=bad)
+            make_settings(tmp_path, CARESHARE_SMTP_URL=bad).get(SMTP_URL)
     with pytest.raises(ValueError, match="CARESHARE_MAIL_FROM"):
-        make_settings(tmp_path, CARESHARE_MAIL_FROM="letters")
+        make_settings(tmp_path, CARESHARE_MAIL_FROM="letters").get(MAIL_FROM)
     configured = make_settings(tmp_path, CARESHARE_SMTP_URL="smtp://u:pa55w0rd@mail.example:25")
-    assert configured.smtp_url == "smtp://u:pa55w0rd@mail.example:25"
+    assert configured.get(SMTP_URL) == "smtp://u:pa55w0rd@mail.example:25"
     assert "pa55w0rd" not in repr(configured)
-    assert make_settings(tmp_path).mail_from == "careshare@localhost"
+    assert make_settings(tmp_path).get(MAIL_FROM) == "careshare@localhost"

@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 
 from careshare.core.links import DEFAULT_LINK_SECONDS, MAX_LINK_SECONDS, link_token
 from careshare.host import create_app
+from careshare.plugins.letters.mail import MAIL_MAX_ATTACHMENT_BYTES
 from careshare.testing import bearer, free_port, make_pdf, make_settings, running_server
 from careshare.testing.api import PROBLEM_JSON, sha256
 
@@ -264,8 +265,9 @@ def test_any_changed_token_is_404_never_a_500(server: Served, tamper_target: str
         changed = token + "x"
     with outsider() as person:
         response = person.get(f"{server.base}/v1/links/{quote(changed, safe='')}")
-    assert response.status_code == 404, (changed, response.text)
-    assert response.json()["code"] == "not-found"
+    # A NUL can be stored nowhere: the one middleware for addresses refuses it first (docs/api.md).
+    expected = (400, "bad-request") if "\x00" in changed else (404, "not-found")
+    assert (response.status_code, response.json()["code"]) == expected, (changed, response.text)
 
 
 # -- making, listing, revoking ------------------------------------------------------------------
@@ -408,13 +410,13 @@ def test_settings_for_links_are_checked(tmp_path: Path) -> None:
     assert make_settings(tmp_path, CARESHARE_PUBLIC_URL=" https://care.example.org/ ").public_url == (
         "https://care.example.org"
     )
-    assert make_settings(tmp_path).mail_max_attachment_bytes == 15_000_000
+    assert make_settings(tmp_path).get(MAIL_MAX_ATTACHMENT_BYTES) == 15_000_000
     for bad in ("ftp://care.example.org", "care.example.org", "https://", "http://x:port", "https://x/?a=1"):
         with pytest.raises(ValueError, match="CARESHARE_PUBLIC_URL"):
             make_settings(tmp_path, CARESHARE_PUBLIC_URL=bad)
     for bad in ("0", "-1", "lots", "1e6"):
         with pytest.raises(ValueError, match="CARESHARE_MAIL_MAX_ATTACHMENT_BYTES"):
-            make_settings(tmp_path, CARESHARE_MAIL_MAX_ATTACHMENT_BYTES=bad)
+            make_settings(tmp_path, CARESHARE_MAIL_MAX_ATTACHMENT_BYTES=bad).get(MAIL_MAX_ATTACHMENT_BYTES)
 
 
 # -- the letter email ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """One import package, ``careshare``: from the editable install and from a built wheel.
 
-The repository keeps ``core/``, ``host/``, ``plugins/`` and ``testing/`` at the top; nothing may
+The repository keeps ``core/``, ``host/``, ``web/``, ``plugins/`` and ``testing/`` at the top; nothing may
 install (or, from the repository root, accidentally import) a top-level ``core``, ``host`` or ``plugins``.
 """
 
@@ -15,6 +15,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 FOLDERS = {
     "core": "careshare/core",
     "host": "careshare/host",
+    "web": "careshare/web",
     "plugins": "careshare/plugins",
     "testing": "careshare/testing",
 }
@@ -46,21 +48,30 @@ ENTRY_POINTS = {
 PROBE = """
 import importlib.metadata, importlib.resources, importlib.util, json, sys
 import careshare, careshare.core, careshare.core.migrations, careshare.host, careshare.host.cli
-import careshare.plugins.filetypes.pdf, careshare.testing
+import careshare.plugins.filetypes.pdf, careshare.testing, careshare.web
 from careshare.core.plugins import get_plugin_manager
 pm = get_plugin_manager()
 print(json.dumps({
     "careshare": careshare.__file__,
     "core": careshare.core.__file__,
     "host": careshare.host.__file__,
+    "web": careshare.web.__file__,
     "pdf": careshare.plugins.filetypes.pdf.__file__,
     "testing": careshare.testing.__file__,
     "mako": importlib.resources.files("careshare.core.migrations").joinpath("script.py.mako").is_file(),
-    "top_level": {name: importlib.util.find_spec(name) is not None for name in ("core", "host", "plugins")},
+    "top_level": {name: importlib.util.find_spec(name) is not None for name in ("core", "host", "plugins", "web")},
     "plugins": sorted(name for name, plugin in pm.list_name_plugin() if plugin is not None),
     "plugin_files": {name: getattr(plugin, "__file__", None) for name, plugin in pm.list_name_plugin()},
+    "dists": {e.name: e.dist.name for e in importlib.metadata.entry_points(group="careshare")},
 }))
 """
+
+
+def assert_careshare_plugins(found: dict[str, Any]) -> None:
+    """Every built-in plugin loads; any other comes from another distribution (the example channel, say)."""
+    assert set(ENTRY_POINTS) <= set(found["plugins"]), found["plugins"]
+    others = {name: found["dists"][name] for name in found["plugins"] if name not in ENTRY_POINTS}
+    assert "careshare" not in others.values(), others
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -84,21 +95,22 @@ def inside(path: object, directory: Path) -> bool:
 # -- the editable install ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["core", "host", "plugins"])
+@pytest.mark.parametrize("name", ["core", "host", "plugins", "web"])
 def test_no_top_level_module_of_the_folders_names(name: str) -> None:
     assert importlib.util.find_spec(name) is None
 
 
 def test_the_editable_install_imports_from_another_directory(tmp_path: Path) -> None:
     found = probe(tmp_path)
-    assert found["top_level"] == {"core": False, "host": False, "plugins": False}
+    assert found["top_level"] == {"core": False, "host": False, "plugins": False, "web": False}
     assert inside(found["careshare"], REPO / "src" / "careshare")
     assert inside(found["core"], REPO / "core")
     assert inside(found["host"], REPO / "host")
+    assert inside(found["web"], REPO / "web")
     assert inside(found["pdf"], REPO / "plugins" / "filetypes")
     assert inside(found["testing"], REPO / "testing")
     assert found["mako"] is True
-    assert found["plugins"] == sorted(ENTRY_POINTS)
+    assert_careshare_plugins(found)
 
 
 # -- a built wheel ----------------------------------------------------------------------------------
@@ -197,14 +209,14 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_installed_wheel_imports_from_another_directory(installed: Path, tmp_path: Path) -> None:
-    assert not {"core", "host", "plugins", "testing"} & {path.name for path in installed.iterdir()}
+    assert not {"core", "host", "plugins", "testing", "web"} & {path.name for path in installed.iterdir()}
     # Dependencies come from the venv; careshare itself must come from the target, not the checkout.
     found = probe(tmp_path, PYTHONPATH=str(installed))
-    for module in ("careshare", "core", "host", "pdf", "testing"):
+    for module in ("careshare", "core", "host", "web", "pdf", "testing"):
         assert inside(found[module], installed), (module, found[module])
     assert found["mako"] is True
-    assert found["top_level"] == {"core": False, "host": False, "plugins": False}
-    assert found["plugins"] == sorted(ENTRY_POINTS)
+    assert found["top_level"] == {"core": False, "host": False, "plugins": False, "web": False}
+    assert_careshare_plugins(found)
     plugin_files = found["plugin_files"]
     assert isinstance(plugin_files, dict)
     assert all(inside(plugin_files[name], installed) for name in ENTRY_POINTS), plugin_files

@@ -134,7 +134,8 @@ def test_plugin_hooks_rows_list_the_hooks_each_implements() -> None:
         "name": "pdf",
         "module": "careshare.plugins.filetypes.pdf",
         "distribution": "careshare 0.1.0",
-        "hooks": ["careshare_identify", "careshare_process"],
+        "hooks": ["careshare_identify", "careshare_kinds", "careshare_process"],
+        "settings": [],
     }
     for name in CHANNELS:
         assert rows[name]["module"] == MODULES.get(name, f"careshare.plugins.{name}")
@@ -164,7 +165,7 @@ def test_cli_plugins_lists_all_six(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     for name in BUILT_INS:
         assert re.search(rf"\b{name}\b", result.stdout), name
-    assert "careshare_identify, careshare_process" in result.stdout
+    assert "careshare_identify, careshare_kinds, careshare_process" in result.stdout
     assert "careshare.plugins.filetypes.pdf" in result.stdout
 
 

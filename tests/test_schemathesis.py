@@ -35,9 +35,9 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from careshare.core.problems import Problem
 from careshare.host import create_app
-from careshare.host.routes.files import parse_range
 from careshare.testing import bearer, make_pdf, make_settings, running_server
 from careshare.testing.seed import PARAMETER, fill_path, prefixes, seed
+from careshare.web.content import parse_range
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

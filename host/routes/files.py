@@ -2,121 +2,25 @@
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery
-from litestar.response import Stream
 
 from careshare.core.audit import record_event
-from careshare.core.filenames import content_disposition
 from careshare.core.files import get_file, mark_seen
-from careshare.core.problems import FORBIDDEN_ROLE, NOT_FOUND, Problem, ProblemType
-from careshare.host.auth import signed_in
-from careshare.host.openapi import CONTENT_PARAMETERS, CONTENT_RESPONSES, documented
-from careshare.host.problems import problem_response
-from careshare.host.views import file_json
+from careshare.core.problems import FORBIDDEN_ROLE, NOT_FOUND, Problem
+from careshare.web.content import blob_response, download_name
+from careshare.web.guards import signed_in
+from careshare.web.openapi import CONTENT_PARAMETERS, CONTENT_RESPONSES, documented
+from careshare.web.views import file_json
 
 if TYPE_CHECKING:
     from careshare.core.models import Principal
     from careshare.core.runtime import Careshare
 
-__all__ = ["FileController", "blob_response", "download_name"]
-
-RANGE_NOT_SATISFIABLE = ProblemType(
-    "range-not-satisfiable",
-    416,
-    "Range not satisfiable",
-    "The requested byte range lies outside the file. Ask for a range within its size.",
-)
-_SINGLE_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-_EXTENSIONS = {
-    "application/pdf": ".pdf",
-    "image/jpeg": ".jpg",
-    "image/png": ".png",
-    "image/webp": ".webp",
-    "video/mp4": ".mp4",
-    "video/webm": ".webm",
-    "video/quicktime": ".mov",
-    "application/dicom": ".dcm",
-}
-
-
-def _position(digits: str) -> str:
-    """A byte position as digits, capped at 10**18: beyond any file, and int() refuses over 4300 digits."""
-    digits = digits.lstrip("0") or ("0" if digits else "")
-    return str(10**18) if len(digits) > 18 else digits
-
-
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """``(start, end_exclusive)`` for a single satisfiable byte range; None to send the whole file.
-
-    Several ranges, or a header we do not understand, are ignored (RFC 9110 allows that);
-    a well-formed range outside the file raises ``range-not-satisfiable``.
-    """
-    if not header:
-        return None
-    match = _SINGLE_RANGE.match(header.strip().replace(" ", ""))
-    if not match or match.group(1) == match.group(2) == "":
-        return None
-    first, last = (_position(g) for g in match.groups())
-    if first == "":  # suffix: the last N bytes
-        length = int(last)
-        if length == 0:
-            raise Problem(RANGE_NOT_SATISFIABLE)
-        return max(size - length, 0), size
-    start = int(first)
-    end = size if last == "" else min(int(last) + 1, size)
-    if last != "" and int(last) < start:
-        return None  # invalid range spec: ignore it
-    if start >= size:
-        raise Problem(RANGE_NOT_SATISFIABLE)
-    return start, end
-
-
-def _none_match(header: str | None, etag: str) -> bool:
-    """Whether ``If-None-Match`` matches: weak comparison (RFC 9110 13.1.2), so ``W/`` tags and ``*`` count."""
-    if not header:
-        return False
-    tags = {tag.strip().removeprefix("W/") for tag in header.split(",")}
-    return "*" in tags or etag in tags
-
-
-def download_name(filename: str, media_type: str, role: str) -> str:
-    """The original keeps its name; a rendition gets the extension of what it now is."""
-    if role == "original":
-        return filename
-    stem = filename.rsplit(".", 1)[0] if "." in filename else filename
-    return f"{stem}{_EXTENSIONS.get(media_type, '')}"
-
-
-def blob_response(
-    request: Request[Any, Any, Any], cs: Careshare, sha256: str, size: int, media_type: str, filename: str
-) -> Response[Any]:
-    """Stream a blob with its ETag (304), a single Range (206, 416) and safe download headers."""
-    etag = f'"{sha256}"'
-    headers = {
-        "ETag": etag,
-        "Accept-Ranges": "bytes",
-        "Cache-Control": "private, no-cache",
-        "X-Content-Type-Options": "nosniff",
-        "Content-Disposition": content_disposition(filename),
-    }
-    if _none_match(request.headers.get("if-none-match"), etag):
-        return Response(content=b"", status_code=304, headers=headers)
-    try:
-        span = parse_range(request.headers.get("range"), size)
-    except Problem as problem:
-        return problem_response(problem, request, headers={"Content-Range": f"bytes */{size}"})
-    if span is None:
-        headers["Content-Length"] = str(size)
-        return Stream(cs.store.read(sha256), media_type=media_type, headers=headers)
-    start, end = span
-    headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    headers["Content-Length"] = str(end - start)
-    return Stream(cs.store.read(sha256, start, end), status_code=206, media_type=media_type, headers=headers)
+__all__ = ["FileController"]
 
 
 class FileController(Controller):

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery
 
 from careshare.core.files import accept, list_files
-from careshare.host.auth import clinician
-from careshare.host.openapi import UPLOAD_MEDIA, UPLOAD_PARAMETERS, documented
-from careshare.host.uploads import UPLOAD_RESPONSES, Upload, answer_upload
-from careshare.host.views import PageLimit, file_json, page_json
+from careshare.web.guards import clinician
+from careshare.web.uploads import Upload, answer_upload, upload_route
+from careshare.web.views import PageLimit, file_json, page_json
 
 if TYPE_CHECKING:
     from careshare.core.models import Principal
@@ -26,17 +25,14 @@ class LibraryController(Controller):
     dependencies = {"principal": Provide(clinician)}
     tags = ["library"]
 
-    @post(
-        "/",
-        status_code=201,
-        request_max_body_size=None,
-        responses=UPLOAD_RESPONSES,
-        operation_class=documented(media=UPLOAD_MEDIA, parameters=UPLOAD_PARAMETERS),
-    )
+    @upload_route("/")
     async def upload(
-        self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
+        self,
+        request: Request[Any, Any, Any],
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        upload: NamedDependency[Upload],
     ) -> Response[Any]:
-        upload = Upload(request, cs.settings.max_upload_bytes)
         stored = await accept(cs, upload, principal=principal, owner_type="library", patient_id=None, source="clinic")
         return await answer_upload(request, cs, stored)
 

@@ -25,10 +25,10 @@ from careshare.core.links import (
     revoke_link,
 )
 from careshare.core.problems import NOT_FOUND, Problem
-from careshare.host.auth import clinician
-from careshare.host.openapi import CONTENT_PARAMETERS, CONTENT_RESPONSES, documented
-from careshare.host.routes.files import blob_response, download_name
-from careshare.host.views import invalid, page_json, parse_body
+from careshare.web.content import blob_response, download_name
+from careshare.web.guards import clinician
+from careshare.web.openapi import CONTENT_PARAMETERS, CONTENT_RESPONSES, documented
+from careshare.web.views import invalid, page_json, parse_body
 
 if TYPE_CHECKING:
     from careshare.core.models import Principal

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery
 
 from careshare.core.files import accept, list_files
 from careshare.core.patients import get_patient
-from careshare.host.auth import patient
-from careshare.host.openapi import UPLOAD_MEDIA, UPLOAD_PARAMETERS, documented
-from careshare.host.uploads import UPLOAD_RESPONSES, Upload, answer_upload
-from careshare.host.views import PageLimit, file_json, page_json, patient_json
+from careshare.web.guards import patient
+from careshare.web.uploads import Upload, answer_upload, upload_route
+from careshare.web.views import PageLimit, file_json, page_json, patient_json
 
 if TYPE_CHECKING:
     from careshare.core.models import Principal
@@ -32,19 +31,16 @@ class MeController(Controller):
         async with cs.reader.connect() as conn:
             return patient_json(await get_patient(conn, principal, str(principal.patient)))
 
-    @post(
-        "/files",
-        status_code=201,
-        request_max_body_size=None,
-        responses=UPLOAD_RESPONSES,
-        operation_class=documented(media=UPLOAD_MEDIA, parameters=UPLOAD_PARAMETERS),
-    )
+    @upload_route("/files")
     async def upload(
-        self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
+        self,
+        request: Request[Any, Any, Any],
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        upload: NamedDependency[Upload],
     ) -> Response[Any]:
         async with cs.reader.connect() as conn:
             await get_patient(conn, principal, str(principal.patient))
-        upload = Upload(request, cs.settings.max_upload_bytes)
         stored = await accept(
             cs, upload, principal=principal, owner_type="patient", patient_id=principal.patient, source="patient"
         )

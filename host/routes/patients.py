@@ -12,10 +12,10 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 
 from careshare.core.files import accept, list_files
 from careshare.core.patients import get_patient, register_patient
-from careshare.host.auth import clinician
-from careshare.host.openapi import UPLOAD_MEDIA, UPLOAD_PARAMETERS, documented
-from careshare.host.uploads import UPLOAD_RESPONSES, Upload, answer_upload
-from careshare.host.views import PageLimit, file_json, page_json, parse_body, patient_json
+from careshare.web.guards import clinician
+from careshare.web.openapi import documented
+from careshare.web.uploads import Upload, answer_upload, upload_route
+from careshare.web.views import PageLimit, file_json, page_json, parse_body, patient_json
 
 if TYPE_CHECKING:
     from careshare.core.models import Principal
@@ -77,23 +77,17 @@ class PatientController(Controller):
         async with cs.reader.connect() as conn:
             return patient_json(await get_patient(conn, principal, pid))
 
-    @post(
-        "/{pid:str}/files",
-        status_code=201,
-        request_max_body_size=None,
-        responses=UPLOAD_RESPONSES,
-        operation_class=documented(media=UPLOAD_MEDIA, parameters=UPLOAD_PARAMETERS),
-    )
+    @upload_route("/{pid:str}/files")
     async def upload(
         self,
         request: Request[Any, Any, Any],
         cs: NamedDependency[Careshare],
         principal: NamedDependency[Principal],
         pid: FromPath[str],
+        upload: NamedDependency[Upload],
     ) -> Response[Any]:
         async with cs.reader.connect() as conn:
             await get_patient(conn, principal, pid)
-        upload = Upload(request, cs.settings.max_upload_bytes)
         stored = await accept(cs, upload, principal=principal, owner_type="patient", patient_id=pid, source="clinic")
         return await answer_upload(request, cs, stored)
 

@@ -8,10 +8,10 @@ from litestar import Controller, Request, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
 
-from careshare.core.rerender import RenderOptions, rerender
-from careshare.host.auth import clinician
-from careshare.host.openapi import documented
-from careshare.host.views import file_json, parse_body
+from careshare.core.rerender import RENDER_BODY_SCHEMA, render_options, rerender
+from careshare.web.guards import clinician
+from careshare.web.openapi import documented
+from careshare.web.views import file_json, parse_body
 
 if TYPE_CHECKING:
     from careshare.core.models import Principal
@@ -25,7 +25,11 @@ class RenderController(Controller):
     dependencies = {"principal": Provide(clinician)}
     tags = ["files"]
 
-    @post("/{fid:str}/render", status_code=200, operation_class=documented(RenderOptions, status=200))
+    @post(
+        "/{fid:str}/render",
+        status_code=200,
+        operation_class=documented(media={"application/json": RENDER_BODY_SCHEMA}, status=200),
+    )
     async def render(
         self,
         request: Request[Any, Any, Any],
@@ -34,5 +38,5 @@ class RenderController(Controller):
         fid: FromPath[str],
     ) -> dict[str, Any]:
         """Body ``{"frame"?, "window_center"?, "window_width"?}``; returns the file with its new renditions."""
-        options = await parse_body(request, RenderOptions)
+        options = await parse_body(request, await render_options(cs, principal, fid))
         return file_json(await rerender(cs, principal, fid, options))

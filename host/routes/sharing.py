@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import itertools
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -20,25 +19,12 @@ from careshare.core.problems import NOT_FOUND, Problem
 from careshare.core.runtime import Careshare
 from careshare.core.sharing import attachment_for_patient, shared_items
 from careshare.core.targets import Attachment, attachments_of, targets
-from careshare.host.auth import clinician, patient, signed_in
-from careshare.host.openapi import CONTENT_PARAMETERS, CONTENT_RESPONSES, documented
-from careshare.host.routes.files import blob_response, download_name
-from careshare.host.views import PageLimit, page_json
+from careshare.web.content import blob_response, download_name
+from careshare.web.guards import clinician, patient, signed_in
+from careshare.web.openapi import CONTENT_PARAMETERS, CONTENT_RESPONSES, documented
+from careshare.web.views import PageLimit, attachment_json, page_json
 
-__all__ = ["AttachmentController", "AuditController", "InboxController", "attachment_json"]
-
-
-def attachment_json(a: Attachment) -> dict[str, Any]:
-    return {
-        "id": a.id,
-        "file_id": a.file_id,
-        "filename": download_name(a.filename, a.media_type, a.role),
-        "kind": a.kind,
-        "media_type": a.media_type,
-        "size": a.size,
-        "sha256": a.sha256,
-        "url": f"/v1/attachments/{a.id}/content",
-    }
+__all__ = ["AttachmentController", "AuditController", "InboxController"]
 
 
 class AttachmentController(Controller):
@@ -186,8 +172,5 @@ class AuditController(Controller):
             query = sa.select(db.audit_events).where(
                 db.audit_events.c.org_id == principal.org, db.audit_events.c.patient_id == pid
             )
-            if cursor:
-                query = query.where(db.audit_events.c.id < cursor)
-            rows = list(await conn.execute(query.order_by(db.audit_events.c.id.desc()).limit(limit + 1)))
-        items = [event_json(r) for r in itertools.islice(rows, limit)]
-        return page_json(items, rows[limit - 1].id if len(rows) > limit else None)
+            rows, next_cursor = await db.newest_first(conn, query, db.audit_events.c.id, cursor=cursor, limit=limit)
+        return page_json([event_json(r) for r in rows], next_cursor)

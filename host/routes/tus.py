@@ -22,8 +22,9 @@ from careshare.core.models import Principal
 from careshare.core.patients import get_patient
 from careshare.core.problems import Problem, ProblemType
 from careshare.core.runtime import Careshare
-from careshare.host.auth import clinician, patient
-from careshare.host.openapi import (
+from careshare.host.problems import exception_handlers
+from careshare.web.guards import clinician, patient
+from careshare.web.openapi import (
     TUS_CREATE_PARAMETERS,
     TUS_CREATED,
     TUS_NO_CONTENT,
@@ -32,8 +33,7 @@ from careshare.host.openapi import (
     TUS_PATCH_PARAMETERS,
     documented,
 )
-from careshare.host.problems import exception_handlers
-from careshare.host.uploads import requested_wait
+from careshare.web.uploads import requested_wait
 
 if TYPE_CHECKING:
     from collections.abc import Callable

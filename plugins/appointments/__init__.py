@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from careshare import hookimpl
-from careshare.core.targets import ALL_KINDS, Target
+from careshare.core.targets import Target
 from careshare.core.templates import Templates
 from careshare.plugins.appointments import tables as tables
 
@@ -30,10 +30,9 @@ APPOINTMENT_TARGET = "appointment"
 TYPE_TARGET = Target(
     name="appointment-type",
     channel=CHANNEL,
-    accepts=ALL_KINDS,
+    accepts=None,  # every kind the file-type plugins declare
     # Twenty files and videos: a leaflet set, directions and a video or two, still readable on a phone.
     max_count=20,
-    video_allowed=True,
     sources=frozenset({"library"}),
     description="an appointment type: every appointment booked from it carries these files",
 )
@@ -55,3 +54,11 @@ def careshare_routes() -> list[Any]:
     from careshare.plugins.appointments.routes import routes
 
     return routes()
+
+
+@hookimpl
+def careshare_contract() -> list[Any]:
+    # Only the contract kit calls this (in tests): how it drives this channel's routes.
+    from careshare.testing.channels import APPOINTMENTS
+
+    return [APPOINTMENTS]

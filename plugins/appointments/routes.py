@@ -9,13 +9,19 @@ from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery
 
-from careshare.host.auth import clinician, patient
-from careshare.host.openapi import documented
-from careshare.host.routes.sharing import attachment_json
-from careshare.host.routes.templates import template_routes
-from careshare.host.views import PageLimit, aware_datetime, page_json, parse_body
 from careshare.plugins.appointments import APPOINTMENT_TYPES
 from careshare.plugins.appointments.bookings import Appointment, book, list_appointments
+from careshare.web import (
+    PageLimit,
+    attachment_json,
+    aware_datetime,
+    clinician,
+    documented,
+    page_json,
+    parse_body,
+    patient,
+    template_routes,
+)
 
 if TYPE_CHECKING:
     from careshare.core.models import Principal

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from careshare import hookimpl
-from careshare.core.targets import ALL_KINDS, Target
+from careshare.core.targets import Target
 from careshare.plugins.chat import tables as tables
 
 __all__ = ["CHANNEL", "MAX_FILES", "TARGET", "careshare_migrations", "careshare_routes", "careshare_targets"]
@@ -21,9 +21,8 @@ MAX_FILES = 10
 TARGET = Target(
     name="chat-message",
     channel=CHANNEL,
-    accepts=ALL_KINDS,
+    accepts=None,  # every kind the file-type plugins declare
     max_count=MAX_FILES,
-    video_allowed=True,
     sources=frozenset({"patient", "library"}),
     description="a message in the patient's conversation",
 )
@@ -45,3 +44,11 @@ def careshare_routes() -> list[Any]:
     from careshare.plugins.chat.routes import ClinicianMessages, PatientMessages
 
     return [ClinicianMessages, PatientMessages]
+
+
+@hookimpl
+def careshare_contract() -> list[Any]:
+    # Only the contract kit calls this (in tests): how it drives this channel's routes.
+    from careshare.testing.channels import CHAT
+
+    return [CHAT]

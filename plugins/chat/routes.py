@@ -25,14 +25,22 @@ from careshare.core.patients import get_patient
 from careshare.core.problems import Problem
 from careshare.core.sharing import share
 from careshare.core.targets import TOO_MANY_ATTACHMENTS, Attachment, Item, attach, attachments_of
-from careshare.host.auth import clinician, patient
-from careshare.host.openapi import documented
-from careshare.host.problems import BAD_REQUEST, INVALID_REQUEST, REQUEST_TOO_LARGE
-from careshare.host.routes.sharing import attachment_json
-from careshare.host.uploads import FILE_FIELD, FilePart, FormParts
-from careshare.host.views import PageLimit, page_json
 from careshare.plugins.chat import CHANNEL, MAX_FILES, TARGET
 from careshare.plugins.chat.tables import chat_messages
+from careshare.web import (
+    BAD_REQUEST,
+    FILE_FIELD,
+    INVALID_REQUEST,
+    REQUEST_TOO_LARGE,
+    FilePart,
+    FormParts,
+    PageLimit,
+    attachment_json,
+    clinician,
+    documented,
+    page_json,
+    patient,
+)
 
 if TYPE_CHECKING:
     from typing import Literal
@@ -214,13 +222,9 @@ async def conversation(
 ) -> dict[str, Any]:
     """A page of the patient's conversation, newest first, each message with its attachments."""
     query = sa.select(chat_messages).where(chat_messages.c.org_id == org, chat_messages.c.patient_id == patient_id)
-    if cursor:
-        query = query.where(chat_messages.c.id < cursor)
     async with cs.reader.connect() as conn:
-        rows = list(await conn.execute(query.order_by(chat_messages.c.id.desc()).limit(limit + 1)))
-        page = rows[:limit]
+        page, next_cursor = await db.newest_first(conn, query, chat_messages.c.id, cursor=cursor, limit=limit)
         attached = await attachments_of(conn, TARGET.name, [row.id for row in page])
-    next_cursor = page[-1].id if len(rows) > limit else None
     return page_json([message_json(row, attached[row.id], for_clinician=for_clinician) for row in page], next_cursor)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from careshare import hookimpl
-from careshare.core.targets import ALL_KINDS, Target
+from careshare.core.targets import Target
 from careshare.plugins.consents import tables as tables  # loading the plugin puts its tables on the metadata
 
 __all__ = [
@@ -32,10 +32,9 @@ MAX_PACK_FILES = 10
 TARGET = Target(
     name="information-pack",
     channel=CHANNEL,
-    accepts=ALL_KINDS - {"video"},
+    # Files only, no video: a consent rests on documents the patient can keep, not on a stream.
+    accepts=frozenset({"pdf", "image", "dicom"}),
     max_count=MAX_PACK_FILES,
-    # Files only: a consent rests on documents the patient can keep, not on a stream.
-    video_allowed=False,
     # A template for many patients: one patient's record has no place in it.
     sources=frozenset({"library"}),
     # Read in the refusal of a video: "... information packs can't contain streaming video."
@@ -62,3 +61,11 @@ def careshare_routes() -> list[Any]:
     from careshare.plugins.consents.routes import routes
 
     return routes()
+
+
+@hookimpl
+def careshare_contract() -> list[Any]:
+    # Only the contract kit calls this (in tests): how it drives this channel's routes.
+    from careshare.testing.channels import CONSENTS
+
+    return [CONSENTS]

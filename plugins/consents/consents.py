@@ -19,7 +19,8 @@ from careshare.core.ids import new_id
 from careshare.core.patients import get_patient
 from careshare.core.problems import NOT_FOUND, Problem, ProblemType
 from careshare.core.sharing import share
-from careshare.core.targets import Item, attach, attachments_of, copy_attachments
+from careshare.core.targets import attachments_of, copy_attachments
+from careshare.core.templates import Template, Templates
 from careshare.plugins.consents import CHANNEL, CONSENT_TARGET, PACK_COPY_TARGET, TARGET
 from careshare.plugins.consents.tables import (
     consent_form_packs,
@@ -43,23 +44,19 @@ __all__ = [
     "CONSENT_FORM_NOT_FOUND",
     "CONSENT_TITLE",
     "INFORMATION_PACK_NOT_FOUND",
+    "PACKS",
     "PACK_TITLE",
     "ConsentForm",
     "ConsentRequest",
     "Decision",
     "InformationPack",
     "RequestedPack",
-    "attach_to_pack",
     "create_form",
-    "create_pack",
     "decide",
     "get_consent",
     "get_form",
-    "get_pack",
     "list_consents",
     "list_forms",
-    "list_packs",
-    "remove_from_pack",
     "request_consent",
 ]
 
@@ -91,16 +88,8 @@ CONSENT_ALREADY_DECIDED = ProblemType(
 )
 
 
-@attrs.frozen
-class InformationPack:
-    id: str
-    org: str
-    name: str
-    description: str
-    created_by: str
-    created_at: datetime
-    updated_at: datetime
-    attachments: tuple[Attachment, ...] = ()
+#: A pack as it is now (a template of the information-pack target).
+InformationPack = Template
 
 
 @attrs.frozen
@@ -143,11 +132,7 @@ async def _page(
     conn: AsyncConnection, table: sa.Table, where: list[sa.ColumnElement[bool]], cursor: str | None, limit: int
 ) -> tuple[list[sa.Row[object]], str | None]:
     """A page of ``table``'s rows, newest first, and the cursor of the next page (None at the end)."""
-    query = sa.select(table).where(*where)
-    if cursor:
-        query = query.where(table.c.id < cursor)
-    rows = list(await conn.execute(query.order_by(table.c.id.desc()).limit(limit + 1)))
-    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+    return await db.newest_first(conn, sa.select(table).where(*where), table.c.id, cursor=cursor, limit=limit)
 
 
 async def _one(
@@ -164,95 +149,8 @@ async def _one(
 
 # -- information packs ------------------------------------------------------------------------------
 
-
-async def _packs(conn: AsyncConnection, rows: list[sa.Row[object]]) -> list[InformationPack]:
-    attached = await attachments_of(conn, TARGET.name, [row.id for row in rows])
-    return [
-        InformationPack(
-            id=r.id,
-            org=r.org_id,
-            name=r.name,
-            description=r.description,
-            created_by=r.created_by,
-            created_at=r.created_at,
-            updated_at=r.updated_at,
-            attachments=tuple(attached[r.id]),
-        )
-        for r in (row._mapping for row in rows)
-    ]
-
-
-async def create_pack(conn: AsyncConnection, principal: Principal, *, name: str, description: str) -> InformationPack:
-    now = db.utcnow()
-    pack_id = new_id()
-    await conn.execute(
-        information_packs.insert().values(
-            id=pack_id,
-            org_id=principal.org,
-            name=name,
-            description=description,
-            created_by=principal.subject,
-            created_at=now,
-            updated_at=now,
-        )
-    )
-    return await get_pack(conn, principal, pack_id)
-
-
-async def get_pack(
-    conn: AsyncConnection, principal: Principal, pack_id: str, *, for_update: bool = False
-) -> InformationPack:
-    """The pack with its files, if it is the clinician's organisation's; else ``not-found``."""
-    row = await _one(conn, information_packs, pack_id, principal.org, for_update=for_update)
-    return (await _packs(conn, [row]))[0]
-
-
-async def list_packs(
-    conn: AsyncConnection, principal: Principal, *, cursor: str | None, limit: int
-) -> tuple[list[InformationPack], str | None]:
-    where = [information_packs.c.org_id == principal.org]
-    rows, next_cursor = await _page(conn, information_packs, where, cursor, limit)
-    return await _packs(conn, rows), next_cursor
-
-
-async def _touch(conn: AsyncConnection, pack_id: str) -> None:
-    await conn.execute(
-        sa.update(information_packs).where(information_packs.c.id == pack_id).values(updated_at=db.utcnow())
-    )
-
-
-async def attach_to_pack(
-    conn: AsyncConnection, pm: pluggy.PluginManager, principal: Principal, pack_id: str, file_id: str
-) -> Attachment:
-    """Pin a library file to the pack, or raise the rule it breaks (no video, library files only, ten files)."""
-    pack = await get_pack(conn, principal, pack_id, for_update=True)
-    item = Item(target=TARGET.name, id=pack.id, org=pack.org, patient_id=None, record=pack)
-    [added] = await attach(conn, pm, principal, TARGET, item, [file_id])
-    await _touch(conn, pack.id)
-    return added
-
-
-async def remove_from_pack(conn: AsyncConnection, principal: Principal, pack_id: str, attachment_id: str) -> None:
-    """Take a file out of the pack; consents already asked keep their own copies."""
-    pack = await get_pack(conn, principal, pack_id, for_update=True)
-    removed = next((a for a in pack.attachments if a.id == attachment_id), None)
-    if removed is None:
-        raise Problem(NOT_FOUND)
-    await conn.execute(sa.delete(db.attachments).where(db.attachments.c.id == attachment_id))
-    # Close the gap: the next file attached takes the position after the last one.
-    await conn.execute(
-        sa.update(db.attachments)
-        .where(
-            db.attachments.c.target == TARGET.name,
-            db.attachments.c.item_id == pack.id,
-            db.attachments.c.position > removed.position,
-        )
-        .values(position=db.attachments.c.position - 1)
-    )
-    await _touch(conn, pack.id)
-    await record_event(
-        conn, principal, "information-pack.file-removed", file_id=removed.file_id, target=TARGET.name, item_id=pack.id
-    )
+#: Packs are templates of the information-pack target: created, listed, edited by ``web.template_routes``.
+PACKS = Templates(information_packs, TARGET)
 
 
 # -- consent forms ----------------------------------------------------------------------------------
@@ -271,7 +169,7 @@ async def _forms(conn: AsyncConnection, rows: list[sa.Row[object]]) -> list[Cons
             sa.select(information_packs).where(information_packs.c.id.in_({link.pack_id for link in links}))
         )
     )
-    packs = {pack.id: pack for pack in await _packs(conn, pack_rows)}
+    packs = {pack.id: pack for pack in await PACKS.load(conn, pack_rows)}
     return [
         ConsentForm(
             id=r.id,

@@ -5,33 +5,35 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery
 
 from careshare.core.problems import Problem
-from careshare.host.auth import clinician, patient
-from careshare.host.openapi import documented
-from careshare.host.problems import INVALID_REQUEST
-from careshare.host.routes.sharing import attachment_json
-from careshare.host.views import PageLimit, page_json, parse_body
 from careshare.plugins.consents.consents import (
+    PACKS,
     ConsentForm,
     ConsentRequest,
     Decision,
-    InformationPack,
-    attach_to_pack,
     create_form,
-    create_pack,
     decide,
     get_consent,
     get_form,
-    get_pack,
     list_consents,
     list_forms,
-    list_packs,
-    remove_from_pack,
     request_consent,
+)
+from careshare.web import (
+    INVALID_REQUEST,
+    PageLimit,
+    attachment_json,
+    clinician,
+    documented,
+    page_json,
+    parse_body,
+    patient,
+    template_json,
+    template_routes,
 )
 
 if TYPE_CHECKING:
@@ -41,20 +43,8 @@ if TYPE_CHECKING:
 __all__ = ["routes"]
 
 MAX_NAME_CHARS = 200
-MAX_DESCRIPTION_CHARS = 4000
 #: Packs a form may name: each is something the patient is asked to read first.
 MAX_FORM_PACKS = 20
-
-
-@attrs.frozen
-class NewPack:
-    name: str
-    description: str = ""
-
-
-@attrs.frozen
-class NewAttachment:
-    file_id: str
 
 
 @attrs.frozen
@@ -87,24 +77,12 @@ def _refuse(errors: list[str]) -> None:
         raise Problem(INVALID_REQUEST, errors=errors)
 
 
-def pack_json(p: InformationPack) -> dict[str, Any]:
-    return {
-        "id": p.id,
-        "name": p.name,
-        "description": p.description,
-        "attachments": [attachment_json(a) for a in p.attachments],
-        "created_by": p.created_by,
-        "created_at": p.created_at.isoformat(),
-        "updated_at": p.updated_at.isoformat(),
-    }
-
-
 def form_json(f: ConsentForm) -> dict[str, Any]:
     return {
         "id": f.id,
         "name": f.name,
         "information_pack_ids": [p.id for p in f.packs],
-        "information_packs": [pack_json(p) for p in f.packs],
+        "information_packs": [template_json(p) for p in f.packs],
         "created_by": f.created_by,
         "created_at": f.created_at.isoformat(),
     }
@@ -132,76 +110,6 @@ def consent_json(c: ConsentRequest, *, for_clinician: bool) -> dict[str, Any]:
     if for_clinician:
         shown.update(requested_by=c.requested_by, decided_by=c.decided_by)
     return shown
-
-
-class InformationPackController(Controller):
-    path = "/v1/information-packs"
-    dependencies = {"principal": Provide(clinician)}
-    tags = ["consents"]
-
-    @post(
-        "/",
-        status_code=201,
-        operation_class=documented(
-            NewPack, links={"pack": ("GET", "/v1/information-packs/{pack_id}", {"pack_id": "$response.body#/id"})}
-        ),
-    )
-    async def create(
-        self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
-    ) -> dict[str, Any]:
-        """A new, empty information pack ``{"name", "description"?}``: files about a consent or treatment."""
-        body = await parse_body(request, NewPack)
-        errors: list[str] = []
-        name = _name(body.name, errors)
-        if len(body.description) > MAX_DESCRIPTION_CHARS:
-            errors.append(f"$.description: at most {MAX_DESCRIPTION_CHARS} characters")
-        _refuse(errors)
-        async with cs.engine.begin() as conn:
-            return pack_json(await create_pack(conn, principal, name=name, description=body.description.strip()))
-
-    @get("/")
-    async def list_all(
-        self,
-        cs: NamedDependency[Careshare],
-        principal: NamedDependency[Principal],
-        cursor: FromQuery[str | None] = None,
-        limit: PageLimit = 50,
-    ) -> dict[str, Any]:
-        async with cs.reader.connect() as conn:
-            items, next_cursor = await list_packs(conn, principal, cursor=cursor, limit=limit)
-        return page_json([pack_json(p) for p in items], next_cursor)
-
-    @get("/{pack_id:str}")
-    async def show(
-        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], pack_id: FromPath[str]
-    ) -> dict[str, Any]:
-        async with cs.reader.connect() as conn:
-            return pack_json(await get_pack(conn, principal, pack_id))
-
-    @post("/{pack_id:str}/attachments", status_code=201, operation_class=documented(NewAttachment))
-    async def add_file(
-        self,
-        request: Request[Any, Any, Any],
-        cs: NamedDependency[Careshare],
-        principal: NamedDependency[Principal],
-        pack_id: FromPath[str],
-    ) -> dict[str, Any]:
-        """Attach a library file ``{"file_id"}``: PDFs, images and DICOM renderings; never video."""
-        body = await parse_body(request, NewAttachment)
-        async with cs.engine.begin() as conn:
-            return attachment_json(await attach_to_pack(conn, cs.plugins, principal, pack_id, body.file_id))
-
-    @delete("/{pack_id:str}/attachments/{aid:str}", status_code=204)
-    async def remove_file(
-        self,
-        cs: NamedDependency[Careshare],
-        principal: NamedDependency[Principal],
-        pack_id: FromPath[str],
-        aid: FromPath[str],
-    ) -> None:
-        """Take a file out of the pack; consents already asked keep the files they were sent with."""
-        async with cs.engine.begin() as conn:
-            await remove_from_pack(conn, principal, pack_id, aid)
 
 
 class ConsentFormController(Controller):
@@ -347,7 +255,7 @@ class MyConsentController(Controller):
 
 def routes() -> list[type[Controller]]:
     return [
-        InformationPackController,
+        template_routes(PACKS, base="/v1/information-packs", tag="consents"),
         ConsentFormController,
         PatientConsentController,
         ConsentController,

@@ -10,21 +10,12 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from careshare.core.db import ID, UTCDateTime, metadata
+from careshare.core.templates import template_table
 
 __all__ = ["consent_form_packs", "consent_forms", "consent_request_packs", "consent_requests", "information_packs"]
 
-information_packs = sa.Table(
-    "information_packs",
-    metadata,
-    sa.Column("id", ID, primary_key=True),
-    sa.Column("org_id", sa.String(200), sa.ForeignKey("organisations.id"), nullable=False),
-    sa.Column("name", sa.String(200), nullable=False),
-    sa.Column("description", sa.Text, nullable=False),
-    sa.Column("created_by", sa.String(200), nullable=False),
-    sa.Column("created_at", UTCDateTime, nullable=False),
-    sa.Column("updated_at", UTCDateTime, nullable=False),
-    sa.Index("ix_information_packs_org", "org_id", "id"),
-)
+#: Information packs are templates (``core.templates``): the same columns as appointment and medication types.
+information_packs = template_table("information_packs")
 
 consent_forms = sa.Table(
     "consent_forms",

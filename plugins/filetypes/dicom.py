@@ -17,6 +17,7 @@ import warnings
 import zlib
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
+import attrs
 import numpy as np
 import pydicom
 from PIL import Image
@@ -26,9 +27,10 @@ from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from careshare import hookimpl
-from careshare.core.imaging import save_png, thumbnail_rendition
+from careshare.core.kinds import Kind
 from careshare.core.models import Identification, Processed
 from careshare.core.problems import Problem, ProblemType
+from careshare.plugins.filetypes.imaging import save_png, thumbnail_rendition
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -46,7 +48,9 @@ __all__ = [
     "DICOM_UNSUPPORTED_TRANSFER_SYNTAX",
     "KIND",
     "MEDIA_TYPE",
+    "RenderOptions",
     "careshare_identify",
+    "careshare_kinds",
     "careshare_process",
 ]
 
@@ -97,6 +101,40 @@ _PIXEL_TAGS = {
 _ITEM, _SEQUENCE_END = (0xFFFE, 0xE000), (0xFFFE, 0xE0DD)
 _UNDEFINED = 0xFFFFFFFF
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR"}
+
+
+def _positive_frame(_instance: Any, _attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError("frame counts from 1")
+
+
+def _finite(_instance: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"{attribute.name} must be a finite number")
+
+
+def _positive_width(_instance: Any, _attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError("window_width must be a number greater than 0")
+
+
+@attrs.frozen
+class RenderOptions:
+    """What the clinician asks for when rendering again (``POST /v1/files/{fid}/render``), read as the
+    policy's section for this handler; a field left out takes the file's default (middle frame, its own window).
+    """
+
+    #: 1-based, as DICOM numbers frames.
+    frame: int | None = attrs.field(default=None, validator=_positive_frame)
+    window_center: float | None = attrs.field(default=None, validator=_finite)
+    window_width: float | None = attrs.field(default=None, validator=_positive_width)
+
+
+@hookimpl
+def careshare_kinds() -> list[Kind]:
+    # No options of its own beyond the shared ones; the render options are per file, never an organisation's.
+    return [Kind(KIND, "a DICOM file", render_options=RenderOptions)]
+
 
 DICOM_UNREADABLE = ProblemType(
     "dicom-unreadable",
@@ -212,7 +250,7 @@ def _render(source: Source, policy: Policy, caught: list[warnings.WarningMessage
         image = _ImageHeader(header, policy)
         if element.length is not None and element.length < _expected_length(header):
             raise Problem(DICOM_TRUNCATED)  # pydicom decodes the frames that are there without a word
-        index = image.frame_index(policy.dicom_frame)
+        index = image.frame_index(policy.section(RenderOptions).frame)
         if syntax == DeflatedExplicitVRLittleEndian:
             pixels, photometric = _decode(header, header, syntax, index, element, image)
         elif syntax == DEFLATED_IMAGE_FRAME:
@@ -688,7 +726,8 @@ def _choose_window(
     function = str(view.get("VOILUTFunction", "") or "LINEAR").strip().upper()
     if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
         function = "LINEAR"
-    requested_c, requested_w = policy.dicom_window_center, policy.dicom_window_width
+    requested = policy.section(RenderOptions)
+    requested_c, requested_w = requested.window_center, requested.window_width
     if requested_c is not None or requested_w is not None:
         base = header_window or _percentile_window(*distribution())
         center = requested_c if requested_c is not None else base[0]

@@ -13,15 +13,23 @@ import io
 import warnings
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import PIL
 import pillow_heif
 from PIL import Image, ImageCms, ImageFile
 
 from careshare import hookimpl
-from careshare.core.imaging import has_transparency, save_jpeg, save_png, thumbnail_rendition, to_display_mode
+from careshare.core.kinds import Kind
 from careshare.core.models import Identification, Processed, RenditionOutput
 from careshare.core.policy import Policy
 from careshare.core.problems import Problem, ProblemType
+from careshare.plugins.filetypes.imaging import (
+    has_transparency,
+    save_jpeg,
+    save_png,
+    thumbnail_rendition,
+    to_display_mode,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -38,7 +46,9 @@ __all__ = [
     "MAX_FRAMES",
     "SMALL_ANIMATION_EDGE",
     "SMALL_ANIMATION_FRAMES",
+    "ImageOptions",
     "careshare_identify",
+    "careshare_kinds",
     "careshare_process",
     "identify_image",
 ]
@@ -225,6 +235,19 @@ def identify_image(head: bytes) -> str | None:
     return None
 
 
+@attrs.frozen
+class ImageOptions:
+    """The picture handler's section of the policy (``Policy.section(ImageOptions)``)."""
+
+    #: Keep small animations (GIF, WebP, AVIF) animated rather than taking the first frame.
+    keep_small_animations: bool = False
+
+
+@hookimpl
+def careshare_kinds() -> list[Kind]:
+    return [Kind(KIND, "an image", options=ImageOptions)]
+
+
 @hookimpl
 def careshare_identify(head: bytes) -> Identification | None:
     media_type = identify_image(head)
@@ -278,7 +301,7 @@ def careshare_process(source: Source, kind: str, policy: Policy) -> Processed | 
     if kind != KIND:
         return None
     if not isinstance(policy, Policy):
-        policy = Policy.from_mapping(policy)
+        policy = Policy.from_mapping(policy, {KIND: ImageOptions})
     with source.path.open("rb") as fp:
         media_type = identify_image(fp.read(_HEAD_BYTES))
         if media_type == SVG:
@@ -296,7 +319,7 @@ def _normalise(fp: io.BufferedReader, media_type: str, workdir: Path, policy: Po
     render = _Renderer(picture, policy)
     changes: list[str] = []
     animate = (
-        policy.keep_small_animations
+        policy.section(ImageOptions).keep_small_animations
         and picture.frames > 1
         and decoder in ("GIF", "WEBP", "AVIF", "PNG")
         and picture.frames <= SMALL_ANIMATION_FRAMES

@@ -8,6 +8,7 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import pikepdf
 import pypdfium2
 import pypdfium2.version
@@ -15,9 +16,10 @@ from pikepdf import Array, Dictionary, Name, Stream
 from pikepdf.sanitize import Sanitizer
 
 from careshare import hookimpl
-from careshare.core.imaging import thumbnail_rendition
+from careshare.core.kinds import Kind
 from careshare.core.models import Identification, Processed, RenditionOutput
 from careshare.core.problems import Problem, ProblemType
+from careshare.plugins.filetypes.imaging import thumbnail_rendition
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -37,7 +39,9 @@ __all__ = [
     "PDF_UNREADABLE",
     "REMOVED_KINDS",
     "ActiveContentRemover",
+    "PdfOptions",
     "careshare_identify",
+    "careshare_kinds",
     "careshare_process",
 ]
 
@@ -146,6 +150,19 @@ _LIBRARY_ERRORS = (
 )
 
 
+@attrs.frozen
+class PdfOptions:
+    """The PDF handler's section of the policy (``Policy.section(PdfOptions)``)."""
+
+    #: Most pages accepted in one file.
+    max_pages: int = 2000
+
+
+@hookimpl
+def careshare_kinds() -> list[Kind]:
+    return [Kind(KIND, "a PDF", options=PdfOptions)]
+
+
 @hookimpl
 def careshare_identify(head: bytes) -> Identification | None:
     if b"%PDF-" in head[:_HEADER_WINDOW]:
@@ -226,13 +243,14 @@ def _process(pdf: pikepdf.Pdf, source: Source, policy: Policy, *, attachments_on
     pages = len(pdf.pages)
     if pages == 0:
         raise Problem(PDF_NO_PAGES)
-    if pages > policy.max_pdf_pages:
+    max_pages = policy.section(PdfOptions).max_pages
+    if pages > max_pages:
         raise Problem(
             PDF_TOO_MANY_PAGES,
-            f"This PDF has {pages} pages; careshare accepts at most {policy.max_pdf_pages} in one file."
+            f"This PDF has {pages} pages; careshare accepts at most {max_pages} in one file."
             " Split it into smaller documents and upload them one by one.",
             pages=pages,
-            limit=policy.max_pdf_pages,
+            limit=max_pages,
         )
     version, encrypted = pdf.pdf_version, pdf.is_encrypted
     if "/Encrypt" in pdf.trailer:

@@ -24,9 +24,10 @@ import numpy as np
 from PIL import Image
 
 from careshare import hookimpl
-from careshare.core.imaging import save_jpeg, thumbnail_rendition
+from careshare.core.kinds import Kind, KindRefusal
 from careshare.core.models import Identification, Processed, RenditionOutput
 from careshare.core.problems import Problem, ProblemType
+from careshare.plugins.filetypes.imaging import save_jpeg, thumbnail_rendition
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -50,13 +51,16 @@ __all__ = [
     "POSTER_AT",
     "REFERENCE_DETAIL",
     "VIDEO_FORMAT_UNSUPPORTED",
+    "VIDEO_NOT_ALLOWED",
     "VIDEO_NO_VIDEO_STREAM",
     "VIDEO_TOO_LARGE",
     "VIDEO_UNREADABLE",
     "Container",
     "ExternalReferenceRefused",
     "Probe",
+    "VideoOptions",
     "careshare_identify",
+    "careshare_kinds",
     "careshare_process",
     "codec_name",
     "open_media",
@@ -90,6 +94,10 @@ VIDEO_TOO_LARGE = ProblemType(
     "This video is too long or its picture is too large to share."
     " Shorten it, or export it at a lower resolution such as 1080p, and upload the new copy.",
 )
+#: Where a target leaves videos out (``GET /v1/targets`` shows ``video_allowed``): a stable code of the API.
+VIDEO_NOT_ALLOWED = ProblemType(
+    "video-not-allowed", 422, "Video not allowed here", "Videos cannot be attached to this item."
+)
 VIDEO_FORMAT_UNSUPPORTED = ProblemType(
     "video-format-unsupported",
     415,
@@ -122,6 +130,24 @@ PIXELS_DETAIL = (
     "This video's picture is {width}x{height} pixels, more than careshare accepts ({limit} pixels)."
     " Export it at a lower resolution such as 1080p and upload the new copy."
 )
+
+
+@attrs.frozen
+class VideoOptions:
+    """The video handler's section of the policy (``Policy.section(VideoOptions)``)."""
+
+    #: Largest width x height accepted (8K).
+    max_pixels: int = 7680 * 4320
+    #: Longest duration accepted, in seconds.
+    max_seconds: float = 4 * 3600
+
+
+@hookimpl
+def careshare_kinds() -> list[Kind]:
+    refusal = KindRefusal(
+        VIDEO_NOT_ALLOWED, "video_allowed", "Videos cannot be attached here: {target} can't contain streaming video."
+    )
+    return [Kind(KIND, "a video", options=VideoOptions, refusal=refusal)]
 
 
 # -- containers, from their bytes -------------------------------------------------------------------
@@ -409,13 +435,13 @@ def probe(media: InputContainer, policy: Policy) -> Probe:
         raise Problem(VIDEO_NO_VIDEO_STREAM)
     for stream in videos:
         width, height = _size(stream)
-        if width * height > policy.max_video_pixels:
+        if width * height > policy.section(VideoOptions).max_pixels:
             raise _too_many_pixels(width, height, policy)
     video = max(videos, key=lambda s: (bool(int(s.disposition) & 1), _size(s)[0] * _size(s)[1]))
     duration = media.duration / av.time_base if media.duration and media.duration > 0 else None
     if duration is None:
         duration = _seconds(video.duration, video.time_base)
-    if duration is not None and duration > policy.max_video_seconds:
+    if duration is not None and duration > policy.section(VideoOptions).max_seconds:
         raise _too_long(duration, policy)
     rate = video.average_rate
     if rate and video.time_base and rate == 1 / video.time_base:
@@ -438,8 +464,9 @@ def _size(stream: VideoStream) -> tuple[int, int]:
 
 
 def _too_many_pixels(width: int, height: int, policy: Policy) -> Problem:
-    detail = PIXELS_DETAIL.format(width=width, height=height, limit=f"{policy.max_video_pixels:,}")
-    return Problem(VIDEO_TOO_LARGE, detail, limit=policy.max_video_pixels, pixels=width * height)
+    limit = policy.section(VideoOptions).max_pixels
+    detail = PIXELS_DETAIL.format(width=width, height=height, limit=f"{limit:,}")
+    return Problem(VIDEO_TOO_LARGE, detail, limit=limit, pixels=width * height)
 
 
 def _clock(seconds: float) -> str:
@@ -448,8 +475,9 @@ def _clock(seconds: float) -> str:
 
 
 def _too_long(seconds: float, policy: Policy) -> Problem:
-    detail = DURATION_DETAIL.format(actual=_clock(seconds), limit=_clock(policy.max_video_seconds))
-    return Problem(VIDEO_TOO_LARGE, detail, limit_seconds=policy.max_video_seconds, seconds=round(seconds, 3))
+    limit = policy.section(VideoOptions).max_seconds
+    detail = DURATION_DETAIL.format(actual=_clock(seconds), limit=_clock(limit))
+    return Problem(VIDEO_TOO_LARGE, detail, limit_seconds=limit, seconds=round(seconds, 3))
 
 
 # -- poster -----------------------------------------------------------------------------------------
@@ -695,7 +723,7 @@ def _check_time(packet: Packet, policy: Policy) -> None:
     stamp = packet.pts if packet.pts is not None else packet.dts
     start = packet.stream.start_time or 0
     at = _seconds(stamp - start if stamp is not None else None, packet.time_base)
-    if at is not None and at > policy.max_video_seconds:
+    if at is not None and at > policy.section(VideoOptions).max_seconds:
         raise _too_long(at, policy)
 
 
@@ -791,7 +819,7 @@ def _process(source: Source, container: Container, policy: Policy) -> Processed:
         if context is None or context.codec is None or not context.codec.is_decoder:
             raise Problem(VIDEO_UNREADABLE, CODEC_DETAIL)
         frame = poster_frame(media, found)
-        if frame.width * frame.height > policy.max_video_pixels:
+        if frame.width * frame.height > policy.section(VideoOptions).max_pixels:
             raise _too_many_pixels(frame.width, frame.height, policy)
         image = _poster_image(frame, policy)
         poster_seconds = _frame_seconds(frame, found.video)

@@ -11,14 +11,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from careshare import hookimpl
+from careshare.plugins.letters import mail
 from careshare.plugins.letters import tables as tables  # loading the plugin puts its tables on the metadata
 from careshare.plugins.letters.letters import TARGET, deliver_email
 
 if TYPE_CHECKING:
     from careshare.core.notifications import Notification
+    from careshare.core.runtime import Careshare
+    from careshare.core.settings import Setting
     from careshare.core.targets import Target
 
-__all__ = ["TARGET", "careshare_deliver", "careshare_migrations", "careshare_routes", "careshare_targets"]
+__all__ = [
+    "TARGET",
+    "careshare_deliver",
+    "careshare_migrations",
+    "careshare_routes",
+    "careshare_settings",
+    "careshare_targets",
+]
 
 
 @hookimpl
@@ -32,6 +42,12 @@ def careshare_migrations() -> list[Path]:
 
 
 @hookimpl
+def careshare_settings() -> list[Setting[Any]]:
+    # The letter email's server, sender and size limit: read with core's settings (mail.SETTINGS).
+    return list(mail.SETTINGS)
+
+
+@hookimpl
 def careshare_routes() -> list[Any]:
     # Imported here: the rest of the plugin stays free of the host.
     from careshare.plugins.letters.routes import routes
@@ -40,5 +56,13 @@ def careshare_routes() -> list[Any]:
 
 
 @hookimpl
-async def careshare_deliver(notification: Notification, careshare: Any) -> bool | None:
-    return await deliver_email(careshare, TARGET, notification)
+async def careshare_deliver(notification: Notification, cs: Careshare | None) -> bool | None:
+    return await deliver_email(cs, TARGET, notification)
+
+
+@hookimpl
+def careshare_contract() -> list[Any]:
+    # Only the contract kit calls this (in tests): how it drives this channel's routes.
+    from careshare.testing.channels import LETTERS
+
+    return [LETTERS]

@@ -31,7 +31,6 @@ from careshare.core.patients import get_patient
 from careshare.core.problems import NOT_FOUND, Problem, ProblemType
 from careshare.core.sharing import share
 from careshare.core.targets import (
-    ALL_KINDS,
     ATTACHMENTS_TOO_LARGE,
     DRAFT_REQUIRED,
     Attachment,
@@ -107,7 +106,7 @@ EMAIL_LINK_SECONDS = MAX_LINK_SECONDS
 TARGET = Target(
     name="letter",
     channel=CHANNEL,
-    accepts=ALL_KINDS,
+    accepts=None,  # every kind the file-type plugins declare
     # The default; an organisation's own limit (letter settings) is enforced through an evolved target.
     max_total_bytes=DEFAULT_MAX_ATTACHMENT_BYTES,
     draft_required=True,
@@ -230,16 +229,7 @@ async def list_templates(
     conn: AsyncConnection, principal: Principal, *, cursor: str | None, limit: int
 ) -> tuple[list[sa.Row[Any]], str | None]:
     query = sa.select(letter_templates).where(letter_templates.c.org_id == principal.org)
-    return await _page(conn, query, letter_templates.c.id, cursor, limit)
-
-
-async def _page(
-    conn: AsyncConnection, query: sa.Select[Any], id_column: Any, cursor: str | None, limit: int
-) -> tuple[list[sa.Row[Any]], str | None]:
-    if cursor:
-        query = query.where(id_column < cursor)
-    rows = list(await conn.execute(query.order_by(id_column.desc()).limit(limit + 1)))
-    return rows[:limit], rows[limit - 1].id if len(rows) > limit else None
+    return await db.newest_first(conn, query, letter_templates.c.id, cursor=cursor, limit=limit)
 
 
 # -- drafts -------------------------------------------------------------------------------------
@@ -330,7 +320,7 @@ async def list_letters(
         status = "sent"  # drafts are the clinic's working copies
     if status is not None:
         query = query.where(letters.c.status == status)
-    return await _page(conn, query, letters.c.id, cursor, limit)
+    return await db.newest_first(conn, query, letters.c.id, cursor=cursor, limit=limit)
 
 
 async def _take_draft(conn: AsyncConnection, principal: Principal, letter_id: str, **values: Any) -> sa.Row[Any]:
@@ -424,7 +414,7 @@ async def send_letter(
             attached = (await attachments_of(conn, target.name, [letter_id]))[letter_id]
         if email and not patient.email:
             raise Problem(EMAIL_ADDRESS_MISSING)
-        if email and not cs.settings.smtp_url:
+        if email and not cs.settings.get(mail.SMTP_URL):
             raise Problem(EMAIL_NOT_CONFIGURED)
         total = sum(a.size for a in attached)
         if total > settings.limit():  # the organisation lowered its limit since the files were attached
@@ -524,9 +514,8 @@ async def email_state(conn: AsyncConnection, pm: pluggy.PluginManager, row: sa.R
 
 def _too_large_to_attach(cs: Careshare, row: sa.Row[Any], attached: list[Attachment]) -> bool:
     """Whether the letter's PDF and files together pass what one email may carry (``CARESHARE_MAIL_MAX_ATTACHMENT_BYTES``)."""
-    return (
-        bool(attached) and (row.pdf_size or 0) + sum(a.size for a in attached) > cs.settings.mail_max_attachment_bytes
-    )
+    limit = cs.settings.get(mail.MAIL_MAX_ATTACHMENT_BYTES)
+    return bool(attached) and (row.pdf_size or 0) + sum(a.size for a in attached) > limit
 
 
 async def email_files(conn: AsyncConnection, cs: Careshare, row: sa.Row[Any]) -> str | None:
@@ -582,7 +571,7 @@ async def deliver_email(cs: Careshare | None, target: Target, notification: Noti
             return True  # accepted before: at least once must not mean twice
         settings = await get_settings(conn, row.org_id)
         attached = (await attachments_of(conn, notification.target, [row.id]))[row.id]
-    if not cs.settings.smtp_url or not row.email_to:
+    if not cs.settings.get(mail.SMTP_URL) or not row.email_to:
         await _note_email(cs, row.id, email_error="email is not set up on this server")
         return False
     if not await _hold_email(cs, row.id):
@@ -628,7 +617,7 @@ async def _send_email(cs: Careshare, row: sa.Row[Any], settings: LetterSettings,
     def compose_and_send() -> None:
         message = mail.build_message(
             letter_id=row.id,
-            mail_from=cs.settings.mail_from,
+            mail_from=cs.settings.get(mail.MAIL_FROM),
             to=row.email_to,
             organisation=settings.name(row.org_id),
             sent_at=row.sent_at,
@@ -636,7 +625,7 @@ async def _send_email(cs: Careshare, row: sa.Row[Any], settings: LetterSettings,
             files=files,
             links=links,
         )
-        mail.send(mail.SmtpServer.from_url(cs.settings.smtp_url or ""), message)
+        mail.send(mail.SmtpServer.from_url(cs.settings.get(mail.SMTP_URL) or ""), message)
 
     try:
         await asyncio.to_thread(compose_and_send)

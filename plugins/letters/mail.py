@@ -20,19 +20,88 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import attrs
 
-from careshare.core.settings import SMTP_SCHEMES
+from careshare.core.settings import Setting
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from datetime import datetime
 
-__all__ = ["MailAttachment", "MailLink", "SmtpServer", "build_message", "message_id", "refusal_reason", "send"]
+__all__ = [
+    "MAIL_FROM",
+    "MAIL_MAX_ATTACHMENT_BYTES",
+    "SETTINGS",
+    "SMTP_SCHEMES",
+    "SMTP_URL",
+    "MailAttachment",
+    "MailLink",
+    "SmtpServer",
+    "build_message",
+    "message_id",
+    "refusal_reason",
+    "send",
+]
 
 #: A slow server is simply retried: this runs in a worker thread of the delivery round.
 TIMEOUT_SECONDS = 30.0
-#: Submission ports by scheme (the schemes are core's, ``careshare.core.settings.SMTP_SCHEMES``).
+#: ``smtp://`` plain (or ``?starttls=true``), ``smtp+starttls://`` upgraded, ``smtps://`` TLS from the start.
+SMTP_SCHEMES = ("smtp", "smtp+starttls", "smtps")
+#: Submission ports by scheme.
 DEFAULT_PORTS = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}
+DEFAULT_MAIL_FROM = "careshare@localhost"
+#: The most an email carries attached (letter PDF and files, before encoding): base64 adds a
+#: third, so 15 MB travel as about 20 MB, under what common mail providers accept.
+DEFAULT_MAIL_MAX_ATTACHMENT_BYTES = 15_000_000
 _ADDRESS = re.compile(r"<?[^\s<>@]+@[^\s<>@]+>?")
+
+
+def _smtp_url(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is no number)
+    except ValueError:
+        raise ValueError("not a URL") from None
+    if parts.scheme.lower() not in SMTP_SCHEMES or not parts.hostname:
+        raise ValueError("not an SMTP URL")
+    return url
+
+
+def _address(value: str) -> str:
+    if "@" not in value:
+        raise ValueError("not an address")
+    return value
+
+
+def _positive_bytes(value: str) -> int:
+    if not value.isdigit() or int(value) <= 0:
+        raise ValueError("not a positive whole number")
+    return int(value)
+
+
+#: Where letter emails go out (``smtp://user:password@host:port``); unset: this server sends no email.
+SMTP_URL: Setting[str | None] = Setting(
+    "CARESHARE_SMTP_URL",
+    None,
+    "Where letter emails go out (smtp://user:password@host:port); unset: no email is sent.",
+    parse=_smtp_url,
+    expected=", ".join(f"{scheme}://host:port" for scheme in SMTP_SCHEMES),
+    secret=True,  # may hold a password
+)
+MAIL_FROM = Setting(
+    "CARESHARE_MAIL_FROM",
+    DEFAULT_MAIL_FROM,
+    "The From address of letter emails.",
+    parse=_address,
+    expected="an email address",
+)
+MAIL_MAX_ATTACHMENT_BYTES = Setting(
+    "CARESHARE_MAIL_MAX_ATTACHMENT_BYTES",
+    DEFAULT_MAIL_MAX_ATTACHMENT_BYTES,
+    "Over this many bytes of files, a letter email carries expiring links to them instead.",
+    parse=_positive_bytes,
+    expected="a positive number of bytes",
+)
+#: What the letters plugin declares (``careshare_settings``).
+SETTINGS = (SMTP_URL, MAIL_FROM, MAIL_MAX_ATTACHMENT_BYTES)
 
 
 @attrs.frozen

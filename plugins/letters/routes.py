@@ -15,13 +15,6 @@ from careshare.core.files import discard_new_files, ingest
 from careshare.core.patients import get_patient
 from careshare.core.problems import NOT_FOUND, Problem
 from careshare.core.targets import attachments_of
-from careshare.host.auth import clinician, patient, signed_in
-from careshare.host.openapi import CONTENT_PARAMETERS, CONTENT_RESPONSES, UPLOAD_MEDIA, UPLOAD_PARAMETERS, documented
-from careshare.host.problems import INVALID_REQUEST
-from careshare.host.routes.files import blob_response
-from careshare.host.routes.sharing import attachment_json
-from careshare.host.uploads import Upload
-from careshare.host.views import PageLimit, page_json, parse_body
 from careshare.plugins.letters import TARGET
 from careshare.plugins.letters.letters import (
     LETTER_PDF,
@@ -43,6 +36,23 @@ from careshare.plugins.letters.letters import (
     send_letter,
 )
 from careshare.plugins.letters.templating import MAX_OUTPUT_CHARS, MAX_TEMPLATE_CHARS, VARIABLES
+from careshare.web import (
+    CONTENT_PARAMETERS,
+    CONTENT_RESPONSES,
+    INVALID_REQUEST,
+    UPLOAD_MEDIA,
+    UPLOAD_PARAMETERS,
+    PageLimit,
+    Upload,
+    attachment_json,
+    blob_response,
+    clinician,
+    documented,
+    page_json,
+    parse_body,
+    patient,
+    signed_in,
+)
 
 if TYPE_CHECKING:
     import sqlalchemy as sa

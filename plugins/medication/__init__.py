@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from careshare import hookimpl
-from careshare.core.targets import ALL_KINDS, Target
+from careshare.core.targets import Target
 from careshare.core.templates import Templates
 from careshare.plugins.medication import tables as tables
 
@@ -33,10 +33,9 @@ REMINDER_TARGET = "medication-reminder"
 TYPE_TARGET = Target(
     name="medication-type",
     channel=CHANNEL,
-    accepts=ALL_KINDS,
+    accepts=None,  # every kind the file-type plugins declare
     # As many as an appointment type: the leaflet, how-to videos, a dosing chart.
     max_count=20,
-    video_allowed=True,
     sources=frozenset({"library"}),
     description="a medication type: every reminder for a medication of this type carries these files",
 )
@@ -75,3 +74,11 @@ def careshare_commands() -> list[Any]:
     from careshare.plugins.medication.cli import reminders
 
     return [reminders]
+
+
+@hookimpl
+def careshare_contract() -> list[Any]:
+    # Only the contract kit calls this (in tests): how it drives this channel's routes.
+    from careshare.testing.channels import MEDICATION
+
+    return [MEDICATION]

@@ -10,11 +10,6 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery
 
 from careshare.core import db
-from careshare.host.auth import clinician, patient, signed_in
-from careshare.host.openapi import documented
-from careshare.host.routes.sharing import attachment_json
-from careshare.host.routes.templates import template_routes
-from careshare.host.views import PageLimit, invalid, page_json, parse_body
 from careshare.plugins.medication import MEDICATION_TYPES
 from careshare.plugins.medication.reminders import (
     Medication,
@@ -26,6 +21,18 @@ from careshare.plugins.medication.reminders import (
     remind_now,
 )
 from careshare.plugins.medication.schedule import Schedule, next_due, schedule_errors
+from careshare.web import (
+    PageLimit,
+    attachment_json,
+    clinician,
+    documented,
+    invalid,
+    page_json,
+    parse_body,
+    patient,
+    signed_in,
+    template_routes,
+)
 
 if TYPE_CHECKING:
     from careshare.core.models import Principal

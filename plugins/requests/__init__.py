@@ -33,3 +33,11 @@ def careshare_routes() -> list[Any]:
     from careshare.plugins.requests.routes import routes
 
     return routes()
+
+
+@hookimpl
+def careshare_contract() -> list[Any]:
+    # Only the contract kit calls this (in tests): how it drives this channel's routes.
+    from careshare.testing.channels import FILE_REQUESTS
+
+    return [FILE_REQUESTS]

@@ -16,11 +16,11 @@ from careshare.core import db
 from careshare.core.audit import record_event
 from careshare.core.files import discard_new_files, ingest
 from careshare.core.ids import new_id
+from careshare.core.kinds import kinds
 from careshare.core.notifications import enqueue
 from careshare.core.patients import get_patient
 from careshare.core.problems import NOT_FOUND, Problem, ProblemType
 from careshare.core.sharing import share
-from careshare.core.targets import ALL_KINDS
 from careshare.plugins.requests.tables import file_request_answers, file_requests
 
 if TYPE_CHECKING:
@@ -224,11 +224,7 @@ async def list_requests(
     """A page of one patient's requests, newest first, and the cursor of the next page."""
     await get_patient(conn, principal, patient_id)
     query = sa.select(file_requests).where(*_visible(principal), file_requests.c.patient_id == patient_id)
-    if cursor:
-        query = query.where(file_requests.c.id < cursor)
-    rows = list((await conn.execute(query.order_by(file_requests.c.id.desc()).limit(limit + 1))).all())
-    next_cursor = rows[limit - 1].id if len(rows) > limit else None
-    rows = rows[:limit]
+    rows, next_cursor = await db.newest_first(conn, query, file_requests.c.id, cursor=cursor, limit=limit)
     answers = await _answers(conn, [row.id for row in rows])
     now = db.utcnow()
     return [_from_row(row, answers[row.id], now) for row in rows], next_cursor
@@ -246,7 +242,7 @@ async def create_request(
     due_at: datetime,
 ) -> FileRequest:
     """Record the request and send it to the patient (share + notification) in the caller's transaction."""
-    assert accepted_kinds and accepted_kinds <= ALL_KINDS and 1 <= max_files <= MAX_FILES
+    assert accepted_kinds and accepted_kinds <= kinds(pm).keys() and 1 <= max_files <= MAX_FILES
     await get_patient(conn, principal, patient_id)
     now = db.utcnow()
     request = FileRequest(

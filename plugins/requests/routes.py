@@ -11,14 +11,9 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery
 
 from careshare.core import db
+from careshare.core.kinds import kinds as loaded_kinds
 from careshare.core.models import parse_time
 from careshare.core.problems import Problem
-from careshare.core.targets import ALL_KINDS
-from careshare.host.auth import clinician, patient
-from careshare.host.openapi import UPLOAD_MEDIA, UPLOAD_PARAMETERS, documented
-from careshare.host.problems import INVALID_REQUEST
-from careshare.host.uploads import Upload
-from careshare.host.views import PageLimit, file_json, page_json, parse_body
 from careshare.plugins.requests.file_requests import (
     MAX_FILES,
     MAX_MESSAGE_CHARS,
@@ -32,6 +27,18 @@ from careshare.plugins.requests.file_requests import (
     get_request,
     list_requests,
     review_answer,
+)
+from careshare.web import (
+    INVALID_REQUEST,
+    PageLimit,
+    Upload,
+    clinician,
+    documented,
+    file_json,
+    page_json,
+    parse_body,
+    patient,
+    upload_route,
 )
 
 if TYPE_CHECKING:
@@ -71,7 +78,7 @@ def _due_at(value: str, errors: list[str]) -> datetime | None:
     return due
 
 
-def _validated(body: NewFileRequest) -> tuple[str, frozenset[str], datetime]:
+def _validated(body: NewFileRequest, known: frozenset[str]) -> tuple[str, frozenset[str], datetime]:
     errors = []
     message = body.message.strip()
     if not message:
@@ -81,8 +88,8 @@ def _validated(body: NewFileRequest) -> tuple[str, frozenset[str], datetime]:
     kinds = frozenset(body.accepted_kinds)
     if not kinds:
         errors.append("$.accepted_kinds: name at least one kind")
-    elif unknown := sorted(kinds - ALL_KINDS):
-        errors.append(f"$.accepted_kinds: unknown kind(s) {', '.join(unknown)}; use {', '.join(sorted(ALL_KINDS))}")
+    elif unknown := sorted(kinds - known):
+        errors.append(f"$.accepted_kinds: unknown kind(s) {', '.join(unknown)}; use {', '.join(sorted(known))}")
     if not 1 <= body.max_files <= MAX_FILES:
         errors.append(f"$.max_files: must be between 1 and {MAX_FILES}")
     due = _due_at(body.due_at, errors)
@@ -149,7 +156,7 @@ class PatientFileRequestController(Controller):
     ) -> dict[str, Any]:
         """Ask the patient for files: which kinds, how many, by when. The patient is notified."""
         body = await parse_body(request, NewFileRequest)
-        message, kinds, due_at = _validated(body)
+        message, kinds, due_at = _validated(body, frozenset(loaded_kinds(cs.plugins)))
         async with cs.engine.begin() as conn:
             created = await create_request(
                 conn,
@@ -253,21 +260,15 @@ class MyFileRequestController(Controller):
         async with cs.reader.connect() as conn:
             return request_json(await get_request(conn, principal, rid), for_clinician=False)
 
-    @post(
-        "/{rid:str}/files",
-        status_code=201,
-        request_max_body_size=None,
-        operation_class=documented(media=UPLOAD_MEDIA, parameters=UPLOAD_PARAMETERS),
-    )
+    @upload_route("/{rid:str}/files", responses=None)
     async def answer(
         self,
-        request: Request[Any, Any, Any],
         cs: NamedDependency[Careshare],
         principal: NamedDependency[Principal],
         rid: FromPath[str],
+        upload: NamedDependency[Upload],
     ) -> dict[str, Any]:
         """Send one file in answer (raw body or multipart ``file``); it lands in the patient's files too."""
-        upload = Upload(request, cs.settings.max_upload_bytes)
         answered, stored = await answer_with_upload(cs, principal, rid, upload)
         return {"file": file_json(stored), "request": request_json(answered, for_clinician=False)}
 

@@ -1,6 +1,8 @@
 """Webhook delivery of notifications: one HMAC-signed JSON POST per notification, for push gateways.
 
-Configured from the environment each time a notification is delivered (no restart needed):
+Configured by two settings it declares (``careshare_settings``), read with core's from the same
+environment and checked at start-up; read again for each notification, from the running
+careshare's settings (or the process environment when the caller hands none):
 
 - ``CARESHARE_WEBHOOK_URL``: the http or https URL to POST to. Unset or empty: this plugin
   delivers nothing (answers None) and the in-app inbox is the only channel.
@@ -28,19 +30,51 @@ import json
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from careshare import __version__, hookimpl
+from careshare.core.settings import Setting
 
-__all__ = ["careshare_deliver", "payload", "sign", "verify"]
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from careshare.core.notifications import Notification
+    from careshare.core.runtime import Careshare
+
+__all__ = ["SECRET", "URL", "careshare_deliver", "careshare_settings", "payload", "sign", "verify"]
 
 logger = logging.getLogger(__name__)
 
 URL_VARIABLE = "CARESHARE_WEBHOOK_URL"
 SECRET_VARIABLE = "CARESHARE_WEBHOOK_SECRET"
+
+
+def _http_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http URL")
+    return url
+
+
+URL: Setting[str | None] = Setting(
+    URL_VARIABLE,
+    None,
+    "Where notifications are POSTed, signed (http or https); unset: no webhook.",
+    parse=_http_url,
+    expected="an http or https URL with a host",
+    secret=True,  # a URL may hold credentials
+)
+SECRET: Setting[str | None] = Setting(
+    SECRET_VARIABLE,
+    None,
+    "The HMAC-SHA256 key webhook requests are signed with; unset: no webhook is sent.",
+    parse=str,
+    expected="the key shared with the receiver",
+    secret=True,
+)
 SIGNATURE_HEADER = "Careshare-Signature"
 TIMESTAMP_HEADER = "Careshare-Timestamp"
 DELIVERY_HEADER = "Careshare-Delivery"
@@ -92,16 +126,25 @@ def verify(
 
 
 @hookimpl
-def careshare_deliver(notification: Any) -> bool | None:
-    url = os.environ.get(URL_VARIABLE, "").strip()
-    if not url:
+def careshare_settings() -> list[Setting[Any]]:
+    return [URL, SECRET]
+
+
+@hookimpl
+def careshare_deliver(notification: Notification, cs: Careshare | None) -> bool | None:
+    # The running careshare's settings; a caller without one (a test's delivery round) has the process's.
+    environ: Mapping[str, str] = cs.settings.environ if cs is not None else os.environ
+    if not (environ.get(URL_VARIABLE) or "").strip():
         return None  # not configured: the in-app inbox is enough
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        # The URL may hold credentials: name only what is wrong with it.
-        logger.warning("webhook not sent: %s must be an http or https URL with a host", URL_VARIABLE)
+    try:
+        url = URL.read(environ)
+    except ValueError as exc:
+        # The message names the variable and what it must be, never the URL (it may hold credentials).
+        logger.warning("webhook not sent: %s", exc)
         return False
-    secret = os.environ.get(SECRET_VARIABLE, "")
+    assert url is not None
+    parts = urlsplit(url)
+    secret = SECRET.read(environ)
     if not secret:
         logger.warning("webhook not sent: %s is not set (unsigned webhooks are never sent)", SECRET_VARIABLE)
         return False

@@ -88,7 +88,7 @@ def document_problems(app: Litestar) -> None:
 
 
 def body_schema(cls: type) -> dict[str, Any]:
-    """The JSON schema of an attrs body class as :func:`careshare.host.views.parse_body` reads it.
+    """The JSON schema of an attrs body class as :func:`careshare.web.parse_body` reads it.
 
     Types only (str, int, bool, float, lists, Literal, optional, nested attrs classes); the
     validators' limits (lengths, patterns) stay the server's to check, answered as

@@ -1,4 +1,4 @@
-"""Writing image renditions (shareable copies, thumbnails, posters) the same way for every format.
+"""Writing picture renditions (shareable copies, thumbnails, posters) the same way for every format of this package.
 
 Every rendition is written fresh from pixels: no EXIF, XMP, ICC profile other than sRGB's, text
 chunks or comments survive, so nothing identifying leaves through a rendition's metadata.

@@ -6,21 +6,23 @@ import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from litestar import Response
+from litestar import Response, post
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi.datastructures import ResponseSpec
 from multipart import MultipartError, MultipartSegment, PushMultipartParser, parse_options_header
 
 from careshare.core.models import TextError, check_text
 from careshare.core.problems import UPLOAD_INCOMPLETE, UPLOAD_MALFORMED, UPLOAD_TOO_LARGE, Problem
-from careshare.host.problems import INVALID_REQUEST, REQUEST_TOO_LARGE
+from careshare.web.openapi import UPLOAD_MEDIA, UPLOAD_PARAMETERS, documented
+from careshare.web.problems import INVALID_REQUEST, REQUEST_TOO_LARGE
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator
 
     from litestar import Request
 
-    from careshare.core.models import StoredFile
+    from careshare.core.models import Principal, StoredFile
     from careshare.core.runtime import Careshare
     from careshare.core.settings import Settings
 
@@ -32,6 +34,7 @@ __all__ = [
     "answer_upload",
     "filename_from_disposition",
     "requested_wait",
+    "upload_route",
 ]
 
 #: Room for multipart boundaries, part headers and small text fields around the file.
@@ -86,8 +89,8 @@ async def answer_upload(request: Request[Any, Any, Any], cs: Careshare, stored: 
     waiting can follow it at ``GET /v1/files/{id}``.
     """
     from careshare.core.files import answer_later, refusal, wait_for_check
-    from careshare.host.problems import problem_response
-    from careshare.host.views import file_json
+    from careshare.web.problems import problem_response
+    from careshare.web.views import file_json
 
     done = await wait_for_check(cs, stored.id, requested_wait(request, cs.settings))
     if done.status == "processing":
@@ -198,6 +201,32 @@ class Upload:
             raise Problem(
                 UPLOAD_MALFORMED, "The multipart body has no 'file' field. Put the file in a field named 'file'."
             )
+
+
+async def _provide_upload(
+    request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
+) -> Upload:
+    """The request's file, capped at the server's upload limit; after ``principal``, so who calls is known first."""
+    del principal  # only the order: a caller without a token hears 401, not 413
+    return Upload(request, cs.settings.max_upload_bytes)
+
+
+def upload_route(path: str, **options: Any) -> Any:
+    """``@post`` for a route that takes one file as its body (raw, or the multipart field ``file``).
+
+    The handler takes ``upload: NamedDependency[Upload]``. Litestar's body cap is off (the upload is
+    capped as it streams, at the server's ``max_upload_bytes``), ``201`` and ``202`` (``Prefer: wait``)
+    and the upload bodies are documented. ``options`` go to :func:`litestar.post` and win.
+    """
+    dependencies = {"upload": Provide(_provide_upload), **options.pop("dependencies", {})}
+    settings: dict[str, Any] = {
+        "status_code": 201,
+        "request_max_body_size": None,
+        "responses": UPLOAD_RESPONSES,
+        "operation_class": documented(media=UPLOAD_MEDIA, parameters=UPLOAD_PARAMETERS),
+        **options,
+    }
+    return post(path, dependencies=dependencies, **settings)
 
 
 class FormField:

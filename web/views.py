@@ -10,14 +10,25 @@ from litestar.params import QueryParameter
 
 from careshare.core.models import BodyErrors, parse_time, structure_body
 from careshare.core.problems import Problem
-from careshare.host.problems import BAD_REQUEST, INVALID_REQUEST
+from careshare.web.content import download_name
+from careshare.web.problems import BAD_REQUEST, INVALID_REQUEST
 
 if TYPE_CHECKING:
     from litestar import Request
 
     from careshare.core.models import Patient, StoredFile
+    from careshare.core.targets import Attachment
 
-__all__ = ["PageLimit", "aware_datetime", "file_json", "invalid", "page_json", "parse_body", "patient_json"]
+__all__ = [
+    "PageLimit",
+    "attachment_json",
+    "aware_datetime",
+    "file_json",
+    "invalid",
+    "page_json",
+    "parse_body",
+    "patient_json",
+]
 
 T = TypeVar("T")
 
@@ -95,3 +106,16 @@ def aware_datetime(value: str, field: str) -> datetime:
         return parse_time(value)
     except ValueError as exc:
         raise invalid(f"{field}: {exc}") from None
+
+
+def attachment_json(a: Attachment) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "file_id": a.file_id,
+        "filename": download_name(a.filename, a.media_type, a.role),
+        "kind": a.kind,
+        "media_type": a.media_type,
+        "size": a.size,
+        "sha256": a.sha256,
+        "url": f"/v1/attachments/{a.id}/content",
+    }

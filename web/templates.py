@@ -12,10 +12,9 @@ from litestar.params import FromPath, FromQuery
 from careshare.core.models import Principal
 from careshare.core.runtime import Careshare
 from careshare.core.templates import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, Template, Templates
-from careshare.host.auth import clinician
-from careshare.host.openapi import documented
-from careshare.host.routes.sharing import attachment_json
-from careshare.host.views import PageLimit, invalid, page_json, parse_body
+from careshare.web.guards import clinician
+from careshare.web.openapi import documented
+from careshare.web.views import PageLimit, attachment_json, invalid, page_json, parse_body
 
 __all__ = ["NewTemplate", "TemplateChange", "template_json", "template_routes"]
 

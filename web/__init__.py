@@ -1,0 +1,86 @@
+"""careshare's web kit: everything a plugin needs to serve HTTP routes, and nothing of the host's own.
+
+A channel plugin's ``routes.py`` imports ``careshare.core.*``, Litestar and this module only
+(``tests/test_layers.py`` checks it): guards for who may call, strict JSON bodies with errors that
+name each field, cursor pages, uploads (raw, multipart, ``Prefer: wait``), blob responses with
+Range and ETag, the JSON of files and attachments, the OpenAPI declarations of what a handler
+reads itself, and the routes of an organisation's templates. The host builds on the same kit.
+"""
+
+from __future__ import annotations
+
+from careshare.web.content import RANGE_NOT_SATISFIABLE, blob_response, download_name, parse_range
+from careshare.web.guards import clinician, patient, signed_in
+from careshare.web.openapi import (
+    CONTENT_PARAMETERS,
+    CONTENT_RESPONSES,
+    UPLOAD_MEDIA,
+    UPLOAD_PARAMETERS,
+    body_schema,
+    documented,
+)
+from careshare.web.problems import BAD_REQUEST, INVALID_REQUEST, PROBLEM_JSON, REQUEST_TOO_LARGE, problem_response
+from careshare.web.templates import NewTemplate, TemplateChange, template_json, template_routes
+from careshare.web.uploads import (
+    FILE_FIELD,
+    UPLOAD_RESPONSES,
+    FilePart,
+    FormField,
+    FormParts,
+    Upload,
+    answer_upload,
+    requested_wait,
+    upload_route,
+)
+from careshare.web.views import (
+    PageLimit,
+    attachment_json,
+    aware_datetime,
+    file_json,
+    invalid,
+    page_json,
+    parse_body,
+    patient_json,
+)
+
+__all__ = [
+    "BAD_REQUEST",
+    "CONTENT_PARAMETERS",
+    "CONTENT_RESPONSES",
+    "FILE_FIELD",
+    "INVALID_REQUEST",
+    "PROBLEM_JSON",
+    "RANGE_NOT_SATISFIABLE",
+    "REQUEST_TOO_LARGE",
+    "UPLOAD_MEDIA",
+    "UPLOAD_PARAMETERS",
+    "UPLOAD_RESPONSES",
+    "FilePart",
+    "FormField",
+    "FormParts",
+    "NewTemplate",
+    "PageLimit",
+    "TemplateChange",
+    "Upload",
+    "answer_upload",
+    "attachment_json",
+    "aware_datetime",
+    "blob_response",
+    "body_schema",
+    "clinician",
+    "documented",
+    "download_name",
+    "file_json",
+    "invalid",
+    "page_json",
+    "parse_body",
+    "parse_range",
+    "patient",
+    "patient_json",
+    "problem_response",
+    "requested_wait",
+    "signed_in",
+    "template_json",
+    "template_routes",
+    "upload_route",
+]
