@@ -19,6 +19,7 @@ from careshare.web.openapi import (
     body_schema,
     documented,
 )
+from careshare.web.pages import PageOf, page_route, show_route
 from careshare.web.problems import BAD_REQUEST, INVALID_REQUEST, PROBLEM_JSON, REQUEST_TOO_LARGE, problem_response
 from careshare.web.templates import NewTemplate, TemplateChange, template_json, template_routes
 from careshare.web.uploads import (
@@ -60,6 +61,7 @@ __all__ = [
     "FormParts",
     "NewTemplate",
     "PageLimit",
+    "PageOf",
     "TemplateChange",
     "Upload",
     "answer_upload",
@@ -73,12 +75,14 @@ __all__ = [
     "file_json",
     "invalid",
     "page_json",
+    "page_route",
     "parse_body",
     "parse_range",
     "patient",
     "patient_json",
     "problem_response",
     "requested_wait",
+    "show_route",
     "signed_in",
     "template_json",
     "template_routes",

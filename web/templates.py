@@ -5,16 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-from litestar import Controller, Request, delete, get, patch, post
+from litestar import Controller, Request, delete, patch, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath
 
 from careshare.core.models import Principal
 from careshare.core.runtime import Careshare
 from careshare.core.templates import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, Template, Templates
 from careshare.web.guards import clinician
 from careshare.web.openapi import documented
-from careshare.web.views import PageLimit, attachment_json, invalid, page_json, parse_body
+from careshare.web.pages import page_route, show_route
+from careshare.web.views import attachment_json, invalid, parse_body
 
 __all__ = ["NewTemplate", "TemplateChange", "template_json", "template_routes"]
 
@@ -98,25 +99,10 @@ def template_routes(templates: Templates, *, base: str, tag: str) -> type[Contro
             async with cs.engine.begin() as conn:
                 return template_json(await templates.create(conn, principal, name=name, description=description))
 
-        @get("/")
-        async def list_templates(
-            self,
-            cs: NamedDependency[Careshare],
-            principal: NamedDependency[Principal],
-            cursor: FromQuery[str | None] = None,
-            limit: PageLimit = 50,
-        ) -> dict[str, Any]:
-            """The organisation's templates, newest first, each with its files."""
-            async with cs.reader.connect() as conn:
-                items, next_cursor = await templates.page(conn, principal, cursor=cursor, limit=limit)
-            return page_json([template_json(t) for t in items], next_cursor)
+        #: The organisation's templates, newest first, each with its files.
+        list_templates = page_route("/", templates.page, template_json, of="organisation")
 
-        @get("/{tid:str}")
-        async def show(
-            self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], tid: FromPath[str]
-        ) -> dict[str, Any]:
-            async with cs.reader.connect() as conn:
-                return template_json(await templates.get(conn, principal, tid))
+        show = show_route("/{tid:str}", templates.get, template_json)
 
         @patch("/{tid:str}", operation_class=documented(TemplateChange, status=200))
         async def change(

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath
 
 from careshare.plugins.appointments import APPOINTMENT_TYPES
 from careshare.plugins.appointments.bookings import Appointment, book, list_appointments
 from careshare.web import (
-    PageLimit,
     attachment_json,
     aware_datetime,
     clinician,
     documented,
-    page_json,
+    page_route,
     parse_body,
     patient,
     template_routes,
@@ -70,18 +70,7 @@ class ClinicianAppointments(Controller):
             booked = await book(conn, cs.plugins, principal, pid, type_id=body.type_id, starts_at=starts_at)
         return appointment_json(booked, for_clinician=True)
 
-    @get("/")
-    async def list_for_patient(
-        self,
-        cs: NamedDependency[Careshare],
-        principal: NamedDependency[Principal],
-        pid: FromPath[str],
-        cursor: FromQuery[str | None] = None,
-        limit: PageLimit = 50,
-    ) -> dict[str, Any]:
-        async with cs.reader.connect() as conn:
-            items, next_cursor = await list_appointments(conn, principal, pid, cursor=cursor, limit=limit)
-        return page_json([appointment_json(a, for_clinician=True) for a in items], next_cursor)
+    list_for_patient = page_route("/", list_appointments, partial(appointment_json, for_clinician=True), of="patient")
 
 
 class PatientAppointments(Controller):
@@ -89,20 +78,8 @@ class PatientAppointments(Controller):
     dependencies = {"principal": Provide(patient)}
     tags = ["me"]
 
-    @get("/")
-    async def mine(
-        self,
-        cs: NamedDependency[Careshare],
-        principal: NamedDependency[Principal],
-        cursor: FromQuery[str | None] = None,
-        limit: PageLimit = 50,
-    ) -> dict[str, Any]:
-        """The signed-in patient's appointments, most recently booked first, with their files."""
-        async with cs.reader.connect() as conn:
-            items, next_cursor = await list_appointments(
-                conn, principal, str(principal.patient), cursor=cursor, limit=limit
-            )
-        return page_json([appointment_json(a, for_clinician=False) for a in items], next_cursor)
+    #: The signed-in patient's appointments, most recently booked first, with their files.
+    mine = page_route("/", list_appointments, partial(appointment_json, for_clinician=False), of="caller")
 
 
 def routes() -> list[type[Controller]]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath
 
 from careshare.core.problems import Problem
 from careshare.plugins.consents.consents import (
@@ -25,13 +26,13 @@ from careshare.plugins.consents.consents import (
 )
 from careshare.web import (
     INVALID_REQUEST,
-    PageLimit,
     attachment_json,
     clinician,
     documented,
-    page_json,
+    page_route,
     parse_body,
     patient,
+    show_route,
     template_json,
     template_routes,
 )
@@ -140,24 +141,9 @@ class ConsentFormController(Controller):
         async with cs.engine.begin() as conn:
             return form_json(await create_form(conn, principal, name=name, pack_ids=pack_ids))
 
-    @get("/")
-    async def list_all(
-        self,
-        cs: NamedDependency[Careshare],
-        principal: NamedDependency[Principal],
-        cursor: FromQuery[str | None] = None,
-        limit: PageLimit = 50,
-    ) -> dict[str, Any]:
-        async with cs.reader.connect() as conn:
-            items, next_cursor = await list_forms(conn, principal, cursor=cursor, limit=limit)
-        return page_json([form_json(f) for f in items], next_cursor)
+    list_all = page_route("/", list_forms, form_json, of="organisation")
 
-    @get("/{form_id:str}")
-    async def show(
-        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], form_id: FromPath[str]
-    ) -> dict[str, Any]:
-        async with cs.reader.connect() as conn:
-            return form_json(await get_form(conn, principal, form_id))
+    show = show_route("/{form_id:str}", get_form, form_json)
 
 
 class PatientConsentController(Controller):
@@ -185,18 +171,7 @@ class PatientConsentController(Controller):
             asked = await request_consent(conn, cs.plugins, principal, pid, body.form_id)
         return consent_json(asked, for_clinician=True)
 
-    @get("/")
-    async def list_for_patient(
-        self,
-        cs: NamedDependency[Careshare],
-        principal: NamedDependency[Principal],
-        pid: FromPath[str],
-        cursor: FromQuery[str | None] = None,
-        limit: PageLimit = 50,
-    ) -> dict[str, Any]:
-        async with cs.reader.connect() as conn:
-            items, next_cursor = await list_consents(conn, principal, pid, cursor=cursor, limit=limit)
-        return page_json([consent_json(c, for_clinician=True) for c in items], next_cursor)
+    list_for_patient = page_route("/", list_consents, partial(consent_json, for_clinician=True), of="patient")
 
 
 class ConsentController(Controller):
@@ -204,12 +179,7 @@ class ConsentController(Controller):
     dependencies = {"principal": Provide(clinician)}
     tags = ["consents"]
 
-    @get("/{cid:str}")
-    async def show(
-        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], cid: FromPath[str]
-    ) -> dict[str, Any]:
-        async with cs.reader.connect() as conn:
-            return consent_json(await get_consent(conn, principal, cid), for_clinician=True)
+    show = show_route("/{cid:str}", get_consent, partial(consent_json, for_clinician=True))
 
 
 class MyConsentController(Controller):
@@ -217,27 +187,10 @@ class MyConsentController(Controller):
     dependencies = {"principal": Provide(patient)}
     tags = ["me"]
 
-    @get("/")
-    async def mine(
-        self,
-        cs: NamedDependency[Careshare],
-        principal: NamedDependency[Principal],
-        cursor: FromQuery[str | None] = None,
-        limit: PageLimit = 50,
-    ) -> dict[str, Any]:
-        """The consents the signed-in patient was asked for, newest first, each with its packs and files."""
-        async with cs.reader.connect() as conn:
-            items, next_cursor = await list_consents(
-                conn, principal, str(principal.patient), cursor=cursor, limit=limit
-            )
-        return page_json([consent_json(c, for_clinician=False) for c in items], next_cursor)
+    #: The consents the signed-in patient was asked for, newest first, each with its packs and files.
+    mine = page_route("/", list_consents, partial(consent_json, for_clinician=False), of="caller")
 
-    @get("/{cid:str}")
-    async def show_mine(
-        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], cid: FromPath[str]
-    ) -> dict[str, Any]:
-        async with cs.reader.connect() as conn:
-            return consent_json(await get_consent(conn, principal, cid), for_clinician=False)
+    show_mine = show_route("/{cid:str}", get_consent, partial(consent_json, for_clinician=False))
 
     @post("/{cid:str}/decision", status_code=200, operation_class=documented(Answer, status=200))
     async def decide(

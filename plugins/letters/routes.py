@@ -49,8 +49,10 @@ from careshare.web import (
     clinician,
     documented,
     page_json,
+    page_route,
     parse_body,
     patient,
+    show_route,
     signed_in,
 )
 
@@ -233,24 +235,9 @@ class LetterTemplateController(Controller):
             row = await create_template(conn, principal, name=body.name.strip(), subject=body.subject, body=body.body)
         return template_json(row)
 
-    @get("/")
-    async def list_all(
-        self,
-        cs: NamedDependency[Careshare],
-        principal: NamedDependency[Principal],
-        cursor: FromQuery[str | None] = None,
-        limit: PageLimit = 50,
-    ) -> dict[str, Any]:
-        async with cs.reader.connect() as conn:
-            rows, next_cursor = await list_templates(conn, principal, cursor=cursor, limit=limit)
-        return page_json([template_json(row) for row in rows], next_cursor)
+    list_all = page_route("/", list_templates, template_json, of="organisation")
 
-    @get("/{tid:str}")
-    async def show(
-        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], tid: FromPath[str]
-    ) -> dict[str, Any]:
-        async with cs.reader.connect() as conn:
-            return template_json(await get_template(conn, principal, tid))
+    show = show_route("/{tid:str}", get_template, template_json)
 
 
 class PatientLetterController(Controller):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -28,6 +29,7 @@ from careshare.web import (
     documented,
     invalid,
     page_json,
+    page_route,
     parse_body,
     patient,
     signed_in,
@@ -116,18 +118,7 @@ class ClinicianMedications(Controller):
             created = await prescribe(conn, principal, pid, type_id=body.type_id, schedule=schedule)
         return medication_json(created, for_clinician=True)
 
-    @get("/")
-    async def list_for_patient(
-        self,
-        cs: NamedDependency[Careshare],
-        principal: NamedDependency[Principal],
-        pid: FromPath[str],
-        cursor: FromQuery[str | None] = None,
-        limit: PageLimit = 50,
-    ) -> dict[str, Any]:
-        async with cs.reader.connect() as conn:
-            items, next_cursor = await list_medications(conn, principal, pid, cursor=cursor, limit=limit)
-        return page_json([medication_json(m, for_clinician=True) for m in items], next_cursor)
+    list_for_patient = page_route("/", list_medications, partial(medication_json, for_clinician=True), of="patient")
 
 
 class Medications(Controller):
@@ -172,20 +163,8 @@ class PatientMedications(Controller):
     dependencies = {"principal": Provide(patient)}
     tags = ["me"]
 
-    @get("/")
-    async def mine(
-        self,
-        cs: NamedDependency[Careshare],
-        principal: NamedDependency[Principal],
-        cursor: FromQuery[str | None] = None,
-        limit: PageLimit = 50,
-    ) -> dict[str, Any]:
-        """The signed-in patient's medications, newest first; each names where its reminders are."""
-        async with cs.reader.connect() as conn:
-            items, next_cursor = await list_medications(
-                conn, principal, str(principal.patient), cursor=cursor, limit=limit
-            )
-        return page_json([medication_json(m, for_clinician=False) for m in items], next_cursor)
+    #: The signed-in patient's medications, newest first; each names where its reminders are.
+    mine = page_route("/", list_medications, partial(medication_json, for_clinician=False), of="caller")
 
 
 def routes() -> list[type[Controller]]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath
 
 from careshare.core import db
 from careshare.core.kinds import kinds as loaded_kinds
@@ -30,14 +31,14 @@ from careshare.plugins.requests.file_requests import (
 )
 from careshare.web import (
     INVALID_REQUEST,
-    PageLimit,
     Upload,
     clinician,
     documented,
     file_json,
-    page_json,
+    page_route,
     parse_body,
     patient,
+    show_route,
     upload_route,
 )
 
@@ -170,18 +171,7 @@ class PatientFileRequestController(Controller):
             )
         return request_json(created, for_clinician=True)
 
-    @get("/")
-    async def list_for_patient(
-        self,
-        cs: NamedDependency[Careshare],
-        principal: NamedDependency[Principal],
-        pid: FromPath[str],
-        cursor: FromQuery[str | None] = None,
-        limit: PageLimit = 50,
-    ) -> dict[str, Any]:
-        async with cs.reader.connect() as conn:
-            items, next_cursor = await list_requests(conn, principal, pid, cursor=cursor, limit=limit)
-        return page_json([request_json(r, for_clinician=True) for r in items], next_cursor)
+    list_for_patient = page_route("/", list_requests, partial(request_json, for_clinician=True), of="patient")
 
 
 class FileRequestController(Controller):
@@ -189,12 +179,7 @@ class FileRequestController(Controller):
     dependencies = {"principal": Provide(clinician)}
     tags = ["file-requests"]
 
-    @get("/{rid:str}")
-    async def show(
-        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], rid: FromPath[str]
-    ) -> dict[str, Any]:
-        async with cs.reader.connect() as conn:
-            return request_json(await get_request(conn, principal, rid), for_clinician=True)
+    show = show_route("/{rid:str}", get_request, partial(request_json, for_clinician=True))
 
     @post("/{rid:str}/files/{fid:str}/review", status_code=200, operation_class=documented(Review, status=200))
     async def review(
@@ -238,27 +223,10 @@ class MyFileRequestController(Controller):
     dependencies = {"principal": Provide(patient)}
     tags = ["me"]
 
-    @get("/")
-    async def mine(
-        self,
-        cs: NamedDependency[Careshare],
-        principal: NamedDependency[Principal],
-        cursor: FromQuery[str | None] = None,
-        limit: PageLimit = 50,
-    ) -> dict[str, Any]:
-        """The requests sent to the signed-in patient, newest first, with each file's decision and reason."""
-        async with cs.reader.connect() as conn:
-            items, next_cursor = await list_requests(
-                conn, principal, str(principal.patient), cursor=cursor, limit=limit
-            )
-        return page_json([request_json(r, for_clinician=False) for r in items], next_cursor)
+    #: The requests sent to the signed-in patient, newest first, with each file's decision and reason.
+    mine = page_route("/", list_requests, partial(request_json, for_clinician=False), of="caller")
 
-    @get("/{rid:str}")
-    async def show_mine(
-        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], rid: FromPath[str]
-    ) -> dict[str, Any]:
-        async with cs.reader.connect() as conn:
-            return request_json(await get_request(conn, principal, rid), for_clinician=False)
+    show_mine = show_route("/{rid:str}", get_request, partial(request_json, for_clinician=False))
 
     @upload_route("/{rid:str}/files", responses=None)
     async def answer(
