@@ -11,7 +11,7 @@ from litestar.params import QueryParameter
 from careshare.core.models import BodyErrors, parse_time, structure_body
 from careshare.core.problems import Problem
 from careshare.web.content import download_name
-from careshare.web.problems import BAD_REQUEST, INVALID_REQUEST
+from careshare.web.problems import BAD_REQUEST, INVALID_REQUEST, REQUEST_TOO_LARGE
 
 if TYPE_CHECKING:
     from litestar import Request
@@ -80,9 +80,21 @@ def page_json(items: list[dict[str, Any]], next_cursor: str | None) -> dict[str,
     return {"items": items, "next_cursor": next_cursor}
 
 
-async def parse_body(request: Request[Any, Any, Any], cls: type[T]) -> T:
-    """Structure a JSON body into ``cls``; unknown or wrong fields are a 422 naming each one."""
-    raw = await request.body()
+async def parse_body(request: Request[Any, Any, Any], cls: type[T], *, max_bytes: int | None = None) -> T:
+    """Structure a JSON body into ``cls``; unknown or wrong fields are a 422 naming each one.
+
+    ``max_bytes``: for a route whose body cap is off (it also takes uploads), the JSON is read up to
+    this many bytes and a longer body is ``413 request-too-large``, before any of it is parsed.
+    """
+    if max_bytes is None:
+        raw = await request.body()
+    else:
+        collected = bytearray()
+        async for chunk in request.stream():
+            collected += chunk
+            if len(collected) > max_bytes:
+                raise Problem(REQUEST_TOO_LARGE)
+        raw = bytes(collected)
     try:
         data = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError, RecursionError):

@@ -7,7 +7,6 @@ discarded again and no message, share or notification exists.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -20,7 +19,6 @@ from multipart import parse_options_header
 from careshare.core import db
 from careshare.core.files import discard_new_files, ingest
 from careshare.core.ids import new_id
-from careshare.core.models import BodyErrors, structure_body
 from careshare.core.patients import get_patient
 from careshare.core.problems import Problem
 from careshare.core.sharing import share
@@ -28,17 +26,16 @@ from careshare.core.targets import TOO_MANY_ATTACHMENTS, Attachment, Item, attac
 from careshare.plugins.chat import CHANNEL, MAX_FILES, TARGET
 from careshare.plugins.chat.tables import chat_messages
 from careshare.web import (
-    BAD_REQUEST,
     FILE_FIELD,
-    INVALID_REQUEST,
-    REQUEST_TOO_LARGE,
     FilePart,
     FormParts,
     PageLimit,
     attachment_json,
     clinician,
     documented,
+    invalid,
     page_json,
+    parse_body,
     patient,
 )
 
@@ -70,10 +67,6 @@ class NewMessage:
     file_ids: list[str] = attrs.field(factory=list)
 
 
-def _invalid(*errors: str) -> Problem:
-    return Problem(INVALID_REQUEST, errors=list(errors))
-
-
 def _check_count(count: int) -> None:
     if count > MAX_FILES:
         raise Problem(
@@ -87,34 +80,20 @@ def _check_count(count: int) -> None:
 def _checked(message: NewMessage) -> NewMessage:
     """The message as it will be sent, or a refusal naming what is wrong with it."""
     if not all(isinstance(fid, str) and fid for fid in message.file_ids):
-        raise _invalid("$.file_ids: each file id must be a non-empty string")
+        raise invalid("$.file_ids: each file id must be a non-empty string")
     if len(set(message.file_ids)) != len(message.file_ids):
-        raise _invalid("$.file_ids: a file is listed twice")
+        raise invalid("$.file_ids: a file is listed twice")
     _check_count(len(message.file_ids))
     if len(message.body) > MAX_BODY_CHARS:
-        raise _invalid(f"$.body: longer than {MAX_BODY_CHARS} characters")
+        raise invalid(f"$.body: longer than {MAX_BODY_CHARS} characters")
     body = message.body.strip()
     if not body and not message.file_ids:
-        raise _invalid("$.body: a message needs text, a file, or both")
+        raise invalid("$.body: a message needs text, a file, or both")
     return attrs.evolve(message, body=body)
 
 
 async def _json_message(request: Request[Any, Any, Any]) -> NewMessage:
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_JSON_BYTES:
-            raise Problem(REQUEST_TOO_LARGE)
-    try:
-        data = json.loads(bytes(raw) or b"null")
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise Problem(BAD_REQUEST, "The body is not valid JSON.") from None
-    if not isinstance(data, dict):
-        raise _invalid("$: expected an object")
-    try:
-        return _checked(structure_body(data, NewMessage))
-    except BodyErrors as exc:
-        raise Problem(INVALID_REQUEST, errors=exc.errors) from None
+    return _checked(await parse_body(request, NewMessage, max_bytes=MAX_JSON_BYTES))
 
 
 async def _form_message(
@@ -135,7 +114,7 @@ async def _form_message(
     async for part in FormParts(request, cs.settings.max_upload_bytes, max_files=MAX_FILES):
         if isinstance(part, FilePart):
             if part.name != FILE_FIELD:
-                raise _invalid(f"$.{part.name}: files go in fields named '{FILE_FIELD}'")
+                raise invalid(f"$.{part.name}: files go in fields named '{FILE_FIELD}'")
             _check_count(len(file_ids) + 1)
             file = await ingest(
                 cs, part, principal=principal, owner_type="patient", patient_id=patient_id, source=source
@@ -144,13 +123,13 @@ async def _form_message(
             file_ids.append(file.id)
         elif part.name == BODY_FIELD:
             if body is not None:
-                raise _invalid("$.body: give the message's text once")
+                raise invalid("$.body: give the message's text once")
             body = part.value
         elif part.name in FILE_ID_FIELDS:
             file_ids.append(part.value.strip())
             _check_count(len(file_ids))
         else:
-            raise _invalid(f"$.{part.name}: unknown field; a message takes 'body', 'file_id' and 'file' parts")
+            raise invalid(f"$.{part.name}: unknown field; a message takes 'body', 'file_id' and 'file' parts")
     return _checked(NewMessage(body=body or "", file_ids=file_ids))
 
 

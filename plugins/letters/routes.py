@@ -39,7 +39,6 @@ from careshare.plugins.letters.templating import MAX_OUTPUT_CHARS, MAX_TEMPLATE_
 from careshare.web import (
     CONTENT_PARAMETERS,
     CONTENT_RESPONSES,
-    INVALID_REQUEST,
     UPLOAD_MEDIA,
     UPLOAD_PARAMETERS,
     PageLimit,
@@ -48,6 +47,7 @@ from careshare.web import (
     blob_response,
     clinician,
     documented,
+    invalid,
     page_json,
     page_route,
     parse_body,
@@ -108,10 +108,6 @@ class SettingsBody:
     organisation_name: str | None = None
 
 
-def _invalid(*errors: str) -> Problem:
-    return Problem(INVALID_REQUEST, errors=list(errors))
-
-
 def _text_errors(value: str | None, field: str, limit: int, *, required: bool) -> list[str]:
     """What is wrong with a text field (databases refuse NUL and unpaired surrogates; blank where needed)."""
     if value is None:
@@ -133,7 +129,7 @@ def _check_letter_text(subject: str, body: str) -> None:
     errors = _text_errors(subject, "subject", MAX_SUBJECT_CHARS, required=True)
     errors += _text_errors(body, "body", MAX_BODY_CHARS, required=False)
     if errors:
-        raise _invalid(*errors)
+        raise invalid(*errors)
 
 
 def template_json(row: sa.Row[Any]) -> dict[str, Any]:
@@ -230,7 +226,7 @@ class LetterTemplateController(Controller):
         errors += _text_errors(body.subject, "subject", MAX_TEMPLATE_CHARS, required=True)
         errors += _text_errors(body.body, "body", MAX_TEMPLATE_CHARS, required=False)
         if errors:
-            raise _invalid(*errors)
+            raise invalid(*errors)
         async with cs.engine.begin() as conn:
             row = await create_template(conn, principal, name=body.name.strip(), subject=body.subject, body=body.body)
         return template_json(row)
@@ -268,7 +264,7 @@ class PatientLetterController(Controller):
         errors = _text_errors(body.subject, "subject", MAX_SUBJECT_CHARS, required=body.template_id is None)
         errors += _text_errors(body.body, "body", MAX_BODY_CHARS, required=False)
         if errors:
-            raise _invalid(*errors)
+            raise invalid(*errors)
         async with cs.engine.begin() as conn:
             found = await get_patient(conn, principal, pid)
             row = await create_letter(
@@ -322,7 +318,7 @@ class LetterController(Controller):
         if body.subject is not None and not body.subject.strip():
             errors.append("$.subject: must not be blank")
         if errors:
-            raise _invalid(*errors)
+            raise invalid(*errors)
         subject = body.subject.strip() if body.subject is not None else None
         async with cs.engine.begin() as conn:
             row = await edit_letter(conn, principal, lid, subject=subject, body=body.body)
@@ -389,7 +385,7 @@ class LetterController(Controller):
         """Send ``{"email": bool}``: the letter reaches the app inbox; with email, also the patient's address."""
         key = request.headers.get(IDEMPOTENCY_HEADER)
         if key is not None and not (0 < len(key) <= MAX_KEY_CHARS and key.isprintable()):
-            raise _invalid(f"Idempotency-Key: 1 to {MAX_KEY_CHARS} printable characters")
+            raise invalid(f"Idempotency-Key: 1 to {MAX_KEY_CHARS} printable characters")
         body = await parse_body(request, Send) if (await request.body()).strip() else Send()
         row = await send_letter(cs, principal, TARGET, lid, email=body.email, key=key)
         async with cs.reader.connect() as conn:
@@ -449,7 +445,7 @@ class LetterSettingsController(Controller):
         if limit is not None and not 1 <= limit <= MAX_SETTING_BYTES:
             errors.append(f"$.max_attachment_bytes: between 1 and {MAX_SETTING_BYTES:,} bytes (null for the default)")
         if errors:
-            raise _invalid(*errors)
+            raise invalid(*errors)
         name = body.organisation_name.strip() if body.organisation_name is not None else None
         async with cs.engine.begin() as conn:
             saved = await put_settings(

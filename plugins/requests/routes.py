@@ -14,7 +14,6 @@ from litestar.params import FromPath
 from careshare.core import db
 from careshare.core.kinds import kinds as loaded_kinds
 from careshare.core.models import parse_time
-from careshare.core.problems import Problem
 from careshare.plugins.requests.file_requests import (
     MAX_FILES,
     MAX_MESSAGE_CHARS,
@@ -30,11 +29,11 @@ from careshare.plugins.requests.file_requests import (
     review_answer,
 )
 from careshare.web import (
-    INVALID_REQUEST,
     Upload,
     clinician,
     documented,
     file_json,
+    invalid,
     page_route,
     parse_body,
     patient,
@@ -61,10 +60,6 @@ class NewFileRequest:
 class Review:
     decision: Literal["accepted", "rejected"]
     reason: str | None = None
-
-
-def _invalid(errors: list[str]) -> Problem:
-    return Problem(INVALID_REQUEST, errors=errors)
 
 
 def _due_at(value: str, errors: list[str]) -> datetime | None:
@@ -95,7 +90,7 @@ def _validated(body: NewFileRequest, known: frozenset[str]) -> tuple[str, frozen
         errors.append(f"$.max_files: must be between 1 and {MAX_FILES}")
     due = _due_at(body.due_at, errors)
     if errors or due is None:
-        raise _invalid(errors)
+        raise invalid(*errors)
     return message, kinds, due
 
 
@@ -194,9 +189,9 @@ class FileRequestController(Controller):
         body = await parse_body(request, Review)
         reason = body.reason.strip() if body.reason is not None else None
         if body.decision == "rejected" and not reason:
-            raise _invalid(["$.reason: give the patient a reason when rejecting a file"])
+            raise invalid("$.reason: give the patient a reason when rejecting a file")
         if reason is not None and len(reason) > MAX_REASON_CHARS:
-            raise _invalid([f"$.reason: at most {MAX_REASON_CHARS} characters"])
+            raise invalid(f"$.reason: at most {MAX_REASON_CHARS} characters")
         async with cs.engine.begin() as conn:
             reviewed = await review_answer(
                 conn, cs.plugins, principal, rid, fid, decision=body.decision, reason=reason or None
