@@ -59,7 +59,7 @@ def _held(settings: Settings) -> list[Path]:
 
 
 @given(
-    wait=st.one_of(st.none(), st.integers(0, 10**9)),
+    wait=st.one_of(st.none(), st.integers(0, 10**30)),
     others=st.lists(st.sampled_from(["return=minimal", "handling=lenient", "wait=abc", "wait=", "x"]), max_size=3),
     default=st.floats(0, 100),
     cap=st.floats(0, 100),

@@ -43,7 +43,7 @@ FILE_FIELD = "file"
 #: A part's headers may be this long: a file name of any length is cut by the sanitiser, not refused.
 MAX_PART_HEADER_BYTES = 32 * 1024
 _FILENAME_STAR = re.compile(r"filename\*\s*=\s*([^;]+)", re.IGNORECASE)
-_PREFER_WAIT = re.compile(r"^\s*wait\s*=\s*\"?(\d{1,9})\"?\s*$", re.IGNORECASE)
+_PREFER_WAIT = re.compile(r"^\s*wait\s*=\s*\"?(\d+)\"?\s*$", re.IGNORECASE)
 _RESPOND_ASYNC = re.compile(r"^\s*respond-async\s*$", re.IGNORECASE)
 
 
@@ -61,7 +61,9 @@ def prefer_wait(headers: list[str], default: float, cap: float) -> float:
                 return 0.0
             match = _PREFER_WAIT.match(preference)
             if match:
-                wait = float(match.group(1))
+                digits = match.group(1)
+                # Any number of seconds is a wait; more than the cap is the cap (never int() of 5000 digits).
+                wait = float(digits) if len(digits) <= 18 else float("inf")
     return max(0.0, min(wait, cap))
 
 
