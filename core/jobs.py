@@ -18,7 +18,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
+import socket
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_ATTEMPTS",
     "TASKS",
+    "Doorbell",
     "JobQueue",
     "LocalQueue",
     "ProcrastinateQueue",
@@ -50,8 +54,11 @@ logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 8
 #: Seconds between two runs of a failed job: 2, 4, 8 ... at most this.
 LONGEST_RETRY_SECONDS = 300.0
-#: How often an idle pool looks for jobs deferred by other processes (its own wake it at once).
+#: How often an idle pool looks for jobs deferred by other processes (its own wake it at once, and
+#: on SQLite so do those of other processes on the same host: see :class:`Doorbell`).
 IDLE_POLL_SECONDS = 1.0
+#: The longest path a unix socket can be bound at (``sun_path`` on Linux, less its NUL).
+_SOCKET_PATH_MAX = 107
 
 TASKS: dict[str, Callable[..., Awaitable[None]]] = {}
 
@@ -111,6 +118,85 @@ async def _run(cs: Careshare, name: str, args: dict[str, Any], attempts: int) ->
     await fn(cs, attempts=attempts, **args)
 
 
+class Doorbell:
+    """Wakes the idle pools of the other processes on one SQLite database as soon as a job is queued.
+
+    SQLite has nothing like PostgreSQL's LISTEN/NOTIFY, and a ``careshare worker`` beside the API
+    process would otherwise see a new job only at its next poll (half of ``IDLE_POLL_SECONDS`` on
+    average, for every upload). Each pool binds a unix datagram socket in a folder beside the
+    database file (mode 0700, so only careshare's own user can ring), and each defer sends one
+    byte to every socket there. Best effort: a datagram that is lost leaves the job to the poll.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._sock: socket.socket | None = None
+        self._path: str | None = None
+
+    @classmethod
+    def for_engine(cls, engine: AsyncEngine) -> Doorbell | None:
+        """The doorbell of a file-backed SQLite database (``careshare.db`` -> ``careshare.db.wake/``), else None."""
+        database = engine.url.database
+        if engine.url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+            return None
+        path = Path(database).resolve()
+        return cls(path.with_name(f"{path.name}.wake"))
+
+    def listen(self, wake: asyncio.Event) -> None:
+        """Set ``wake`` whenever another process rings (from this event loop); polling only if the socket cannot be made."""
+        path = str(self.folder / f"{os.getpid()}-{secrets.token_hex(4)}.sock")
+        if len(os.fsencode(path)) > _SOCKET_PATH_MAX:
+            logger.info("job doorbell off (its folder's path is too long for a socket): polling only")
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            self.folder.mkdir(mode=0o700, exist_ok=True)
+            sock.setblocking(False)
+            sock.bind(path)
+        except OSError as exc:
+            sock.close()
+            logger.info("job doorbell off error=%s: polling only", type(exc).__name__)
+            return
+
+        def rung() -> None:
+            with contextlib.suppress(OSError):  # BlockingIOError once every datagram is read
+                while sock.recv(16):
+                    pass
+            wake.set()
+
+        asyncio.get_running_loop().add_reader(sock.fileno(), rung)
+        self._sock, self._path = sock, path
+
+    def close(self) -> None:
+        if self._sock is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+        self._sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self._path or "")
+        self._sock = self._path = None
+
+    def ring(self) -> None:
+        """Send a byte to every pool listening on this database (its own excepted); never raises."""
+        try:
+            entries = [e.path for e in os.scandir(self.folder) if e.name.endswith(".sock") and e.path != self._path]
+        except OSError:
+            return
+        if not entries:
+            return
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            for path in entries:
+                try:
+                    sock.sendto(b"\0", path)
+                except (ConnectionRefusedError, FileNotFoundError):  # a socket left by a process that is gone
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                except OSError:  # its queue is full (it has been rung already), or anything else: the poll remains
+                    pass
+
+
 class LocalQueue:
     """Jobs in careshare's own ``jobs`` table, leased while they run (SQLite or PostgreSQL)."""
 
@@ -118,6 +204,7 @@ class LocalQueue:
         self.engine = engine
         self.lease = timedelta(seconds=lease_seconds)
         self._wake = asyncio.Event()
+        self.doorbell = Doorbell.for_engine(engine)
 
     async def open(self) -> None:
         return None
@@ -139,6 +226,8 @@ class LocalQueue:
         async with self.engine.begin() as conn:
             await conn.execute(db.insert_ignore(conn, db.jobs).values(**row))
         self._wake.set()
+        if self.doorbell is not None:
+            self.doorbell.ring()
 
     async def waiting(self, keys: Iterable[str]) -> set[str]:
         keys = list(keys)
@@ -222,6 +311,8 @@ class LocalQueue:
     async def work(self, cs: Careshare, concurrency: int) -> None:
         slots = asyncio.Semaphore(concurrency)
         running: set[asyncio.Task[None]] = set()
+        if self.doorbell is not None:
+            self.doorbell.listen(self._wake)
         try:
             while True:
                 await slots.acquire()
@@ -243,6 +334,8 @@ class LocalQueue:
                 running.add(job)
                 job.add_done_callback(lambda done: (running.discard(done), slots.release()))
         finally:
+            if self.doorbell is not None:
+                self.doorbell.close()
             for job in running:
                 job.cancel()
             await asyncio.gather(*running, return_exceptions=True)

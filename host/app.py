@@ -112,9 +112,7 @@ class CareshareInit(InitPlugin):
             from careshare.core.tus import run_sweeper
 
             await cs.start()
-            delivery = asyncio.create_task(
-                run_delivery_loop(cs.engine, cs.plugins, cs=cs), name="careshare-delivery"
-            )
+            delivery = asyncio.create_task(run_delivery_loop(cs.engine, cs.plugins, cs=cs), name="careshare-delivery")
             swept = asyncio.Event()
             sweeper = asyncio.create_task(run_sweeper(cs, first_round=swept), name="careshare-upload-sweeper")
             tasks = [delivery, sweeper, *start_background(cs)]

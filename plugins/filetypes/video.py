@@ -12,7 +12,9 @@ before ``mdat`` so phones can stream it with HTTP ranges.
 from __future__ import annotations
 
 import contextlib
+import logging
 import mmap
+import os
 import re
 import struct
 from typing import TYPE_CHECKING, Any
@@ -27,6 +29,7 @@ from careshare import hookimpl
 from careshare.core.kinds import Kind, KindRefusal
 from careshare.core.models import Identification, Processed, RenditionOutput
 from careshare.core.problems import Problem, ProblemType
+from careshare.core.storage import start_writeback
 from careshare.plugins.filetypes.imaging import save_jpeg, thumbnail_rendition
 
 if TYPE_CHECKING:
@@ -70,8 +73,11 @@ __all__ = [
     "top_level_boxes",
 ]
 
+logger = logging.getLogger(__name__)
+
 KIND = "video"
-HANDLER_VERSION = f"1 (PyAV {av.__version__}, FFmpeg {av.ffmpeg_version_info})"
+# 2: large MP4/MOV copies are written with their moov in space kept for it (a `free` box pads the rest).
+HANDLER_VERSION = f"2 (PyAV {av.__version__}, FFmpeg {av.ffmpeg_version_info})"
 
 VIDEO_UNREADABLE = ProblemType(
     "video-unreadable",
@@ -640,57 +646,173 @@ def _fix_dts(packet: Packet, shift: int, last_dts: dict[int, int]) -> None:
         last_dts[index] = packet.dts
 
 
+#: Bytes of ``moov`` one packet can take at most: its size (stsz), duration (stts), composition
+#: offset (ctts), sync and dependency flags (stss, sdtp), chunk offset and chunk map (co64, stsc)
+#: and sample group (sbgp) entries, each counted as if no two packets shared an entry. FFmpeg
+#: writes about 6 bytes a packet for phone footage.
+MOOV_BYTES_PER_PACKET = 64
+#: Bytes of ``moov`` a track takes beyond its packets and its codec's extradata (tkhd, mdhd, hdlr,
+#: stsd, edts ...), and the movie's own header.
+MOOV_BYTES_PER_TRACK = 4096
+MOOV_BYTES_FIXED = 4096
+#: The space kept for ``moov`` is at most this share of the upload; above it the copy is written
+#: with ``+faststart`` (for short clips the space would be a large share of the file, and the
+#: second pass that faststart makes is cheap on them).
+MOOV_RESERVE_SHARE = 0.01
+#: Muxed bytes between two requests to the kernel to start writing the copy to disk.
+WRITEBACK_EVERY = 64 * 1024 * 1024
+
+
+def moov_reservation(media: InputContainer, keep: list[int], budget: int) -> int | None:
+    """Bytes to keep for ``moov`` at the start of an MP4/MOV copy of the ``keep`` tracks, or None.
+
+    ``+faststart`` writes the whole file with ``moov`` at the end, then moves every byte of
+    ``mdat`` forward to put ``moov`` first: a second read and write of the whole copy. With the
+    mov muxer's ``moov_size`` the space is kept after ``ftyp`` instead, so the copy is written
+    once. The bound follows from the packet counts of the tracks' sample tables; None (use
+    faststart) when a track does not give its count (fragmented MP4) or the bound is over
+    ``budget``. A bound that proves too small is caught when the copy is closed
+    (:func:`remux_streamable` then writes it again with faststart).
+    """
+    total = MOOV_BYTES_FIXED
+    for index in keep:
+        stream = media.streams[index]
+        if not stream.frames or stream.frames <= 0:
+            return None
+        extradata = stream.codec_context.extradata_size if stream.codec_context is not None else 0
+        total += MOOV_BYTES_PER_TRACK + extradata + MOOV_BYTES_PER_PACKET * stream.frames
+    return total if total <= budget else None
+
+
+class _MoovReservationTooSmall(Exception):
+    """The muxer found ``moov`` larger than the space kept for it when closing the copy (the copy is unusable)."""
+
+
+def remux_streamable(
+    source: Path,
+    container: Container,
+    keep: list[int],
+    dst: Path,
+    muxer: str,
+    policy: Policy,
+    moov_reserve: int | None = None,
+) -> tuple[dict[int, int], bool]:
+    """Remux into ``dst`` with ``moov`` first: in ``moov_reserve`` bytes kept for it, else by faststart.
+
+    Returns the packets copied per track and whether the reservation was used. One that proves
+    too small costs a second remux, with ``+faststart``.
+    """
+    if moov_reserve is not None and moov_reserve > 0 and muxer in ("mp4", "mov"):
+        try:
+            return _remux(source, container, keep, dst, muxer, policy, moov_reserve), True
+        except _MoovReservationTooSmall:
+            logger.warning("moov did not fit the space kept for it reserved=%s: remuxing with faststart", moov_reserve)
+            dst.unlink(missing_ok=True)
+    return _remux(source, container, keep, dst, muxer, policy), False
+
+
+class _Writeback:
+    """Starts the kernel writing the copy to disk while it is muxed, so that storing it durably finds little left to write."""
+
+    def __init__(self, path: Path, every: int = WRITEBACK_EVERY) -> None:
+        self.path, self.every, self.pending, self.fd = path, every, 0, -1
+
+    def add(self, size: int) -> None:
+        self.pending += size
+        if self.pending < self.every:
+            return
+        self.pending = 0
+        if self.fd < 0:
+            try:
+                self.fd = os.open(self.path, os.O_RDONLY)
+            except OSError:  # not there yet: the muxer creates it with its first write
+                return
+        start_writeback(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 def _remux(
-    source: Path, container: Container, keep: list[int], dst: Path, muxer: str, policy: Policy
+    source: Path,
+    container: Container,
+    keep: list[int],
+    dst: Path,
+    muxer: str,
+    policy: Policy,
+    moov_reserve: int | None = None,
 ) -> dict[int, int]:
     """Copy the ``keep`` tracks' packets into ``dst`` with no metadata; returns packets copied per track."""
     assert container.demuxer is not None
-    counts = dict.fromkeys(keep, 0)
     options = {"fflags": "+bitexact"}
     if muxer in ("mp4", "mov"):
-        options["movflags"] = "+faststart"
+        if moov_reserve is not None and moov_reserve > 0:  # moov_size 0 would put moov at the end
+            options["moov_size"] = str(moov_reserve)
+        else:
+            options["movflags"] = "+faststart"
     else:
         options["cues_to_front"] = "1"
-    with (
-        open_media(source, container.demuxer) as media,
-        av.open(dst, "w", format=muxer, container_options=options) as out,
-    ):
-        inputs = [media.streams[i] for i in keep]
-        outputs = {}
-        for stream in inputs:
-            try:
-                copy = out.add_stream_from_template(stream, opaque=True)
-            except av.error.FFmpegError:
-                raise
-            except ValueError as exc:  # "format does not support codec"
-                raise _MuxerRefused(str(exc)) from None
-            tag = stream.codec_context.codec_tag
-            if muxer in ("mp4", "mov") and tag in _KEPT_TAGS:
-                copy.codec_context.codec_tag = tag
-            copy.metadata.clear()
-            outputs[stream.index] = copy
-        out.metadata.clear()
-        lookahead: list[Packet] = []
-        shifts: dict[int, int] | None = None
-        last_dts: dict[int, int] = {}
-        for packet in media.demux(inputs):
-            if packet.dts is None and packet.pts is None:
-                continue
-            _check_time(packet, policy)
-            if shifts is None:
-                lookahead.append(packet)
-                if len(lookahead) < _LOOKAHEAD_PACKETS:
-                    continue
-                shifts = _dts_shifts(lookahead)
-                pending, lookahead = lookahead, []
-            else:
-                pending = [packet]
-            for item in pending:
-                _copy_packet(out, item, outputs, shifts, last_dts, counts)
+    writeback = _Writeback(dst)
+    counts: dict[int, int] | None = None
+    try:
+        with (
+            open_media(source, container.demuxer) as media,
+            av.open(dst, "w", format=muxer, container_options=options) as out,
+        ):
+            counts = _copy_tracks(media, out, keep, muxer, policy, writeback)
+    except av.error.FFmpegError:
+        if moov_reserve is not None and counts is not None:
+            # Every packet went in and closing (writing moov) failed: it did not fit the space kept.
+            raise _MoovReservationTooSmall from None
+        raise
+    finally:
+        writeback.close()
+    assert counts is not None
+    return counts
+
+
+def _copy_tracks(
+    media: InputContainer, out: Any, keep: list[int], muxer: str, policy: Policy, writeback: _Writeback
+) -> dict[int, int]:
+    counts = dict.fromkeys(keep, 0)
+    inputs = [media.streams[i] for i in keep]
+    outputs = {}
+    for stream in inputs:
+        try:
+            copy = out.add_stream_from_template(stream, opaque=True)
+        except av.error.FFmpegError:
+            raise
+        except ValueError as exc:  # "format does not support codec"
+            raise _MuxerRefused(str(exc)) from None
+        tag = stream.codec_context.codec_tag
+        if muxer in ("mp4", "mov") and tag in _KEPT_TAGS:
+            copy.codec_context.codec_tag = tag
+        copy.metadata.clear()
+        outputs[stream.index] = copy
+    out.metadata.clear()
+    lookahead: list[Packet] = []
+    shifts: dict[int, int] | None = None
+    last_dts: dict[int, int] = {}
+    for packet in media.demux(inputs):
+        if packet.dts is None and packet.pts is None:
+            continue
+        _check_time(packet, policy)
         if shifts is None:
+            lookahead.append(packet)
+            if len(lookahead) < _LOOKAHEAD_PACKETS:
+                continue
             shifts = _dts_shifts(lookahead)
-            for item in lookahead:
-                _copy_packet(out, item, outputs, shifts, last_dts, counts)
+            pending, lookahead = lookahead, []
+        else:
+            pending = [packet]
+        for item in pending:
+            _copy_packet(out, item, outputs, shifts, last_dts, counts, writeback)
+    if shifts is None:
+        shifts = _dts_shifts(lookahead)
+        for item in lookahead:
+            _copy_packet(out, item, outputs, shifts, last_dts, counts, writeback)
     return counts
 
 
@@ -701,12 +823,15 @@ def _copy_packet(
     shifts: dict[int, int],
     last_dts: dict[int, int],
     counts: dict[int, int],
+    writeback: _Writeback,
 ) -> None:
     index = packet.stream.index
     _fix_dts(packet, shifts.get(index, 0), last_dts)
     packet.stream = outputs[index]
+    size = packet.size  # muxing hands the packet's data over
     out.mux(packet)
     counts[index] += 1
+    writeback.add(size)
 
 
 def _dts_shifts(packets: list[Packet]) -> dict[int, int]:
@@ -755,10 +880,11 @@ def _write_shareable(
     keep = [s.index for s in (*found.videos, *found.audios)]
     codecs = [codec_name(media.streams[i]) for i in keep]
     private = [v for k, v in _all_metadata(media) if (_LOCATION.search(k) or _DEVICE.search(k)) and len(v.strip()) >= 4]
+    reserve = moov_reservation(media, keep, int(source.stat().st_size * MOOV_RESERVE_SHARE))
     for muxer in container.muxers:
         dst = workdir / f"shareable.{_EXTENSIONS[muxer]}"
         try:
-            counts = _remux(source, container, keep, dst, muxer, policy)
+            counts, _ = remux_streamable(source, container, keep, dst, muxer, policy, reserve)
         except _MuxerRefused:
             dst.unlink(missing_ok=True)
             continue
