@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,9 +18,11 @@ from litestar.testing import TestClient
 from careshare import hookimpl
 from careshare.core.plugins import get_plugin_manager
 from careshare.core.problems import NOT_FOUND, Problem
+from careshare.core.targets import Attachment
+from careshare.core.templates import Template
 from careshare.host import create_app
 from careshare.testing import bearer, make_settings
-from careshare.web import clinician, page_route, show_route
+from careshare.web import attachment_json, clinician, page_route, show_route, shown
 
 if TYPE_CHECKING:
     from careshare.core.models import Principal
@@ -113,3 +118,39 @@ def test_factories_refuse_what_they_cannot_serve() -> None:
         page_route("/", _load_page, str, of="everyone")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="names no path parameter"):
         show_route("/", _load_one, str)
+
+
+@given(
+    name=st.text(max_size=20),
+    at=st.datetimes(timezones=st.just(UTC)),
+    hidden=st.sets(st.sampled_from(["org", "name"])),
+)
+def test_shown_is_the_fields_in_json_less_the_hidden_plus_the_extra(name: str, at: datetime, hidden: set[str]) -> None:
+    attachment = Attachment(
+        id="a1",
+        target="t",
+        item_id="i",
+        file_id="f1",
+        role="shareable",
+        sha256="0" * 64,
+        media_type="application/pdf",
+        size=3,
+        filename="x.pdf",
+        kind="pdf",
+        position=0,
+    )
+    template = Template(
+        id="t1",
+        org="org-a",
+        name=name,
+        description="",
+        created_by="dr",
+        created_at=at,
+        updated_at=at,
+        attachments=(attachment,),
+    )
+    answer = shown(template, hide=hidden, url="/v1/x")
+    assert set(answer) == {f.name for f in attrs.fields(Template)} - hidden | {"url"}
+    assert answer["created_at"] == at.isoformat() and answer["url"] == "/v1/x"
+    assert answer["attachments"] == [attachment_json(attachment)]
+    assert json.loads(json.dumps(answer)) == answer

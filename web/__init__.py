@@ -39,9 +39,11 @@ from careshare.web.views import (
     aware_datetime,
     file_json,
     invalid,
+    output,
     page_json,
     parse_body,
     patient_json,
+    shown,
 )
 
 __all__ = [
@@ -74,6 +76,7 @@ __all__ = [
     "download_name",
     "file_json",
     "invalid",
+    "output",
     "page_json",
     "page_route",
     "parse_body",
@@ -83,6 +86,7 @@ __all__ = [
     "problem_response",
     "requested_wait",
     "show_route",
+    "shown",
     "signed_in",
     "template_json",
     "template_routes",

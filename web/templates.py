@@ -15,7 +15,7 @@ from careshare.core.templates import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, Temp
 from careshare.web.guards import clinician
 from careshare.web.openapi import documented
 from careshare.web.pages import page_route, show_route
-from careshare.web.views import attachment_json, invalid, parse_body
+from careshare.web.views import invalid, parse_body, shown
 
 __all__ = ["NewTemplate", "TemplateChange", "template_json", "template_routes"]
 
@@ -38,15 +38,7 @@ class NewTemplateAttachment:
 
 
 def template_json(t: Template) -> dict[str, Any]:
-    return {
-        "id": t.id,
-        "name": t.name,
-        "description": t.description,
-        "attachments": [attachment_json(a) for a in t.attachments],
-        "created_by": t.created_by,
-        "created_at": t.created_at.isoformat(),
-        "updated_at": t.updated_at.isoformat(),
-    }
+    return shown(t, hide={"org"})
 
 
 def _name(value: str) -> str:

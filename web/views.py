@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
+import attrs
+from cattrs.preconf.json import make_converter
 from litestar.params import QueryParameter
 
 from careshare.core.models import BodyErrors, parse_time, structure_body
 from careshare.core.problems import Problem
+from careshare.core.targets import Attachment
 from careshare.web.content import download_name
 from careshare.web.problems import BAD_REQUEST, INVALID_REQUEST, REQUEST_TOO_LARGE
 
@@ -17,7 +21,6 @@ if TYPE_CHECKING:
     from litestar import Request
 
     from careshare.core.models import Patient, StoredFile
-    from careshare.core.targets import Attachment
 
 __all__ = [
     "PageLimit",
@@ -25,9 +28,11 @@ __all__ = [
     "aware_datetime",
     "file_json",
     "invalid",
+    "output",
     "page_json",
     "parse_body",
     "patient_json",
+    "shown",
 ]
 
 T = TypeVar("T")
@@ -67,13 +72,7 @@ def file_json(f: StoredFile) -> dict[str, Any]:
 
 
 def patient_json(p: Patient) -> dict[str, Any]:
-    return {
-        "id": p.id,
-        "name": p.name,
-        "external_id": p.external_id,
-        "email": p.email,
-        "created_at": p.created_at.isoformat(),
-    }
+    return shown(p, hide={"org"})
 
 
 def page_json(items: list[dict[str, Any]], next_cursor: str | None) -> dict[str, Any]:
@@ -131,3 +130,20 @@ def attachment_json(a: Attachment) -> dict[str, Any]:
         "sha256": a.sha256,
         "url": f"/v1/attachments/{a.id}/content",
     }
+
+
+#: JSON out: an attrs value's fields, datetimes as ISO 8601 text, attachments in their public shape.
+output = make_converter()
+output.register_unstructure_hook(Attachment, attachment_json)
+
+
+def shown(value: Any, *, hide: Collection[str] = (), **extra: Any) -> dict[str, Any]:
+    """``value`` (an attrs instance) as its JSON through :data:`output`, less the fields in ``hide``, plus ``extra``.
+
+    For the answers that are an item's own fields: what a caller must not see (the organisation,
+    a reviewer's name for a patient) goes in ``hide``, what is computed (a URL) in ``extra``.
+    """
+    # Field by field, each value by its own class: the classes' annotations may be strings that
+    # only a type checker resolves (``datetime`` imported under TYPE_CHECKING).
+    fields = (f.name for f in attrs.fields(type(value)) if f.name not in hide)
+    return {**{name: output.unstructure(getattr(value, name)) for name in fields}, **extra}

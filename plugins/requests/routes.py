@@ -38,6 +38,7 @@ from careshare.web import (
     parse_body,
     patient,
     show_route,
+    shown,
     upload_route,
 )
 
@@ -95,22 +96,7 @@ def _validated(body: NewFileRequest, known: frozenset[str]) -> tuple[str, frozen
 
 
 def answer_json(a: Answer, *, for_clinician: bool) -> dict[str, Any]:
-    shown: dict[str, Any] = {
-        "file_id": a.file_id,
-        "filename": a.filename,
-        "kind": a.kind,
-        "media_type": a.media_type,
-        "size": a.size,
-        "position": a.position,
-        "decision": a.decision,
-        "reason": a.reason,
-        "reviewed_at": a.reviewed_at.isoformat() if a.reviewed_at else None,
-        "created_at": a.created_at.isoformat(),
-        "url": f"/v1/files/{a.file_id}",
-    }
-    if for_clinician:
-        shown["reviewed_by"] = a.reviewed_by
-    return shown
+    return shown(a, hide=() if for_clinician else {"reviewed_by"}, url=f"/v1/files/{a.file_id}")
 
 
 def request_json(r: FileRequest, *, for_clinician: bool) -> dict[str, Any]:
