@@ -73,7 +73,7 @@ def postgres() -> Iterator[PostgresCluster]:
     if find_postgres_bin() is None:
         # Reason: scripts/test installs PostgreSQL where it can (root + apt); a machine without it
         # still runs everything else, and the skip names what is missing.
-        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed on this machine")
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed")  # Reason: scripts/test installs them
     cluster = PostgresCluster()
     cluster.start()
     try:
@@ -91,7 +91,7 @@ def moto_s3() -> Iterator[MotoS3]:
     except (FileNotFoundError, RuntimeError, OSError) as error:
         # Reason: moto[server] comes with the test extras; a machine where it cannot run on
         # 127.0.0.1 still runs everything else, and the skip says why.
-        pytest.skip(f"moto_server (from moto[server]) cannot start here: {error}")
+        pytest.skip(f"moto_server cannot start here: {error}")  # Reason: moto[server] could not run on 127.0.0.1
     try:
         yield server
     finally:
@@ -106,7 +106,7 @@ def clamd() -> Iterator[Clamd]:
     if find_clamd() is None:
         # Reason: scripts/test installs Debian's clamav-daemon where it can (root + apt); a machine
         # without it still runs everything else, and the skip names what is missing.
-        pytest.skip("clamd (Debian's clamav-daemon) is not installed on this machine")
+        pytest.skip("clamd (Debian's clamav-daemon) is not installed")  # Reason: scripts/test installs it
     server = Clamd(max_file_bytes=512 * 1024)
     server.start()  # installed but failing to start is a failure, not a skip
     try:

@@ -337,9 +337,7 @@ def test_the_client_speaks_tcp_too() -> None:
     from careshare.testing.clamd import Clamd, find_clamd
 
     if find_clamd() is None:
-        pytest.skip(
-            "clamd (Debian's clamav-daemon) is not installed on this machine"
-        )  # Reason: scripts/test installs it; a developer machine may lack it
+        pytest.skip("clamd (Debian's clamav-daemon) is not installed")  # Reason: scripts/test installs it
     with Clamd(tcp=True, stream_max_bytes=64 * 1024) as server:
         assert server.address.startswith("tcp://127.0.0.1:")
 
