@@ -23,6 +23,7 @@ __all__ = [
     "Problem",
     "ProblemType",
     "problem_types",
+    "upload_too_large",
 ]
 
 _REGISTRY: dict[str, ProblemType] = {}
@@ -133,6 +134,17 @@ UPLOAD_TOO_LARGE = ProblemType(
     "File too large",
     "The file is larger than this server accepts. Send a smaller file.",
 )
+
+
+def upload_too_large(limit: int) -> Problem:
+    """``upload-too-large`` naming the server's limit: what every upload path (body, form, tus, stage) raises."""
+    return Problem(
+        UPLOAD_TOO_LARGE,
+        f"The file is larger than the {limit:,} bytes this server accepts. Send a smaller file.",
+        limit=limit,
+    )
+
+
 UPLOAD_EMPTY = ProblemType(
     "upload-empty", 400, "Empty upload", "The upload contained no file data. Choose a file and send it again."
 )

@@ -29,7 +29,7 @@ from obstore.exceptions import AlreadyExistsError, BaseError, NotFoundError, Not
 from obstore.store import LocalStore, S3Store
 
 from careshare.core.ids import new_id
-from careshare.core.problems import INSUFFICIENT_STORAGE, UPLOAD_EMPTY, UPLOAD_TOO_LARGE, Problem
+from careshare.core.problems import INSUFFICIENT_STORAGE, UPLOAD_EMPTY, Problem, upload_too_large
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
@@ -142,11 +142,7 @@ class _Meter:
                 continue
             self.size += len(chunk)
             if self.limit is not None and self.size > self.limit:
-                raise Problem(
-                    UPLOAD_TOO_LARGE,
-                    f"The file is larger than the {self.limit:,} bytes this server accepts. Send a smaller file.",
-                    limit=self.limit,
-                )
+                raise upload_too_large(self.limit)
             if len(self.head) < HEAD_BYTES:
                 self.head += chunk[: HEAD_BYTES - len(self.head)]
             block.append(chunk)

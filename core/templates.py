@@ -2,7 +2,7 @@
 
 A channel owns its template table (``template_table``) and the target its files attach to; the
 :class:`Templates` of the two does the rest. A template is never shared: items made from it carry
-a copy of its attachments as they were then (``core.targets.copy_attachments``), so editing it
+a copy of its attachments as they were then (:meth:`Templates.hand_out`), so editing it
 (``Templates.detach``, ``Templates.attach``) changes later items only.
 """
 
@@ -16,7 +16,8 @@ import sqlalchemy as sa
 from careshare.core import db
 from careshare.core.ids import new_id
 from careshare.core.problems import NOT_FOUND, Problem
-from careshare.core.targets import Attachment, Item, Target, attach, attachments_of, detach
+from careshare.core.sharing import Shared, share
+from careshare.core.targets import Attachment, Item, Target, attach, attachments_of, copy_attachments, detach
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -163,3 +164,37 @@ class Templates:
         await self.get(conn, principal, template_id, for_update=True)
         await detach(conn, principal, self.target, self.item(template_id, principal.org), attachment_id)
         return await self.update(conn, principal, template_id)
+
+    async def hand_out(
+        self,
+        conn: AsyncConnection,
+        pm: pluggy.PluginManager,
+        principal: Principal,
+        template_id: str,
+        *,
+        channel: str,
+        target: str,
+        item_id: str,
+        patient_id: str,
+        title: str,
+        notification_kind: str | None = None,
+        notification_key: str | None = None,
+    ) -> Shared:
+        """Pin the template's files as they are now onto the patient's item made from it, and share that item.
+
+        In the caller's transaction, after the channel wrote its own row (a booking, a reminder, a
+        pack's copy): what a booked appointment, a reminder and a consent's pack have in common.
+        """
+        await copy_attachments(conn, principal, self.target.name, template_id, target, item_id)
+        return await share(
+            conn,
+            pm,
+            principal,
+            channel=channel,
+            target=target,
+            item_id=item_id,
+            patient_id=patient_id,
+            title=title,
+            notification_kind=notification_kind,
+            notification_key=notification_key,
+        )

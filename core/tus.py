@@ -28,7 +28,7 @@ from careshare.core import db
 from careshare.core.filenames import sanitise_filename
 from careshare.core.files import accept, answer_later, refusal, wait_for_check
 from careshare.core.ids import new_id
-from careshare.core.problems import NOT_FOUND, UPLOAD_EMPTY, UPLOAD_TOO_LARGE, Problem, ProblemType
+from careshare.core.problems import NOT_FOUND, UPLOAD_EMPTY, Problem, ProblemType, upload_too_large
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator
@@ -183,11 +183,7 @@ async def create(
     """
     limit = cs.settings.max_upload_bytes
     if length > limit:
-        raise Problem(
-            UPLOAD_TOO_LARGE,
-            f"The file is larger than the {limit:,} bytes this server accepts. Send a smaller file.",
-            limit=limit,
-        )
+        raise upload_too_large(limit)
     if length <= 0:
         raise Problem(UPLOAD_EMPTY)
     source: Source = "clinic" if principal.is_clinician else "patient"

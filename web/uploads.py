@@ -13,7 +13,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from multipart import MultipartError, MultipartSegment, PushMultipartParser, parse_options_header
 
 from careshare.core.models import TextError, check_text
-from careshare.core.problems import UPLOAD_INCOMPLETE, UPLOAD_MALFORMED, UPLOAD_TOO_LARGE, Problem
+from careshare.core.problems import UPLOAD_INCOMPLETE, UPLOAD_MALFORMED, Problem, upload_too_large
 from careshare.web.openapi import UPLOAD_MEDIA, UPLOAD_PARAMETERS, documented
 from careshare.web.problems import INVALID_REQUEST, REQUEST_TOO_LARGE
 
@@ -133,20 +133,12 @@ async def _capped_body(request: Request[Any, Any, Any], max_body: int, max_bytes
         async for chunk in request.stream():
             received += len(chunk)
             if received > max_body:
-                raise _too_large(max_bytes)
+                raise upload_too_large(max_bytes)
             if chunk:
                 yield chunk
     except HTTPException:
         # Litestar raises when the client goes away mid-body.
         raise Problem(UPLOAD_INCOMPLETE) from None
-
-
-def _too_large(max_bytes: int) -> Problem:
-    return Problem(
-        UPLOAD_TOO_LARGE,
-        f"The file is larger than the {max_bytes:,} bytes this server accepts. Send a smaller file.",
-        limit=max_bytes,
-    )
 
 
 class Upload:
@@ -162,7 +154,7 @@ class Upload:
         self.max_body = max_bytes + (ENVELOPE_BYTES if media_type == "multipart/form-data" else 0)
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            raise _too_large(max_bytes)
+            raise upload_too_large(max_bytes)
         if media_type == "multipart/form-data" and not self.boundary:
             raise Problem(UPLOAD_MALFORMED, "The multipart body has no boundary. Let your HTTP client build it.")
         if self.boundary is None:
@@ -288,7 +280,7 @@ class FormParts:
         self.max_body = (max_files + 1) * (max_file_bytes + ENVELOPE_BYTES) + max_text_bytes + ENVELOPE_BYTES
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            raise _too_large(max_file_bytes)
+            raise upload_too_large(max_file_bytes)
 
     def __aiter__(self) -> AsyncIterator[FormField | FilePart]:
         return self._parts()

@@ -10,8 +10,7 @@ import sqlalchemy as sa
 from careshare.core import db
 from careshare.core.ids import new_id
 from careshare.core.patients import get_patient
-from careshare.core.sharing import share
-from careshare.core.targets import Attachment, attachments_of, copy_attachments
+from careshare.core.targets import Attachment, attachments_of
 from careshare.plugins.appointments import APPOINTMENT_TARGET, APPOINTMENT_TYPES, CHANNEL
 from careshare.plugins.appointments.tables import appointments
 
@@ -70,11 +69,11 @@ async def book(
             created_at=db.utcnow(),
         )
     )
-    await copy_attachments(conn, principal, APPOINTMENT_TYPES.target.name, kind.id, APPOINTMENT_TARGET, appointment_id)
-    await share(
+    await APPOINTMENT_TYPES.hand_out(
         conn,
         pm,
         principal,
+        kind.id,
         channel=CHANNEL,
         target=APPOINTMENT_TARGET,
         item_id=appointment_id,

@@ -19,7 +19,7 @@ from careshare.core.ids import new_id
 from careshare.core.patients import get_patient
 from careshare.core.problems import NOT_FOUND, Problem, ProblemType
 from careshare.core.sharing import share
-from careshare.core.targets import attachments_of, copy_attachments
+from careshare.core.targets import attachments_of
 from careshare.core.templates import Template, Templates
 from careshare.plugins.consents import CHANNEL, CONSENT_TARGET, PACK_COPY_TARGET, TARGET
 from careshare.plugins.consents.tables import (
@@ -331,12 +331,12 @@ async def request_consent(
                 position=position,
             )
         )
-        await copy_attachments(conn, principal, TARGET.name, pack.id, PACK_COPY_TARGET, copy_id)
         # Each copy is a grant of its own: the patient may download its files for good.
-        await share(
+        await PACKS.hand_out(
             conn,
             pm,
             principal,
+            pack.id,
             channel=CHANNEL,
             target=PACK_COPY_TARGET,
             item_id=copy_id,

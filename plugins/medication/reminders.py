@@ -22,8 +22,7 @@ from careshare.core.ids import new_id
 from careshare.core.models import Principal
 from careshare.core.patients import get_patient
 from careshare.core.problems import NOT_FOUND, Problem
-from careshare.core.sharing import share
-from careshare.core.targets import Attachment, attachments_of, copy_attachments
+from careshare.core.targets import Attachment, attachments_of
 from careshare.plugins.medication import CHANNEL, MEDICATION_TYPES, REMINDER_TARGET
 from careshare.plugins.medication.schedule import Schedule, due_instants
 from careshare.plugins.medication.tables import medication_reminders, medications
@@ -215,13 +214,11 @@ async def _remind(
             )
     except IntegrityError:
         return False  # another loop or cron run made this reminder first
-    await copy_attachments(
-        conn, principal, MEDICATION_TYPES.target.name, medication.type_id, REMINDER_TARGET, reminder_id
-    )
-    await share(
+    await MEDICATION_TYPES.hand_out(
         conn,
         pm,
         principal,
+        medication.type_id,
         channel=CHANNEL,
         target=REMINDER_TARGET,
         item_id=reminder_id,
