@@ -96,6 +96,8 @@ patients = sa.Table(
     sa.Column("external_id", sa.String(200), nullable=False),
     sa.Column("email", sa.String(320)),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    #: name and external id folded (core.patients.search_key): what a search matches, any case, any script.
+    sa.Column("search_key", sa.String(2200)),
     sa.UniqueConstraint("org_id", "external_id", name="uq_patients_org_external_id"),
 )
 

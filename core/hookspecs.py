@@ -239,6 +239,19 @@ def careshare_routes() -> list[Any]:
 
 
 @hookspec
+def careshare_console() -> list[Any]:
+    """Pages this plugin adds to the clinic's web console and the patient's view.
+
+    Like :func:`careshare_routes`, for people rather than programs: each entry is a
+    ``careshare.web.ConsolePages`` (handlers under ``/console``, a folder of Jinja templates, the
+    navigation entries). Disabling the plugin removes its pages and its links; the console's core
+    names no plugin.
+
+    :return: a list of ``ConsolePages``.
+    """
+
+
+@hookspec
 def careshare_background(cs: Careshare) -> list[Any]:
     """Work the host runs beside the API for as long as it serves (reminders falling due, sweeps).
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import unicodedata
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -20,11 +21,14 @@ if TYPE_CHECKING:
 
 
 __all__ = [
+    "find_patients",
+    "fold",
     "get_patient",
     "list_organisations",
     "organisation_known",
     "register_organisation",
     "register_patient",
+    "search_key",
 ]
 
 
@@ -87,12 +91,55 @@ async def register_patient(
                     external_id=patient.external_id,
                     email=patient.email,
                     created_at=patient.created_at,
+                    search_key=search_key(patient.name, patient.external_id),
                 )
             )
     except IntegrityError:
         raise Problem(PATIENT_EXISTS) from None
     await record_event(conn, principal, "patient.registered", patient_id=patient.id)
     return patient
+
+
+#: Between the name and the external id in a search key: no typed query holds it.
+_KEY_SEPARATOR = "\x1f"
+
+
+def fold(text: str) -> str:
+    """``text`` as searches compare it: NFKC, then case-folded (``Straße`` and ``STRASSE`` match)."""
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+def search_key(name: str, external_id: str) -> str:
+    """What a patient search matches: the folded name and external id."""
+    return fold(name) + _KEY_SEPARATOR + fold(external_id)
+
+
+def _patient(row: Any) -> Patient:
+    return Patient(
+        id=row.id,
+        org=row.org_id,
+        name=row.name,
+        external_id=row.external_id,
+        email=row.email,
+        created_at=row.created_at,
+    )
+
+
+async def find_patients(
+    conn: AsyncConnection, principal: Principal, *, query: str = "", cursor: str | None, limit: int
+) -> tuple[list[Patient], str | None]:
+    """A page of the organisation's patients, newest first: all, or those whose name or external id holds ``query``.
+
+    The match ignores case in every script (:func:`fold`) and surrounding spaces; ``%`` and ``_``
+    in ``query`` match themselves.
+    """
+    select = sa.select(db.patients).where(db.patients.c.org_id == principal.org)
+    wanted = fold(query.strip())
+    if wanted:
+        pattern = "%" + wanted.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        select = select.where(db.patients.c.search_key.like(pattern, escape="\\"))
+    rows, next_cursor = await db.newest_first(conn, select, db.patients.c.id, cursor=cursor, limit=limit)
+    return [_patient(row) for row in rows], next_cursor
 
 
 async def get_patient(conn: AsyncConnection, principal: Principal, patient_id: str) -> Patient:
@@ -106,11 +153,4 @@ async def get_patient(conn: AsyncConnection, principal: Principal, patient_id: s
     ).first()
     if row is None:
         raise Problem(NOT_FOUND)
-    return Patient(
-        id=row.id,
-        org=row.org_id,
-        name=row.name,
-        external_id=row.external_id,
-        email=row.email,
-        created_at=row.created_at,
-    )
+    return _patient(row)

@@ -79,24 +79,26 @@ class CareshareInit(InitPlugin):
         from careshare.host.routes.tus import ClinicUploadController, PatientUploadController
 
         cs = self.cs
+        from careshare.host.console import console_setup
+
         plugin_routes = list(itertools.chain.from_iterable(cs.plugins.hook.careshare_routes()))
-        app_config.route_handlers.extend(
-            [
-                healthz,
-                PatientController,
-                LibraryController,
-                FileController,
-                RenderController,
-                AttachmentController,
-                InboxController,
-                AuditController,
-                MeController,
-                PatientUploadController,
-                ClinicUploadController,
-                *LINK_ROUTES,
-                *plugin_routes,
-            ]
-        )
+        api = [
+            PatientController,
+            LibraryController,
+            FileController,
+            RenderController,
+            AttachmentController,
+            InboxController,
+            AuditController,
+            MeController,
+            PatientUploadController,
+            ClinicUploadController,
+            *plugin_routes,
+        ]
+        console = console_setup(cs, api)  # the same API again under /console/api, for the console's pages
+        app_config.route_handlers.extend([healthz, *api, *LINK_ROUTES, *console.routers])
+        app_config.template_config = console.templates
+        app_config.state.update({"console_nav": console.nav, "console_item_pages": console.item_pages})
         app_config.dependencies.update(
             {"cs": Provide(lambda: cs, use_cache=True, sync_to_thread=False), "caller": Provide(principal)}
         )

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from careshare.core.runtime import Careshare
 
-__all__ = ["mint_token", "principal", "verify_token"]
+__all__ = ["known_organisation", "mint_token", "principal", "verify_token"]
 
 ALGORITHM = "HS256"
 ROLES = ("clinician", "patient")
@@ -70,9 +70,14 @@ async def principal(request: Request[Any, Any, Any], cs: NamedDependency[Caresha
         raise Problem(MISSING_TOKEN)
     with token_failures(request):  # 429 while this address fails too often; counts invalid tokens
         who = verify_token(cs.settings.secret_key, token.strip())
+    await known_organisation(request, cs, who)
+    return who
+
+
+async def known_organisation(request: Request[Any, Any, Any], cs: Careshare, who: Principal) -> None:
+    """``unknown-organisation`` unless the token's organisation exists (remembered once seen)."""
     known: set[str] = request.app.state.setdefault("known_orgs", set())
     if who.org not in known:
         if not await organisation_known(cs.engine, who.org, cs.settings.allowed_orgs):
             raise Problem(UNKNOWN_ORGANISATION)
         known.add(who.org)
-    return who

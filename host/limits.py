@@ -256,16 +256,34 @@ def _streams_body(scope: Scope) -> bool:
 
 
 def _caller(scope: Scope, settings: Settings) -> Any:
-    """The principal a request's bearer token names, or None (the route's own check refuses it)."""
+    """The principal a request's bearer token (or console session) names, or None (the route's own check refuses it)."""
     from careshare.host.auth import verify_token
 
     scheme, _, token = (_header(scope, b"authorization") or b"").decode("latin-1").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
+        scheme, token = "bearer", _session_token(scope)
+    if not token.strip():
         return None
     try:
         return verify_token(settings.secret_key, token.strip())
     except Problem:
         return None
+
+
+def _session_token(scope: Scope) -> str:
+    """The console's session cookie, for uploads the console sends (``host/console/session.py``)."""
+    from http.cookies import CookieError, SimpleCookie
+
+    from careshare.host.console.session import SESSION_COOKIE
+
+    raw = (_header(scope, b"cookie") or b"").decode("latin-1")
+    if SESSION_COOKIE not in raw:
+        return ""
+    try:
+        morsel = SimpleCookie(raw).get(SESSION_COOKIE)
+    except CookieError:
+        return ""
+    return morsel.value if morsel is not None else ""
 
 
 async def _refuse(scope: Scope, send: Send, problem: RetryLater) -> None:

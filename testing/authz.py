@@ -104,8 +104,12 @@ def _guard(handler: Any) -> str:
 
 def routes_of(app: Litestar) -> list[Route]:
     """Every (method, path) ``app`` serves, with its guard; deletions last (the objects stay for the rest)."""
+    from careshare.web.console import CONSOLE
+
     routes = []
     for route in app.routes:
+        if route.path == CONSOLE or route.path.startswith(CONSOLE + "/"):
+            continue  # the console's pages (and its API mirror) sign in by cookie: tests/test_console*.py
         for handler in getattr(route, "route_handlers", ()):
             path = PARAMETER.sub(lambda m: "{" + m.group(1) + "}", route.path)
             automatic = handler.fn.__module__.startswith("litestar.") and "OPTIONS" in handler.http_methods

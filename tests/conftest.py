@@ -113,3 +113,41 @@ def clamd() -> Iterator[Clamd]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """Debian's Chromium under Playwright, one per test module."""
+    from careshare.testing.browser import chromium_path, console_browser
+
+    if chromium_path() is None:
+        pytest.skip("no chromium: scripts/test installs Debian's (apt-get install chromium)")  # Reason: needs root+apt
+    with console_browser() as browser:
+        yield browser
+
+
+@pytest.fixture
+def console_server(tmp_path: Path, migrated_database: Path) -> Iterator[str]:
+    """A real server (uvicorn on 127.0.0.1) with the development sign-in on; yields its base URL."""
+    from careshare.testing import running_server
+
+    settings = make_settings(tmp_path / "console-data", CARESHARE_DEV_LOGIN="1", CARESHARE_WORKERS="1")
+    database = Path(settings.database_url.split("///", 1)[1])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(migrated_database, database)
+    with running_server(create_app(settings)) as base_url:
+        yield base_url
+
+
+@pytest.fixture
+def page(chromium: Any, console_server: str) -> Iterator[Any]:
+    """A fresh browser context (its own cookies) at a phone-and-up width, its console errors collected."""
+    context = chromium.new_context(viewport={"width": 1100, "height": 900})
+    tab = context.new_page()
+    tab.set_default_timeout(15_000)
+    tab.console_errors = []
+    tab.on("pageerror", lambda error: tab.console_errors.append(str(error)))
+    try:
+        yield tab
+    finally:
+        context.close()

@@ -61,7 +61,7 @@ def _in_process() -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
             (method, PARAMETER.sub(lambda m: "{" + m.group(1) + "}", route.path), inspect.getsource(handler.fn))
             for route in app.routes
             for handler in getattr(route, "route_handlers", ())
-            if handler.include_in_schema is not False
+            if handler.resolve_include_in_schema() and not route.path.startswith("/console")
             for method in handler.http_methods
         ]
     finally:

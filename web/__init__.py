@@ -9,6 +9,18 @@ reads itself, and the routes of an organisation's templates. The host builds on 
 
 from __future__ import annotations
 
+from careshare.web.console import (
+    CONSOLE,
+    ConsolePages,
+    NavEntry,
+    console_page,
+    form_data,
+    form_text,
+    form_values,
+    leave_notice,
+    read_notice,
+    see_other,
+)
 from careshare.web.content import RANGE_NOT_SATISFIABLE, blob_response, download_name, parse_range
 from careshare.web.guards import clinician, patient, signed_in
 from careshare.web.openapi import (
@@ -48,6 +60,7 @@ from careshare.web.views import (
 
 __all__ = [
     "BAD_REQUEST",
+    "CONSOLE",
     "CONTENT_PARAMETERS",
     "CONTENT_RESPONSES",
     "FILE_FIELD",
@@ -58,9 +71,11 @@ __all__ = [
     "UPLOAD_MEDIA",
     "UPLOAD_PARAMETERS",
     "UPLOAD_RESPONSES",
+    "ConsolePages",
     "FilePart",
     "FormField",
     "FormParts",
+    "NavEntry",
     "NewTemplate",
     "PageLimit",
     "PageOf",
@@ -72,10 +87,15 @@ __all__ = [
     "blob_response",
     "body_schema",
     "clinician",
+    "console_page",
     "documented",
     "download_name",
     "file_json",
+    "form_data",
+    "form_text",
+    "form_values",
     "invalid",
+    "leave_notice",
     "output",
     "page_json",
     "page_route",
@@ -84,7 +104,9 @@ __all__ = [
     "patient",
     "patient_json",
     "problem_response",
+    "read_notice",
     "requested_wait",
+    "see_other",
     "show_route",
     "shown",
     "signed_in",

@@ -1,0 +1,288 @@
+"""The console's own pages: signing in and out, patients, a patient's profile and files, the library, the patient's inbox.
+
+Each channel's pages come from its plugin (``careshare_console``); these name none of them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from litestar import Request, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery
+from litestar.response import Redirect, Template
+
+from careshare.core import notifications as inbox
+from careshare.core.files import get_file, list_files, mark_seen, refusal
+from careshare.core.models import Principal
+from careshare.core.patients import find_patients, get_patient, list_organisations, register_patient
+from careshare.core.problems import INVALID_TOKEN, Problem
+from careshare.host.auth import known_organisation, mint_token, verify_token
+from careshare.host.console.session import CROSS_SITE_FORM, DEV_LOGIN, end_session, same_origin, start_session
+from careshare.web import clinician, patient, signed_in
+from careshare.web.console import CONSOLE, console_page, form_data, form_text, see_other
+from careshare.web.views import invalid
+
+if TYPE_CHECKING:
+    from careshare.core.models import StoredFile
+    from careshare.core.runtime import Careshare
+
+__all__ = ["CORE_PAGES"]
+
+PAGE = 25
+
+
+def _home_of(who: Principal) -> str:
+    return CONSOLE + ("/patients" if who.is_clinician else "/me")
+
+
+def file_view(f: StoredFile) -> dict[str, Any]:
+    """What a file row of the console shows: its links under ``/console/api`` and, if refused, why."""
+    base = f"{CONSOLE}/api/v1/files/{f.id}/content"
+    roles = {r.role for r in f.renditions}
+    preview = "thumbnail" if "thumbnail" in roles else "poster" if "poster" in roles else None
+    problem = refusal(f) if f.status == "rejected" else None
+    return {
+        "file": f,
+        "thumbnail": f"{base}?rendition={preview}" if preview else None,
+        "shareable": f"{base}?rendition=shareable" if "shareable" in roles else None,
+        "original": base,
+        "refusal": {"title": problem.type.title, "detail": problem.detail} if problem else None,
+        "new": f.source == "patient" and f.seen_at is None,
+    }
+
+
+# -- signing in ------------------------------------------------------------------------------------
+
+
+@get("/login")
+async def login_form(cs: NamedDependency[Careshare]) -> Template:
+    dev_login = cs.settings.get(DEV_LOGIN)
+    organisations = []
+    if dev_login:
+        organisations = sorted({org for org, _ in await list_organisations(cs.engine)} | cs.settings.allowed_orgs)
+    return console_page("console/login.html", title="Sign in", dev_login=dev_login, organisations=organisations)
+
+
+@post("/login", status_code=303)
+async def login(request: Request[Any, Any, Any], cs: NamedDependency[Careshare]) -> Redirect:
+    """A token (from ``careshare token`` or the clinic's identity service), or the development form's choice."""
+    if not same_origin(request):
+        raise Problem(CROSS_SITE_FORM)
+    fields = await form_data(request)
+    token = form_text(fields, "token")
+    if not token and cs.settings.get(DEV_LOGIN):
+        token = await _dev_token(cs, fields)
+    if not token:
+        raise invalid("$.token: paste the token you were given, or ask for one (careshare token)")
+    try:
+        who = verify_token(cs.settings.secret_key, token)
+    except Problem:
+        raise Problem(
+            INVALID_TOKEN, "This token is not valid here: it is expired or made for another server."
+        ) from None
+    await known_organisation(request, cs, who)
+    return start_session(Redirect(path=_home_of(who), status_code=303), request, token)  # type: ignore[return-value]
+
+
+async def _dev_token(cs: Careshare, fields: dict[str, Any]) -> str:
+    role, org = form_text(fields, "role"), form_text(fields, "org")
+    subject, patient_id = form_text(fields, "subject"), form_text(fields, "patient_id")
+    if role == "patient" and patient_id:
+        async with cs.reader.connect() as conn:
+            try:
+                await get_patient(conn, Principal(subject="dev-login", role="clinician", org=org), patient_id)
+            except Problem:
+                raise invalid("$.patient_id: no patient of this organisation has this id") from None
+    try:
+        return mint_token(
+            cs.settings.secret_key,
+            role=role,
+            org=org or "demo",
+            sub=subject or None,
+            patient=patient_id or None,
+            ttl_seconds=12 * 3600,
+        )
+    except ValueError as exc:
+        raise invalid(f"$.{'patient_id' if role == 'patient' else 'subject'}: {exc}") from None
+
+
+@post("/logout", status_code=303)
+async def logout(request: Request[Any, Any, Any]) -> Redirect:
+    if not same_origin(request):
+        raise Problem(CROSS_SITE_FORM)
+    return end_session(Redirect(path=CONSOLE + "/login", status_code=303))  # type: ignore[return-value]
+
+
+@get("/", dependencies={"principal": Provide(signed_in)}, sync_to_thread=False)
+def home(principal: NamedDependency[Principal]) -> Redirect:
+    return Redirect(path=_home_of(principal), status_code=303)
+
+
+# -- patients --------------------------------------------------------------------------------------
+
+
+@get("/patients", dependencies={"principal": Provide(clinician)})
+async def patients(
+    cs: NamedDependency[Careshare], principal: NamedDependency[Principal], cursor: FromQuery[str | None] = None
+) -> Template:
+    async with cs.reader.connect() as conn:
+        found, next_cursor = await find_patients(conn, principal, cursor=cursor, limit=PAGE)
+    return console_page("console/patients.html", title="Patients", patients=found, next_cursor=next_cursor, query="")
+
+
+@post("/patients/search", status_code=200, dependencies={"principal": Provide(clinician)})
+async def search_patients(
+    request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
+) -> Template:
+    """Posted, so what was typed (a name) never stands in a URL, a history or an access log."""
+    query = form_text(await form_data(request), "q")
+    async with cs.reader.connect() as conn:
+        found, _ = await find_patients(conn, principal, query=query, cursor=None, limit=PAGE)
+    template = "console/_patient_rows.html" if request.headers.get("hx-request") else "console/patients.html"
+    return console_page(template, title="Patients", patients=found, next_cursor=None, query=query)
+
+
+@get("/patients/new", dependencies={"principal": Provide(clinician)}, sync_to_thread=False)
+def new_patient(principal: NamedDependency[Principal]) -> Template:
+    return console_page("console/patient_new.html", title="Register a patient")
+
+
+@post("/patients", status_code=303, dependencies={"principal": Provide(clinician)})
+async def register(
+    request: Request[Any, Any, Any], cs: NamedDependency[Careshare], principal: NamedDependency[Principal]
+) -> Redirect:
+    fields = await form_data(request)
+    name, external_id, email = form_text(fields, "name"), form_text(fields, "external_id"), form_text(fields, "email")
+    errors = [
+        *(["$.name: give the patient's name"] if not name else []),
+        *(["$.external_id: give the clinic's number for this patient"] if not external_id else []),
+        *(["$.email: an email address has an @ and a domain"] if email and "@" not in email[1:-1] else []),
+    ]
+    if errors:
+        raise invalid(*errors)
+    async with cs.engine.begin() as conn:
+        made = await register_patient(conn, principal, name=name, external_id=external_id, email=email or None)
+    return see_other(f"/patients/{made.id}", "Patient registered.")
+
+
+@get("/patients/{pid:str}", dependencies={"principal": Provide(clinician)})
+async def profile(
+    cs: NamedDependency[Careshare], principal: NamedDependency[Principal], pid: FromPath[str]
+) -> Template:
+    async with cs.reader.connect() as conn:
+        who = await get_patient(conn, principal, pid)
+        new, _ = await list_files(
+            conn, principal, owner_type="patient", patient_id=pid, source="patient", unseen=True, limit=PAGE
+        )
+    return console_page("console/profile.html", title=who.name, patient=who, new_files=len(new))
+
+
+@get("/patients/{pid:str}/files", dependencies={"principal": Provide(clinician)})
+async def patient_files(
+    cs: NamedDependency[Careshare],
+    principal: NamedDependency[Principal],
+    pid: FromPath[str],
+    cursor: FromQuery[str | None] = None,
+) -> Template:
+    async with cs.reader.connect() as conn:
+        who = await get_patient(conn, principal, pid)
+        files, next_cursor = await list_files(
+            conn, principal, owner_type="patient", patient_id=pid, cursor=cursor, limit=PAGE
+        )
+    return console_page(
+        "console/files.html",
+        title=f"Files of {who.name}",
+        patient=who,
+        files=[file_view(f) for f in files],
+        next_cursor=next_cursor,
+        upload_url=f"{CONSOLE}/api/v1/patients/{pid}/files",
+        tus_url=f"{CONSOLE}/api/v1/patients/{pid}/uploads",
+    )
+
+
+@post("/files/{fid:str}/seen", status_code=303, dependencies={"principal": Provide(clinician)})
+async def seen(cs: NamedDependency[Careshare], principal: NamedDependency[Principal], fid: FromPath[str]) -> Redirect:
+    async with cs.engine.begin() as conn:
+        stored = await mark_seen(conn, principal, fid)
+    return see_other(f"/patients/{stored.patient_id}/files", "Marked as seen.")
+
+
+@get("/files/{fid:str}", dependencies={"principal": Provide(signed_in)})
+async def file_page(
+    cs: NamedDependency[Careshare], principal: NamedDependency[Principal], fid: FromPath[str]
+) -> Template:
+    """One file: its rendering (a DICOM's image, a video that seeks), its details, or why it was refused."""
+    async with cs.reader.connect() as conn:
+        stored = await get_file(conn, principal, fid)
+    return console_page("console/file.html", title=stored.filename or "File", view=file_view(stored))
+
+
+@get("/library", dependencies={"principal": Provide(clinician)})
+async def library(
+    cs: NamedDependency[Careshare], principal: NamedDependency[Principal], cursor: FromQuery[str | None] = None
+) -> Template:
+    async with cs.reader.connect() as conn:
+        files, next_cursor = await list_files(
+            conn, principal, owner_type="library", patient_id=None, cursor=cursor, limit=PAGE
+        )
+    return console_page(
+        "console/files.html",
+        title="Library",
+        patient=None,
+        files=[file_view(f) for f in files],
+        next_cursor=next_cursor,
+        upload_url=f"{CONSOLE}/api/v1/library/files",
+    )
+
+
+# -- the patient's view ----------------------------------------------------------------------------
+
+
+@get("/me", dependencies={"principal": Provide(patient)})
+async def my_inbox(
+    cs: NamedDependency[Careshare], principal: NamedDependency[Principal], cursor: FromQuery[str | None] = None
+) -> Template:
+    async with cs.reader.connect() as conn:
+        me = await get_patient(conn, principal, principal.patient or "")
+        items, next_cursor = await inbox.inbox(conn, principal.org, me.id, cursor=cursor, limit=PAGE)
+    return console_page("console/inbox.html", title="Inbox", me=me, items=items, next_cursor=next_cursor)
+
+
+@get("/me/files", dependencies={"principal": Provide(patient)})
+async def my_files(
+    cs: NamedDependency[Careshare], principal: NamedDependency[Principal], cursor: FromQuery[str | None] = None
+) -> Template:
+    async with cs.reader.connect() as conn:
+        me = await get_patient(conn, principal, principal.patient or "")
+        files, next_cursor = await list_files(
+            conn, principal, owner_type="patient", patient_id=me.id, cursor=cursor, limit=PAGE
+        )
+    return console_page(
+        "console/files.html",
+        title="My files",
+        patient=None,
+        files=[file_view(f) for f in files],
+        next_cursor=next_cursor,
+        upload_url=f"{CONSOLE}/api/v1/me/files",
+        tus_url=f"{CONSOLE}/api/v1/me/uploads",
+    )
+
+
+CORE_PAGES = [
+    login_form,
+    login,
+    logout,
+    home,
+    patients,
+    search_patients,
+    new_patient,
+    register,
+    profile,
+    patient_files,
+    seen,
+    file_page,
+    library,
+    my_inbox,
+    my_files,
+]
