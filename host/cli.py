@@ -51,6 +51,7 @@ def serve(
     shown = "[::1]" if host == "::1" else host
     err.print(f"careshare {settings.data_dir} -> http://{shown}:{port}  (API docs: http://{shown}:{port}/schema)")
     err.print("Mint a token: careshare token --role clinician --org demo --sub dr-who")
+    err.print(f"Web console: http://{shown}:{port}/console (sign in with a token; CARESHARE_DEV_LOGIN=1 adds a form)")
     server = uvicorn.Server(uvicorn_config(create_app(settings), settings, host=host, port=port))
     # uvicorn re-raises the Ctrl-C it stopped on; uvicorn.run ignores it, and so does serve.
     with contextlib.suppress(KeyboardInterrupt):

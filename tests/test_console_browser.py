@@ -124,3 +124,37 @@ def test_the_console_is_usable_by_keyboard_alone(page: Any, console_server: str)
            .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).map(e => e.name)"""
     )
     assert unlabelled == []
+
+
+def _large_pdf(size: int) -> bytes:
+    """A real PDF carrying ``size`` random bytes in a stream its handler must keep."""
+    import io
+    import os
+
+    import pikepdf
+
+    pdf = pikepdf.new()
+    pdf.add_blank_page(page_size=(595, 842))
+    pdf.Root.CareshareBlob = pikepdf.Stream(pdf, os.urandom(size))
+    out = io.BytesIO()
+    pdf.save(out)
+    return out.getvalue()
+
+
+def test_a_large_file_goes_up_resumably_through_tus(page: Any, console_server: str, tmp_path: Path) -> None:
+    base = console_server
+    sign_in(page, base, role="clinician", org="org-a", subject="dr-a")
+    pid = _register(page, base)
+    sent: list[tuple[str, str]] = []
+    page.on("request", lambda request: sent.append((request.method, request.url)))
+    big = tmp_path / "scan-report.pdf"
+    big.write_bytes(_large_pdf(9_500_000))
+    page.goto(f"{base}/console/patients/{pid}/files")
+    page.get_by_label("Upload a file").set_input_files(str(big))
+    page.get_by_role("button", name="Upload", exact=True).click()
+    expect(page.locator(".upload-status")).to_have_text(re.compile(r"^Uploaded"), timeout=60_000)
+    expect(page.locator("#file-list").get_by_role("link", name="scan-report.pdf")).to_be_visible()
+    tus = f"{base}/console/api/v1/patients/{pid}/uploads"
+    assert ("POST", tus) in sent
+    assert [m for m, url in sent if url.startswith(tus + "/") and m == "PATCH"]  # the bytes went in tus PATCHes
+    assert ("POST", f"{base}/console/api/v1/patients/{pid}/files") not in sent
