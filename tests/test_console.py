@@ -388,3 +388,30 @@ def test_hook_careshare_console(tmp_path: Path, migrated_database: Path) -> None
         patients = clinic.sign_in("clinician", "org-a", sub="dr-a")
         assert "/console/ward" not in patients.text
         assert clinic.page("/console/ward").status_code == 404
+
+
+def test_a_dicom_shows_its_rendering_and_a_video_plays_with_seeking(clinic: ConsoleClient) -> None:
+    import numpy as np
+
+    from careshare.testing.strategies.dicom import build_dataset, to_bytes
+    from careshare.testing.strategies.video import VideoSpec, make_video
+
+    pid = _register(clinic)
+    scan = to_bytes(build_dataset(np.arange(64, dtype=np.uint8).reshape(8, 8), PatientName="Doe^Jane"))
+    movie = make_video(VideoSpec(frames=12, width=64, height=48, moov_at_end=True))
+    shown = {}
+    for name, data in (("knee.dcm", scan), ("exercise.mp4", movie)):
+        answer = clinic.upload(f"/console/api/v1/patients/{pid}/files", name, data)
+        assert answer.status_code == 201, answer.text
+        shown[name] = answer.json()["id"]
+    knee = clinic.page(f"/console/files/{shown['knee.dcm']}").text
+    assert f'<img src="/console/api/v1/files/{shown["knee.dcm"]}/content?rendition=shareable"' in knee
+    assert "Doe" not in knee  # the rendering, never the DICOM's patient tags
+    film = clinic.page(f"/console/files/{shown['exercise.mp4']}").text
+    source = f"/console/api/v1/files/{shown['exercise.mp4']}/content?rendition=shareable"
+    assert f'<video controls preload="metadata" src="{source}"' in film
+    whole = clinic.client.get(source)
+    part = clinic.client.get(source, headers={"Range": "bytes=100-199"})
+    assert whole.status_code == 200 and whole.headers["content-type"].startswith("video/")
+    assert part.status_code == 206 and part.content == whole.content[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{len(whole.content)}"

@@ -39,8 +39,10 @@ def _home_of(who: Principal) -> str:
 def file_view(f: StoredFile) -> dict[str, Any]:
     """What a file row of the console shows: its links under ``/console/api`` and, if refused, why."""
     base = f"{CONSOLE}/api/v1/files/{f.id}/content"
-    roles = {r.role for r in f.renditions}
+    roles = {r.role: r.media_type for r in f.renditions}
     preview = "thumbnail" if "thumbnail" in roles else "poster" if "poster" in roles else None
+    # How a browser shows what the patient receives: by the media type, never by the format's name.
+    shown_as = roles.get("shareable", "").partition("/")[0]
     problem = refusal(f) if f.status == "rejected" else None
     return {
         "file": f,
@@ -49,6 +51,7 @@ def file_view(f: StoredFile) -> dict[str, Any]:
         "original": base,
         "refusal": {"title": problem.type.title, "detail": problem.detail} if problem else None,
         "new": f.source == "patient" and f.seen_at is None,
+        "shown_as": shown_as if shown_as in ("video", "image", "audio") else "link",
     }
 
 
