@@ -415,3 +415,19 @@ def test_a_dicom_shows_its_rendering_and_a_video_plays_with_seeking(clinic: Cons
     assert whole.status_code == 200 and whole.headers["content-type"].startswith("video/")
     assert part.status_code == 206 and part.content == whole.content[100:200]
     assert part.headers["content-range"] == f"bytes 100-199/{len(whole.content)}"
+
+
+def test_the_library_takes_uploads_and_lists_them_for_clinicians_only(
+    clinic: ConsoleClient, console_settings: Settings
+) -> None:
+    sent = clinic.upload("/console/api/v1/library/files", "exercises.pdf", make_pdf(3))
+    assert sent.status_code == 201, sent.text
+    page = clinic.page("/console/library")
+    assert page.status_code == 200 and "exercises.pdf" in page.text
+    assert 'data-upload-url="/console/api/v1/library/files"' in page.text
+    pid = _register(clinic)
+    with TestClient(clinic.client.app, base_url=BASE_URL) as patient_client:
+        patient = ConsoleClient(patient_client, console_settings)
+        patient.sign_in("patient", "org-a", patient=pid)
+        refused = patient.page("/console/library")
+        assert refused.status_code == 403 and "exercises.pdf" not in refused.text
