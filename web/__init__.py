@@ -4,11 +4,12 @@ A channel plugin's ``routes.py`` imports ``careshare.core.*``, Litestar and this
 (``tests/test_layers.py`` checks it): guards for who may call, strict JSON bodies with errors that
 name each field, cursor pages, uploads (raw, multipart, ``Prefer: wait``), blob responses with
 Range and ETag, the JSON of files and attachments, the OpenAPI declarations of what a handler
-reads itself, and the routes of an organisation's templates. The host builds on the same kit.
+reads itself, and the routes and console pages of an organisation's templates. The host builds on the same kit.
 """
 
 from __future__ import annotations
 
+from careshare.web.catalogue import catalogue_pages
 from careshare.web.console import (
     CONSOLE,
     ConsolePages,
@@ -86,6 +87,7 @@ __all__ = [
     "aware_datetime",
     "blob_response",
     "body_schema",
+    "catalogue_pages",
     "clinician",
     "console_page",
     "documented",

@@ -19,6 +19,7 @@ __all__ = [
     "APPOINTMENT_TYPES",
     "CHANNEL",
     "TYPE_TARGET",
+    "careshare_console",
     "careshare_migrations",
     "careshare_routes",
     "careshare_targets",
@@ -62,3 +63,10 @@ def careshare_contract() -> list[Any]:
     from careshare.testing.channels import APPOINTMENTS
 
     return [APPOINTMENTS]
+
+
+@hookimpl
+def careshare_console() -> list[Any]:
+    from careshare.plugins.appointments.console import pages
+
+    return pages()

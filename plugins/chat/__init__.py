@@ -13,7 +13,15 @@ from careshare import hookimpl
 from careshare.core.targets import Target
 from careshare.plugins.chat import tables as tables
 
-__all__ = ["CHANNEL", "MAX_FILES", "TARGET", "careshare_migrations", "careshare_routes", "careshare_targets"]
+__all__ = [
+    "CHANNEL",
+    "MAX_FILES",
+    "TARGET",
+    "careshare_console",
+    "careshare_migrations",
+    "careshare_routes",
+    "careshare_targets",
+]
 
 CHANNEL = "chat"
 #: Ten files per message: enough for a set of scans or photos, few enough to read on a phone.
@@ -44,6 +52,14 @@ def careshare_routes() -> list[Any]:
     from careshare.plugins.chat.routes import ClinicianMessages, PatientMessages
 
     return [ClinicianMessages, PatientMessages]
+
+
+@hookimpl
+def careshare_console() -> list[Any]:
+    # Imported here, as the routes are: the console's pages come with the plugin and go with it.
+    from careshare.plugins.chat.console import CHAT_PAGES
+
+    return [CHAT_PAGES]
 
 
 @hookimpl

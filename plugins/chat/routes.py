@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from careshare.core.models import Principal
     from careshare.core.runtime import Careshare
 
-__all__ = ["ClinicianMessages", "NewMessage", "PatientMessages"]
+__all__ = ["ClinicianMessages", "NewMessage", "PatientMessages", "checked_message", "deliver_message"]
 
 #: Long enough for any note between a clinic and a patient; a letter is the channel for more.
 MAX_BODY_CHARS = 10_000
@@ -77,7 +77,7 @@ def _check_count(count: int) -> None:
         )
 
 
-def _checked(message: NewMessage) -> NewMessage:
+def checked_message(message: NewMessage) -> NewMessage:
     """The message as it will be sent, or a refusal naming what is wrong with it."""
     if not all(isinstance(fid, str) and fid for fid in message.file_ids):
         raise invalid("$.file_ids: each file id must be a non-empty string")
@@ -93,7 +93,7 @@ def _checked(message: NewMessage) -> NewMessage:
 
 
 async def _json_message(request: Request[Any, Any, Any]) -> NewMessage:
-    return _checked(await parse_body(request, NewMessage, max_bytes=MAX_JSON_BYTES))
+    return checked_message(await parse_body(request, NewMessage, max_bytes=MAX_JSON_BYTES))
 
 
 async def _form_message(
@@ -130,7 +130,7 @@ async def _form_message(
             _check_count(len(file_ids))
         else:
             raise invalid(f"$.{part.name}: unknown field; a message takes 'body', 'file_id' and 'file' parts")
-    return _checked(NewMessage(body=body or "", file_ids=file_ids))
+    return checked_message(NewMessage(body=body or "", file_ids=file_ids))
 
 
 def message_json(row: Any, attached: list[Attachment], *, for_clinician: bool) -> dict[str, Any]:
@@ -161,38 +161,44 @@ async def send_message(
             message = await _form_message(request, cs, principal, patient_id, source, stored)
         else:
             message = await _json_message(request)
-        async with cs.engine.begin() as conn:
-            message_id = new_id()
-            await conn.execute(
-                chat_messages.insert().values(
-                    id=message_id,
-                    org_id=principal.org,
-                    patient_id=patient_id,
-                    author=principal.subject,
-                    author_role=principal.role,
-                    body=message.body,
-                    created_at=db.utcnow(),
-                )
-            )
-            item = Item(target=TARGET.name, id=message_id, org=principal.org, patient_id=patient_id)
-            await attach(conn, cs.plugins, principal, TARGET, item, message.file_ids)
-            # The patient's own message joins their archive without notifying them of it.
-            await share(
-                conn,
-                cs.plugins,
-                principal,
-                channel=CHANNEL,
-                target=TARGET.name,
-                item_id=message_id,
-                patient_id=patient_id,
-                title=CLINIC_MESSAGE_TITLE if from_clinic else PATIENT_MESSAGE_TITLE,
-                notification_kind=NOTIFICATION_KIND if from_clinic else None,
-            )
-            row = (await conn.execute(sa.select(chat_messages).where(chat_messages.c.id == message_id))).one()
-            attached = (await attachments_of(conn, TARGET.name, [message_id]))[message_id]
+        return await deliver_message(cs, principal, patient_id, message)
     except BaseException:
         await discard_new_files(cs, stored)
         raise
+
+
+async def deliver_message(cs: Careshare, principal: Principal, patient_id: str, message: NewMessage) -> dict[str, Any]:
+    """Store, attach and share one checked message in ``patient_id``'s conversation, all in one transaction."""
+    from_clinic = principal.is_clinician
+    async with cs.engine.begin() as conn:
+        message_id = new_id()
+        await conn.execute(
+            chat_messages.insert().values(
+                id=message_id,
+                org_id=principal.org,
+                patient_id=patient_id,
+                author=principal.subject,
+                author_role=principal.role,
+                body=message.body,
+                created_at=db.utcnow(),
+            )
+        )
+        item = Item(target=TARGET.name, id=message_id, org=principal.org, patient_id=patient_id)
+        await attach(conn, cs.plugins, principal, TARGET, item, message.file_ids)
+        # The patient's own message joins their archive without notifying them of it.
+        await share(
+            conn,
+            cs.plugins,
+            principal,
+            channel=CHANNEL,
+            target=TARGET.name,
+            item_id=message_id,
+            patient_id=patient_id,
+            title=CLINIC_MESSAGE_TITLE if from_clinic else PATIENT_MESSAGE_TITLE,
+            notification_kind=NOTIFICATION_KIND if from_clinic else None,
+        )
+        row = (await conn.execute(sa.select(chat_messages).where(chat_messages.c.id == message_id))).one()
+        attached = (await attachments_of(conn, TARGET.name, [message_id]))[message_id]
     return message_json(row, attached, for_clinician=from_clinic)
 
 

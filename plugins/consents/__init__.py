@@ -21,6 +21,7 @@ __all__ = [
     "MAX_PACK_FILES",
     "PACK_COPY_TARGET",
     "TARGET",
+    "careshare_console",
     "careshare_migrations",
     "careshare_routes",
     "careshare_targets",
@@ -61,6 +62,13 @@ def careshare_routes() -> list[Any]:
     from careshare.plugins.consents.routes import routes
 
     return routes()
+
+
+@hookimpl
+def careshare_console() -> list[Any]:
+    from careshare.plugins.consents.console import console_pages
+
+    return console_pages()
 
 
 @hookimpl

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TARGET",
+    "careshare_console",
     "careshare_deliver",
     "careshare_migrations",
     "careshare_routes",
@@ -53,6 +54,14 @@ def careshare_routes() -> list[Any]:
     from careshare.plugins.letters.routes import routes
 
     return routes()
+
+
+@hookimpl
+def careshare_console() -> list[Any]:
+    # Imported here, like the routes: the console pages (the patient's letters, drafts, templates).
+    from careshare.plugins.letters.console import console_pages
+
+    return console_pages()
 
 
 @hookimpl

@@ -22,6 +22,7 @@ __all__ = [
     "TYPE_TARGET",
     "careshare_background",
     "careshare_commands",
+    "careshare_console",
     "careshare_migrations",
     "careshare_routes",
     "careshare_targets",
@@ -67,6 +68,13 @@ def careshare_background(cs: Any) -> list[Any]:
         await run_reminder_loop(cs)
 
     return [medication_reminders]
+
+
+@hookimpl
+def careshare_console() -> list[Any]:
+    from careshare.plugins.medication.console import pages
+
+    return pages()
 
 
 @hookimpl

@@ -12,7 +12,7 @@ from typing import Any
 from careshare import hookimpl
 from careshare.plugins.requests import tables as tables  # loading the plugin puts its tables on the metadata
 
-__all__ = ["careshare_migrations", "careshare_routes", "careshare_targets"]
+__all__ = ["careshare_console", "careshare_migrations", "careshare_routes", "careshare_targets"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -33,6 +33,13 @@ def careshare_routes() -> list[Any]:
     from careshare.plugins.requests.routes import routes
 
     return routes()
+
+
+@hookimpl
+def careshare_console() -> list[Any]:
+    from careshare.plugins.requests.console import pages
+
+    return [pages()]
 
 
 @hookimpl

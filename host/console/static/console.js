@@ -32,7 +32,13 @@
         var fresh = new DOMParser().parseFromString(html, "text/html");
         document.querySelectorAll("[data-refresh][id]").forEach(function (old) {
           var now = fresh.getElementById(old.id);
-          if (now) old.replaceWith(now);
+          if (!now) return;
+          // Files already ticked stay ticked: a second upload must not untick the first.
+          old.querySelectorAll('input[name="file_id"]:checked').forEach(function (box) {
+            var same = now.querySelector('input[name="file_id"][value="' + box.value + '"]');
+            if (same && !same.disabled) same.checked = true;
+          });
+          old.replaceWith(now);
         });
         if (fileId) {
           document.querySelectorAll('input[name="file_id"][value="' + fileId + '"]').forEach(function (box) {

@@ -1,0 +1,267 @@
+"""Appointments in the console: types with files and videos, booking for a patient, the patient's own view.
+
+Driven as a browser sends the forms (``careshare.testing.console``); the browser itself drives the
+guide's steps in ``test_a_clinician_attaches_a_leaflet_to_a_type_and_books_it``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from litestar.testing import TestClient
+from playwright.sync_api import expect
+
+from careshare.host import create_app
+from careshare.testing import make_pdf, make_settings
+from careshare.testing.browser import screenshot, sign_in
+from careshare.testing.console import BASE_URL, ConsoleClient, notice_text
+from careshare.testing.strategies.video import VideoSpec, make_video
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from careshare.core.settings import Settings
+
+
+def _settings(tmp_path: Path, migrated_database: Path, **env: str) -> Settings:
+    settings = make_settings(tmp_path / "data", CARESHARE_WORKERS="1", **env)
+    database = tmp_path / "data" / "careshare.db"
+    database.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(migrated_database, database)
+    return settings
+
+
+@pytest.fixture
+def console_settings(tmp_path: Path, migrated_database: Path) -> Settings:
+    return _settings(tmp_path, migrated_database, CARESHARE_DEV_LOGIN="1")
+
+
+@pytest.fixture
+def browser(console_settings: Settings) -> Iterator[ConsoleClient]:
+    with TestClient(create_app(console_settings), base_url=BASE_URL) as client:
+        yield ConsoleClient(client, console_settings)
+
+
+@pytest.fixture
+def clinic(browser: ConsoleClient) -> ConsoleClient:
+    signed = browser.sign_in("clinician", "org-a", sub="dr-a")
+    assert signed.status_code == 200, signed.text
+    return browser
+
+
+def _register(clinic: ConsoleClient, name: str = "Ann Smith", external_id: str = "MRN-1") -> str:
+    answer = clinic.form(
+        "/console/patients", {"name": name, "external_id": external_id}, sent_from="/console/patients/new"
+    )
+    assert answer.status_code == 303, answer.text
+    return str(answer.headers["location"].rsplit("/", 1)[1])
+
+
+def _library_file(clinic: ConsoleClient, name: str, data: bytes) -> str:
+    sent = clinic.upload("/console/api/v1/library/files", name, data)
+    assert sent.status_code == 201, sent.text  # ready within the upload's wait
+    return str(sent.json()["id"])
+
+
+def _new_type(clinic: ConsoleClient, name: str = "Knee clinic") -> str:
+    made = clinic.form("/console/appointment-types", {"name": name, "description": "Bring your scans."}, follow=True)
+    assert notice_text(made.text) == ("ok", "", "Appointment type created. Attach its files next."), made.text
+    return str(made.url.path.rsplit("/", 1)[1])
+
+
+def _attachment_ids(page: str) -> list[str]:
+    return re.findall(r'data-attachment-id="([^"]+)"', page)
+
+
+def test_a_type_carries_a_pdf_and_a_video_to_the_booked_patient(
+    clinic: ConsoleClient, console_settings: Settings
+) -> None:
+    pid = _register(clinic)
+    leaflet = _library_file(clinic, "leaflet.pdf", make_pdf(2, text="directions"))
+    video = _library_file(clinic, "exercises.mp4", make_video(VideoSpec(frames=10, fps=10)))
+    tid = _new_type(clinic)
+
+    page = clinic.page(f"/console/appointment-types/{tid}").text
+    assert 'data-upload-url="/console/api/v1/library/files"' in page
+    choices = re.search(r'<fieldset id="library-choices" data-refresh>(.*?)</fieldset>', page, re.S)
+    assert choices is not None
+    assert f'name="file_id" value="{leaflet}"' in choices.group(1)
+    assert f'name="file_id" value="{video}"' in choices.group(1)
+
+    attached = clinic.form(
+        f"/console/appointment-types/{tid}/attachments",
+        {"file_id": [leaflet, video]},
+        sent_from=f"/console/appointment-types/{tid}",
+        follow=True,
+    )
+    assert notice_text(attached.text) == ("ok", "", "2 files attached.")
+    assert len(_attachment_ids(attached.text)) == 2
+    assert f'href="/console/files/{leaflet}"' in attached.text and f'href="/console/files/{video}"' in attached.text
+    assert f'value="{leaflet}"' not in attached.text  # attached files leave the choices
+
+    profile = clinic.page(f"/console/patients/{pid}").text
+    assert f'<a class="button" href="/console/patients/{pid}/appointments">Book an appointment</a>' in profile
+    booking = clinic.page(f"/console/patients/{pid}/appointments").text
+    assert 'type="datetime-local"' in booking and f'<option value="{tid}">' in booking
+    booked = clinic.form(
+        f"/console/patients/{pid}/appointments",
+        {"type_id": tid, "starts_at": "2030-03-04T09:30", "timezone": "Europe/London"},
+        follow=True,
+    )
+    assert notice_text(booked.text) == ("ok", "", "Appointment booked."), booked.text
+    assert "Knee clinic" in booked.text and "04 Mar 2030 09:30 UTC" in booked.text  # London is on GMT in March
+
+    with TestClient(clinic.client.app, base_url=BASE_URL) as other:
+        me = ConsoleClient(other, console_settings)
+        inbox = me.sign_in("patient", "org-a", patient=pid)
+        link = re.search(
+            r'<a href="(/console/me/appointments#appointment-[^"]+)">New appointment booked</a>', inbox.text
+        )
+        assert link is not None, inbox.text
+        mine = me.page("/console/me/appointments").text
+        assert f'id="{link.group(1).split("#")[1]}"' in mine
+        assert "Knee clinic" in mine and "Bring your scans." in mine
+        aids = _attachment_ids(mine)
+        assert len(aids) == 2
+        videos = re.findall(
+            r'<video controls preload="metadata" src="(/console/api/v1/attachments/[^/]+/content)"', mine
+        )
+        assert len(videos) == 1
+        assert me.client.get(videos[0]).headers["content-type"].startswith("video/mp4")
+        pdf = next(f"/console/api/v1/attachments/{a}/content" for a in aids if a not in videos[0])
+        assert me.client.get(pdf).content.startswith(b"%PDF")
+
+    # Detaching changes later bookings only.
+    detached = clinic.form(
+        f"/console/appointment-types/{tid}/attachments/{_attachment_ids(attached.text)[0]}/detach",
+        {},
+        sent_from=f"/console/appointment-types/{tid}",
+        follow=True,
+    )
+    assert notice_text(detached.text)[0] == "ok"  # type: ignore[index]
+    assert len(_attachment_ids(detached.text)) == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"starts_at": "2030-03-04T09:30"}, "type_id"),
+        ({"starts_at": "soon"}, "starts_at"),
+        ({"starts_at": "2030-03-04T09:30", "timezone": "Mars/Olympus"}, "timezone"),
+    ],
+)
+def test_a_booking_refused_shows_its_sentence_on_the_form(
+    clinic: ConsoleClient, fields: dict[str, str], field: str
+) -> None:
+    pid = _register(clinic)
+    tid = _new_type(clinic)
+    sent = {"type_id": tid, **fields} if field != "type_id" else fields
+    answer = clinic.form(f"/console/patients/{pid}/appointments", sent, follow=True)
+    assert answer.url.path == f"/console/patients/{pid}/appointments"
+    kind, code, text = notice_text(answer.text) or ("", "", "")
+    assert (kind, code) == ("error", "invalid-request") and f"{field}: " in text, answer.text
+    assert "No appointments yet." in answer.text
+
+
+def test_a_type_refuses_a_blank_name_and_an_empty_attach(clinic: ConsoleClient) -> None:
+    blank = clinic.form("/console/appointment-types", {"name": "  "}, follow=True)
+    assert "name: give the appointment type a name" in (notice_text(blank.text) or ("", "", ""))[2]
+    tid = _new_type(clinic)
+    empty = clinic.form(
+        f"/console/appointment-types/{tid}/attachments", {}, sent_from=f"/console/appointment-types/{tid}", follow=True
+    )
+    assert "file_id: tick the library files" in (notice_text(empty.text) or ("", "", ""))[2]
+
+
+def test_another_organisation_sees_nothing(clinic: ConsoleClient, console_settings: Settings) -> None:
+    pid = _register(clinic)
+    tid = _new_type(clinic, "Private clinic type")
+    with TestClient(clinic.client.app, base_url=BASE_URL) as other:
+        b = ConsoleClient(other, console_settings)
+        b.sign_in("clinician", "org-b", sub="dr-b")
+        assert "Private clinic type" not in b.page("/console/appointment-types").text
+        assert b.page(f"/console/appointment-types/{tid}").status_code == 404
+        assert b.page(f"/console/patients/{pid}/appointments").status_code == 404
+        b.page("/console/appointment-types")
+        refused = b.form(
+            f"/console/patients/{pid}/appointments",
+            {"type_id": tid, "starts_at": "2030-03-04T09:30"},
+            sent_from="/console/appointment-types",
+            follow=True,
+        )
+        assert (notice_text(refused.text) or ("",))[0] == "error"
+        theirs = _library_file(b, "their-leaflet.pdf", make_pdf(text="org-b"))
+    assert "their-leaflet.pdf" not in clinic.page(f"/console/appointment-types/{tid}").text
+    stolen = clinic.form(
+        f"/console/appointment-types/{tid}/attachments",
+        {"file_id": theirs},
+        sent_from=f"/console/appointment-types/{tid}",
+        follow=True,
+    )
+    kind, _, text = notice_text(stolen.text) or ("", "", "")
+    assert kind == "error" and text and _attachment_ids(stolen.text) == [], stolen.text
+    assert "No appointments yet." in clinic.page(f"/console/patients/{pid}/appointments").text
+
+
+def test_the_pages_go_with_the_plugin(tmp_path: Path, migrated_database: Path) -> None:
+    settings = _settings(tmp_path, migrated_database, CARESHARE_DISABLE_PLUGINS="appointments")
+    with TestClient(create_app(settings), base_url=BASE_URL) as client:
+        clinic = ConsoleClient(client, settings)
+        patients = clinic.sign_in("clinician", "org-a", sub="dr-a")
+        assert "Appointment types" not in patients.text and "Medication types" in patients.text
+        assert clinic.page("/console/appointment-types").status_code == 404
+        pid = _register(clinic)
+        assert "Book an appointment" not in clinic.page(f"/console/patients/{pid}").text
+
+
+def test_a_clinician_attaches_a_leaflet_to_a_type_and_books_it(
+    page: Any, chromium: Any, console_server: str, tmp_path: Path
+) -> None:
+    base = console_server
+    sign_in(page, base, role="clinician", org="org-a", subject="dr-a")
+    page.get_by_role("link", name="Register a patient").click()
+    page.get_by_label("Name").fill("Ann Example")
+    page.get_by_label("Clinic number").fill("MRN-100")
+    page.get_by_role("button", name="Register").click()
+    expect(page.get_by_role("status")).to_have_text("Patient registered.")
+    pid = page.url.rsplit("/", 1)[1]
+
+    page.get_by_role("link", name="Appointment types").click()
+    page.get_by_label("Name").fill("Knee clinic")
+    page.get_by_label("Description").fill("Bring your scans.")
+    page.get_by_role("button", name="Create").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Knee clinic")
+    leaflet = tmp_path / "knee-leaflet.pdf"
+    leaflet.write_bytes(make_pdf(3, text="knee leaflet"))
+    page.get_by_label("Upload a file to the library").set_input_files(str(leaflet))
+    page.get_by_role("button", name="Upload", exact=True).click()
+    expect(page.locator(".upload-status")).to_have_text(re.compile(r"^Uploaded"))
+    choice = page.locator("#library-choices").get_by_label(re.compile("knee-leaflet.pdf"))
+    expect(choice).to_be_checked()
+    screenshot(page, "appointment-type")
+    page.get_by_role("button", name="Attach selected").click()
+    expect(page.get_by_role("status").first).to_have_text("1 file attached.")
+    expect(page.locator("#attached-files").get_by_role("link", name="knee-leaflet.pdf")).to_be_visible()
+
+    page.goto(f"{base}/console/patients/{pid}")
+    page.get_by_role("link", name="Book an appointment").click()
+    page.get_by_label("Appointment type").select_option(label="Knee clinic")
+    page.get_by_label("Date and time").fill("2030-03-04T09:30")
+    page.get_by_role("button", name="Book").click()
+    expect(page.get_by_role("status").first).to_have_text("Appointment booked.")
+    assert page.console_errors == []
+
+    patient_context = chromium.new_context(viewport={"width": 390, "height": 844})
+    phone = patient_context.new_page()
+    phone.set_default_timeout(15_000)
+    try:
+        sign_in(phone, base, role="patient", org="org-a", patient_id=pid)
+        phone.get_by_role("link", name="New appointment booked").click()
+        expect(phone.get_by_role("heading", name="Knee clinic")).to_be_visible()
+        expect(phone.get_by_role("link", name="knee-leaflet.pdf")).to_be_visible()
+    finally:
+        patient_context.close()

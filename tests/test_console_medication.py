@@ -1,0 +1,196 @@
+"""Medication in the console: types with files and videos, prescribing with a schedule, the patient's reminders.
+
+Driven as a browser sends the forms (``careshare.testing.console``).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from typing import TYPE_CHECKING
+
+import pytest
+from litestar.testing import TestClient
+
+from careshare.host import create_app
+from careshare.testing import make_pdf, make_settings
+from careshare.testing.console import BASE_URL, ConsoleClient, notice_text
+from careshare.testing.strategies.video import VideoSpec, make_video
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from careshare.core.settings import Settings
+
+
+def _settings(tmp_path: Path, migrated_database: Path, **env: str) -> Settings:
+    settings = make_settings(tmp_path / "data", CARESHARE_WORKERS="1", **env)
+    database = tmp_path / "data" / "careshare.db"
+    database.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(migrated_database, database)
+    return settings
+
+
+@pytest.fixture
+def console_settings(tmp_path: Path, migrated_database: Path) -> Settings:
+    return _settings(tmp_path, migrated_database, CARESHARE_DEV_LOGIN="1")
+
+
+@pytest.fixture
+def browser(console_settings: Settings) -> Iterator[ConsoleClient]:
+    with TestClient(create_app(console_settings), base_url=BASE_URL) as client:
+        yield ConsoleClient(client, console_settings)
+
+
+@pytest.fixture
+def clinic(browser: ConsoleClient) -> ConsoleClient:
+    signed = browser.sign_in("clinician", "org-a", sub="dr-a")
+    assert signed.status_code == 200, signed.text
+    return browser
+
+
+def _register(clinic: ConsoleClient, name: str = "Ann Smith", external_id: str = "MRN-1") -> str:
+    answer = clinic.form(
+        "/console/patients", {"name": name, "external_id": external_id}, sent_from="/console/patients/new"
+    )
+    assert answer.status_code == 303, answer.text
+    return str(answer.headers["location"].rsplit("/", 1)[1])
+
+
+def _library_file(clinic: ConsoleClient, name: str, data: bytes) -> str:
+    sent = clinic.upload("/console/api/v1/library/files", name, data)
+    assert sent.status_code == 201, sent.text  # ready within the upload's wait
+    return str(sent.json()["id"])
+
+
+def _new_type(clinic: ConsoleClient, name: str = "Insulin pen") -> str:
+    made = clinic.form("/console/medication-types", {"name": name, "description": "Keep it cold."}, follow=True)
+    assert notice_text(made.text) == ("ok", "", "Medication type created. Attach its files next."), made.text
+    return str(made.url.path.rsplit("/", 1)[1])
+
+
+def _attachment_ids(page: str) -> list[str]:
+    return re.findall(r'data-attachment-id="([^"]+)"', page)
+
+
+SCHEDULE = {"times": "08:00, 20:00", "start": "2030-03-04", "end": "", "timezone": "Europe/London"}
+
+
+def test_a_type_carries_a_pdf_and_a_video_to_the_patient_with_each_reminder(
+    clinic: ConsoleClient, console_settings: Settings
+) -> None:
+    pid = _register(clinic)
+    leaflet = _library_file(clinic, "pen-leaflet.pdf", make_pdf(2, text="how to inject"))
+    video = _library_file(clinic, "how-to-inject.mp4", make_video(VideoSpec(frames=10, fps=10)))
+    tid = _new_type(clinic)
+    page = clinic.page(f"/console/medication-types/{tid}").text
+    assert 'data-upload-url="/console/api/v1/library/files"' in page
+    choices = re.search(r'<fieldset id="library-choices" data-refresh>(.*?)</fieldset>', page, re.S)
+    assert choices is not None and f'value="{video}"' in choices.group(1) and f'value="{leaflet}"' in choices.group(1)
+    attached = clinic.form(
+        f"/console/medication-types/{tid}/attachments",
+        {"file_id": [leaflet, video]},
+        sent_from=f"/console/medication-types/{tid}",
+        follow=True,
+    )
+    assert notice_text(attached.text) == ("ok", "", "2 files attached.")
+    assert len(_attachment_ids(attached.text)) == 2
+
+    profile = clinic.page(f"/console/patients/{pid}").text
+    assert f'<a class="button" href="/console/patients/{pid}/medications">Prescribe</a>' in profile
+    tab = clinic.page(f"/console/patients/{pid}/medications").text
+    assert f'<option value="{tid}">Insulin pen</option>' in tab and 'name="times"' in tab
+    given = clinic.form(f"/console/patients/{pid}/medications", {"type_id": tid, **SCHEDULE}, follow=True)
+    assert notice_text(given.text) == ("ok", "", "Medication prescribed. Reminders follow its schedule."), given.text
+    assert "08:00, 20:00 Europe/London" in given.text and "from 2030-03-04" in given.text
+    mid = re.findall(r'action="/console/medications/([^/]+)/remind"', given.text)
+    assert len(mid) == 1
+
+    with TestClient(clinic.client.app, base_url=BASE_URL) as other:
+        me = ConsoleClient(other, console_settings)
+        me.sign_in("patient", "org-a", patient=pid)
+        before = me.page("/console/me/medications").text
+        assert "Insulin pen" in before and _attachment_ids(before) == []  # files come with reminders
+
+        reminded = clinic.form(
+            f"/console/medications/{mid[0]}/remind", {}, sent_from=f"/console/patients/{pid}/medications", follow=True
+        )
+        assert notice_text(reminded.text) == ("ok", "", "Reminder sent with the type's files.")
+
+        inbox = me.page("/console/me").text
+        link = re.search(r'<a href="/console/me/medications#(reminder-[^"]+)">Time for your medication</a>', inbox)
+        assert link is not None, inbox
+        mine = me.page("/console/me/medications").text
+        assert f'id="{link.group(1)}"' in mine
+        aids = _attachment_ids(mine)
+        assert len(aids) == 2
+        videos = re.findall(
+            r'<video controls preload="metadata" src="(/console/api/v1/attachments/[^/]+/content)"', mine
+        )
+        assert len(videos) == 1
+        assert me.client.get(videos[0]).headers["content-type"].startswith("video/mp4")
+        pdf = next(f"/console/api/v1/attachments/{a}/content" for a in aids if a not in videos[0])
+        assert me.client.get(pdf).content.startswith(b"%PDF")
+
+
+@pytest.mark.parametrize(
+    ("fields", "shown"),
+    [
+        ({"times": ""}, "times: give at least one time of day"),
+        ({"times": "8 in the morning"}, "times[0]: expected a time of day as HH:MM"),
+        ({"start": "2030-03-04", "end": "2030-03-01"}, "end: must be on or after the start date"),
+        ({"timezone": "Mars/Olympus"}, "timezone: expected a time zone name"),
+        ({"type_id": ""}, "type_id: choose the type of medication"),
+    ],
+)
+def test_a_prescription_refused_shows_its_sentence_on_the_form(
+    clinic: ConsoleClient, fields: dict[str, str], shown: str
+) -> None:
+    pid = _register(clinic)
+    tid = _new_type(clinic)
+    answer = clinic.form(f"/console/patients/{pid}/medications", {"type_id": tid, **SCHEDULE, **fields}, follow=True)
+    assert answer.url.path == f"/console/patients/{pid}/medications"
+    kind, code, text = notice_text(answer.text) or ("", "", "")
+    assert (kind, code) == ("error", "invalid-request") and shown in text, answer.text
+    assert "No medications yet." in answer.text
+
+
+def test_a_type_refuses_a_blank_name_and_an_empty_attach(clinic: ConsoleClient) -> None:
+    blank = clinic.form("/console/medication-types", {"name": "  "}, follow=True)
+    assert "name: give the medication type a name" in (notice_text(blank.text) or ("", "", ""))[2]
+    tid = _new_type(clinic)
+    empty = clinic.form(
+        f"/console/medication-types/{tid}/attachments", {}, sent_from=f"/console/medication-types/{tid}", follow=True
+    )
+    assert "file_id: tick the library files" in (notice_text(empty.text) or ("", "", ""))[2]
+
+
+def test_another_organisation_sees_nothing(clinic: ConsoleClient, console_settings: Settings) -> None:
+    pid = _register(clinic)
+    tid = _new_type(clinic, "Private medicine")
+    given = clinic.form(f"/console/patients/{pid}/medications", {"type_id": tid, **SCHEDULE}, follow=True)
+    mid = re.findall(r'action="/console/medications/([^/]+)/remind"', given.text)[0]
+    with TestClient(clinic.client.app, base_url=BASE_URL) as other:
+        b = ConsoleClient(other, console_settings)
+        b.sign_in("clinician", "org-b", sub="dr-b")
+        assert "Private medicine" not in b.page("/console/medication-types").text
+        assert b.page(f"/console/medication-types/{tid}").status_code == 404
+        assert b.page(f"/console/patients/{pid}/medications").status_code == 404
+        refused = b.form(f"/console/medications/{mid}/remind", {}, sent_from="/console/medication-types", follow=True)
+        assert (notice_text(refused.text) or ("",))[0] == "error"
+    with TestClient(clinic.client.app, base_url=BASE_URL) as other:
+        me = ConsoleClient(other, console_settings)
+        me.sign_in("patient", "org-a", patient=pid)
+        assert "Time for your medication" not in me.page("/console/me").text  # org-b's remind did nothing
+
+
+def test_the_pages_go_with_the_plugin(tmp_path: Path, migrated_database: Path) -> None:
+    settings = _settings(tmp_path, migrated_database, CARESHARE_DISABLE_PLUGINS="medication")
+    with TestClient(create_app(settings), base_url=BASE_URL) as client:
+        clinic = ConsoleClient(client, settings)
+        patients = clinic.sign_in("clinician", "org-a", sub="dr-a")
+        assert "Medication types" not in patients.text and "Appointment types" in patients.text
+        assert clinic.page("/console/medication-types").status_code == 404
+        pid = _register(clinic)
+        assert ">Prescribe<" not in clinic.page(f"/console/patients/{pid}").text
