@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import html
 import re
+import shutil
 from typing import TYPE_CHECKING, Any
 
 from careshare.host.auth import mint_token
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import httpx
     from litestar.testing import TestClient
 
     from careshare.core.settings import Settings
 
-__all__ = ["ConsoleClient", "notice_text"]
+__all__ = ["ConsoleClient", "copied_settings", "notice_text", "register"]
 
 BASE_URL = "http://console.test"
 _NOTICE = re.compile(r'<div class="notice (\w+)"[^>]*data-code="([^"]*)"[^>]*>(.*?)</div>', re.S)
@@ -60,3 +63,23 @@ class ConsoleClient:
         """The console's upload script: a multipart ``file`` to ``path`` (under ``/console/api``)."""
         headers = {"Origin": BASE_URL, "Accept": "application/json"}
         return self.client.post(path, files={"file": (name, data)}, data=fields or None, headers=headers)
+
+
+def register(clinic: ConsoleClient, name: str = "Ann Smith", external_id: str = "MRN-1", **more: str) -> str:
+    """Register a patient through the console's form (as a signed-in clinician); their id."""
+    answer = clinic.form(
+        "/console/patients", {"name": name, "external_id": external_id, **more}, sent_from="/console/patients/new"
+    )
+    assert answer.status_code == 303, answer.text
+    return str(answer.headers["location"].rsplit("/", 1)[1])
+
+
+def copied_settings(folder: Path, migrated_database: Path, **env: str) -> Settings:
+    """Settings on ``folder / "data"`` whose database starts as a copy of ``migrated_database``."""
+    from careshare.testing import make_settings
+
+    settings = make_settings(folder / "data", CARESHARE_WORKERS="1", **env)
+    database = folder / "data" / "careshare.db"
+    database.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(migrated_database, database)
+    return settings

@@ -151,3 +151,30 @@ def page(chromium: Any, console_server: str) -> Iterator[Any]:
         yield tab
     finally:
         context.close()
+
+
+@pytest.fixture
+def console_settings(tmp_path: Path, migrated_database: Path) -> Settings:
+    """Settings of a console test: the development sign-in on, the database a migrated copy."""
+    from careshare.testing.console import copied_settings
+
+    return copied_settings(tmp_path, migrated_database, CARESHARE_DEV_LOGIN="1")
+
+
+@pytest.fixture
+def browser(console_settings: Settings) -> Iterator[Any]:
+    """The console driven in process as a browser sends it (not signed in yet)."""
+    from litestar.testing import TestClient
+
+    from careshare.testing.console import BASE_URL, ConsoleClient
+
+    with TestClient(create_app(console_settings), base_url=BASE_URL) as test_client:
+        yield ConsoleClient(test_client, console_settings)
+
+
+@pytest.fixture
+def clinic(browser: Any) -> Any:
+    """``browser`` signed in as clinician ``dr-a`` of ``org-a``."""
+    signed = browser.sign_in("clinician", "org-a", sub="dr-a")
+    assert signed.status_code == 200, signed.text
+    return browser

@@ -6,7 +6,6 @@ own Origin, the session cookie kept. The browser itself drives them in tests/tes
 
 from __future__ import annotations
 
-import shutil
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -21,48 +20,13 @@ from careshare.core.patients import find_patients, fold, register_organisation, 
 from careshare.host import create_app
 from careshare.host.auth import mint_token
 from careshare.host.console.session import SESSION_COOKIE
-from careshare.testing import make_pdf, make_settings
-from careshare.testing.console import BASE_URL, ConsoleClient, notice_text
+from careshare.testing import make_pdf
+from careshare.testing.console import BASE_URL, ConsoleClient, copied_settings, notice_text, register
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
     from careshare.core.settings import Settings
-
-
-def _settings(tmp_path: Path, migrated_database: Path, **env: str) -> Settings:
-    settings = make_settings(tmp_path / "data", CARESHARE_WORKERS="1", **env)
-    database = tmp_path / "data" / "careshare.db"
-    database.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(migrated_database, database)
-    return settings
-
-
-@pytest.fixture
-def console_settings(tmp_path: Path, migrated_database: Path) -> Settings:
-    return _settings(tmp_path, migrated_database, CARESHARE_DEV_LOGIN="1")
-
-
-@pytest.fixture
-def browser(console_settings: Settings) -> Iterator[ConsoleClient]:
-    with TestClient(create_app(console_settings), base_url=BASE_URL) as client:
-        yield ConsoleClient(client, console_settings)
-
-
-@pytest.fixture
-def clinic(browser: ConsoleClient) -> ConsoleClient:
-    signed = browser.sign_in("clinician", "org-a", sub="dr-a")
-    assert signed.status_code == 200, signed.text
-    return browser
-
-
-def _register(clinic: ConsoleClient, name: str = "Ann Smith", external_id: str = "MRN-1", **more: str) -> str:
-    answer = clinic.form(
-        "/console/patients", {"name": name, "external_id": external_id, **more}, sent_from="/console/patients/new"
-    )
-    assert answer.status_code == 303, answer.text
-    return answer.headers["location"].rsplit("/", 1)[1]
 
 
 # -- signing in ------------------------------------------------------------------------------------
@@ -71,7 +35,7 @@ def _register(clinic: ConsoleClient, name: str = "Ann Smith", external_id: str =
 def test_login_page_offers_the_token_form_and_the_dev_form_only_when_turned_on(
     tmp_path: Path, migrated_database: Path
 ) -> None:
-    plain = _settings(tmp_path / "plain", migrated_database)
+    plain = copied_settings(tmp_path / "plain", migrated_database)
     with TestClient(create_app(plain), base_url=BASE_URL) as client:
         page = client.get("/console/login").text
         assert 'name="token"' in page and "Development sign-in" not in page
@@ -82,7 +46,7 @@ def test_login_page_offers_the_token_form_and_the_dev_form_only_when_turned_on(
             follow_redirects=False,
         )
         assert dev.status_code == 303 and SESSION_COOKIE not in dev.headers.get("set-cookie", "")
-    dev_settings = _settings(tmp_path / "dev", migrated_database, CARESHARE_DEV_LOGIN="1")
+    dev_settings = copied_settings(tmp_path / "dev", migrated_database, CARESHARE_DEV_LOGIN="1")
     with TestClient(create_app(dev_settings), base_url=BASE_URL) as client:
         page = client.get("/console/login").text
         assert "Development sign-in" in page and '<option value="org-a">' in page
@@ -90,7 +54,7 @@ def test_login_page_offers_the_token_form_and_the_dev_form_only_when_turned_on(
 
 def test_a_wrong_dev_login_value_stops_the_app_at_start(tmp_path: Path, migrated_database: Path) -> None:
     with pytest.raises(ValueError, match="CARESHARE_DEV_LOGIN must be 1 or 0"):
-        create_app(_settings(tmp_path, migrated_database, CARESHARE_DEV_LOGIN="yes please"))
+        create_app(copied_settings(tmp_path, migrated_database, CARESHARE_DEV_LOGIN="yes please"))
 
 
 def test_token_sign_in_sets_a_strict_http_only_cookie_for_the_console_only(browser: ConsoleClient) -> None:
@@ -170,7 +134,7 @@ def test_the_browser_saying_same_origin_is_enough(clinic: ConsoleClient) -> None
 
 
 def test_an_upload_from_another_site_is_refused_as_json(clinic: ConsoleClient) -> None:
-    pid = _register(clinic)
+    pid = register(clinic)
     answer = clinic.client.post(
         f"/console/api/v1/patients/{pid}/files",
         files={"file": ("a.pdf", make_pdf())},
@@ -183,7 +147,7 @@ def test_an_upload_from_another_site_is_refused_as_json(clinic: ConsoleClient) -
 
 
 def test_register_goes_to_the_profile_with_a_notice_shown_once(clinic: ConsoleClient) -> None:
-    pid = _register(clinic, "Ann Smith", "MRN-7", email="ann@example.org")
+    pid = register(clinic, "Ann Smith", "MRN-7", email="ann@example.org")
     profile = clinic.page(f"/console/patients/{pid}")
     assert notice_text(profile.text) == ("ok", "", "Patient registered.")
     assert "MRN-7" in profile.text and "ann@example.org" in profile.text
@@ -206,8 +170,8 @@ def test_register_refuses_what_is_missing_with_each_field_named(clinic: ConsoleC
 
 
 def test_search_is_posted_and_matches_name_or_number_ignoring_case(clinic: ConsoleClient) -> None:
-    _register(clinic, "Ann Smith", "MRN-1")
-    _register(clinic, "Bob Jones", "XR-77")
+    register(clinic, "Ann Smith", "MRN-1")
+    register(clinic, "Bob Jones", "XR-77")
     by_name = clinic.form("/console/patients/search", {"q": "sMiTh"}, sent_from="/console/patients")
     assert by_name.status_code == 200 and "Ann Smith" in by_name.text and "Bob Jones" not in by_name.text
     by_number = clinic.form("/console/patients/search", {"q": "xr-7"}, sent_from="/console/patients")
@@ -219,13 +183,13 @@ def test_search_is_posted_and_matches_name_or_number_ignoring_case(clinic: Conso
 
 
 def test_what_a_patient_typed_is_escaped(clinic: ConsoleClient) -> None:
-    pid = _register(clinic, "<script>alert(1)</script>", "MRN-X")
+    pid = register(clinic, "<script>alert(1)</script>", "MRN-X")
     page = clinic.page(f"/console/patients/{pid}").text
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
 def test_a_patient_of_another_organisation_is_not_found(clinic: ConsoleClient, console_settings: Settings) -> None:
-    pid = _register(clinic)
+    pid = register(clinic)
     with TestClient(clinic.client.app, base_url=BASE_URL) as other_client:
         other = ConsoleClient(other_client, console_settings)
         other.sign_in("clinician", "org-b", sub="dr-b")
@@ -245,7 +209,7 @@ def test_find_patients_matches_a_case_insensitive_substring(tmp_path: Path, migr
 
     organisations = (f"org-find-{n}" for n in itertools.count())
     with asyncio.Runner() as runner:
-        cs = Careshare.build(_settings(tmp_path, migrated_database))
+        cs = Careshare.build(copied_settings(tmp_path, migrated_database))
         runner.run(cs.start())
         try:
 
@@ -286,7 +250,7 @@ def test_find_patients_matches_a_case_insensitive_substring(tmp_path: Path, migr
 
 
 def test_files_upload_through_the_console_api_and_a_refusal_shows_its_sentence(clinic: ConsoleClient) -> None:
-    pid = _register(clinic)
+    pid = register(clinic)
     good = clinic.upload(f"/console/api/v1/patients/{pid}/files", "leaflet.pdf", make_pdf(2))
     assert good.status_code in (201, 202), good.text
     locked = clinic.upload(f"/console/api/v1/patients/{pid}/files", "locked.pdf", make_pdf(user_password="secret"))
@@ -302,7 +266,7 @@ def test_files_upload_through_the_console_api_and_a_refusal_shows_its_sentence(c
 
 def test_a_file_from_the_patient_is_marked_new_until_seen(browser: ConsoleClient, console_settings: Settings) -> None:
     browser.sign_in("clinician", "org-a", sub="dr-a")
-    pid = _register(browser)
+    pid = register(browser)
     with TestClient(browser.client.app, base_url=BASE_URL) as patient_client:
         patient = ConsoleClient(patient_client, console_settings)
         assert patient.sign_in("patient", "org-a", patient=pid).url.path == "/console/me"
@@ -322,7 +286,7 @@ def test_a_file_from_the_patient_is_marked_new_until_seen(browser: ConsoleClient
 
 
 def test_the_dev_form_signs_in_a_patient_of_the_organisation_only(clinic: ConsoleClient) -> None:
-    pid = _register(clinic)
+    pid = register(clinic)
     clinic.form("/console/logout", {}, sent_from="/console/patients")
     wrong = clinic.form("/console/login", {"role": "patient", "org": "org-b", "patient_id": pid}, follow=True)
     assert "$.patient_id" in (notice_text(wrong.text) or ("", "", ""))[2]
@@ -370,7 +334,7 @@ def test_hook_careshare_console(tmp_path: Path, migrated_database: Path) -> None
             ]
             return [ConsolePages("ward", routes=[board], templates=folder, nav=nav)]
 
-    settings = _settings(tmp_path, migrated_database)
+    settings = copied_settings(tmp_path, migrated_database)
     with_ward = get_plugin_manager(plugins=[Ward()])
     with TestClient(create_app(settings, with_ward), base_url=BASE_URL) as client:
         clinic = ConsoleClient(client, settings)
@@ -379,7 +343,7 @@ def test_hook_careshare_console(tmp_path: Path, migrated_database: Path) -> None
         page = clinic.page("/console/ward")
         assert page.status_code == 200 and '<p id="board">Beds for org-a</p>' in page.text
         assert '<a href="/console/ward" aria-current="page">Ward</a>' in page.text
-        pid = _register(clinic)
+        pid = register(clinic)
         profile = clinic.page(f"/console/patients/{pid}").text
         assert f'href="/console/patients/{pid}/beds">Book a bed</a>' in profile
     without = get_plugin_manager()
@@ -396,7 +360,7 @@ def test_a_dicom_shows_its_rendering_and_a_video_plays_with_seeking(clinic: Cons
     from careshare.testing.strategies.dicom import build_dataset, to_bytes
     from careshare.testing.strategies.video import VideoSpec, make_video
 
-    pid = _register(clinic)
+    pid = register(clinic)
     scan = to_bytes(build_dataset(np.arange(64, dtype=np.uint8).reshape(8, 8), PatientName="Doe^Jane"))
     movie = make_video(VideoSpec(frames=12, width=64, height=48, moov_at_end=True))
     shown = {}
@@ -425,7 +389,7 @@ def test_the_library_takes_uploads_and_lists_them_for_clinicians_only(
     page = clinic.page("/console/library")
     assert page.status_code == 200 and "exercises.pdf" in page.text
     assert 'data-upload-url="/console/api/v1/library/files"' in page.text
-    pid = _register(clinic)
+    pid = register(clinic)
     with TestClient(clinic.client.app, base_url=BASE_URL) as patient_client:
         patient = ConsoleClient(patient_client, console_settings)
         patient.sign_in("patient", "org-a", patient=pid)

@@ -7,7 +7,6 @@ guide's steps in ``test_a_clinician_attaches_a_leaflet_to_a_type_and_books_it``.
 from __future__ import annotations
 
 import re
-import shutil
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -15,50 +14,15 @@ from litestar.testing import TestClient
 from playwright.sync_api import expect
 
 from careshare.host import create_app
-from careshare.testing import make_pdf, make_settings
+from careshare.testing import make_pdf
 from careshare.testing.browser import screenshot, sign_in
-from careshare.testing.console import BASE_URL, ConsoleClient, notice_text
+from careshare.testing.console import BASE_URL, ConsoleClient, copied_settings, notice_text, register
 from careshare.testing.strategies.video import VideoSpec, make_video
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
     from careshare.core.settings import Settings
-
-
-def _settings(tmp_path: Path, migrated_database: Path, **env: str) -> Settings:
-    settings = make_settings(tmp_path / "data", CARESHARE_WORKERS="1", **env)
-    database = tmp_path / "data" / "careshare.db"
-    database.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(migrated_database, database)
-    return settings
-
-
-@pytest.fixture
-def console_settings(tmp_path: Path, migrated_database: Path) -> Settings:
-    return _settings(tmp_path, migrated_database, CARESHARE_DEV_LOGIN="1")
-
-
-@pytest.fixture
-def browser(console_settings: Settings) -> Iterator[ConsoleClient]:
-    with TestClient(create_app(console_settings), base_url=BASE_URL) as client:
-        yield ConsoleClient(client, console_settings)
-
-
-@pytest.fixture
-def clinic(browser: ConsoleClient) -> ConsoleClient:
-    signed = browser.sign_in("clinician", "org-a", sub="dr-a")
-    assert signed.status_code == 200, signed.text
-    return browser
-
-
-def _register(clinic: ConsoleClient, name: str = "Ann Smith", external_id: str = "MRN-1") -> str:
-    answer = clinic.form(
-        "/console/patients", {"name": name, "external_id": external_id}, sent_from="/console/patients/new"
-    )
-    assert answer.status_code == 303, answer.text
-    return str(answer.headers["location"].rsplit("/", 1)[1])
 
 
 def _library_file(clinic: ConsoleClient, name: str, data: bytes) -> str:
@@ -80,7 +44,7 @@ def _attachment_ids(page: str) -> list[str]:
 def test_a_type_carries_a_pdf_and_a_video_to_the_booked_patient(
     clinic: ConsoleClient, console_settings: Settings
 ) -> None:
-    pid = _register(clinic)
+    pid = register(clinic)
     leaflet = _library_file(clinic, "leaflet.pdf", make_pdf(2, text="directions"))
     video = _library_file(clinic, "exercises.mp4", make_video(VideoSpec(frames=10, fps=10)))
     tid = _new_type(clinic)
@@ -157,7 +121,7 @@ def test_a_type_carries_a_pdf_and_a_video_to_the_booked_patient(
 def test_a_booking_refused_shows_its_sentence_on_the_form(
     clinic: ConsoleClient, fields: dict[str, str], field: str
 ) -> None:
-    pid = _register(clinic)
+    pid = register(clinic)
     tid = _new_type(clinic)
     sent = {"type_id": tid, **fields} if field != "type_id" else fields
     answer = clinic.form(f"/console/patients/{pid}/appointments", sent, follow=True)
@@ -178,7 +142,7 @@ def test_a_type_refuses_a_blank_name_and_an_empty_attach(clinic: ConsoleClient) 
 
 
 def test_another_organisation_sees_nothing(clinic: ConsoleClient, console_settings: Settings) -> None:
-    pid = _register(clinic)
+    pid = register(clinic)
     tid = _new_type(clinic, "Private clinic type")
     with TestClient(clinic.client.app, base_url=BASE_URL) as other:
         b = ConsoleClient(other, console_settings)
@@ -208,13 +172,13 @@ def test_another_organisation_sees_nothing(clinic: ConsoleClient, console_settin
 
 
 def test_the_pages_go_with_the_plugin(tmp_path: Path, migrated_database: Path) -> None:
-    settings = _settings(tmp_path, migrated_database, CARESHARE_DISABLE_PLUGINS="appointments")
+    settings = copied_settings(tmp_path, migrated_database, CARESHARE_DISABLE_PLUGINS="appointments")
     with TestClient(create_app(settings), base_url=BASE_URL) as client:
         clinic = ConsoleClient(client, settings)
         patients = clinic.sign_in("clinician", "org-a", sub="dr-a")
         assert "Appointment types" not in patients.text and "Medication types" in patients.text
         assert clinic.page("/console/appointment-types").status_code == 404
-        pid = _register(clinic)
+        pid = register(clinic)
         assert "Book an appointment" not in clinic.page(f"/console/patients/{pid}").text
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -20,49 +19,15 @@ from careshare.core import db
 from careshare.host import create_app
 from careshare.plugins.chat import MAX_FILES
 from careshare.plugins.chat.tables import chat_messages
-from careshare.testing import make_pdf, make_settings
+from careshare.testing import make_pdf
 from careshare.testing.browser import screenshot, sign_in
-from careshare.testing.console import BASE_URL, ConsoleClient, notice_text
+from careshare.testing.console import BASE_URL, ConsoleClient, copied_settings, notice_text, register
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
     from careshare.core.settings import Settings
-
-
-def _settings(tmp_path: Path, migrated_database: Path, **env: str) -> Settings:
-    settings = make_settings(tmp_path / "data", CARESHARE_WORKERS="1", **env)
-    database = tmp_path / "data" / "careshare.db"
-    database.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(migrated_database, database)
-    return settings
-
-
-@pytest.fixture
-def console_settings(tmp_path: Path, migrated_database: Path) -> Settings:
-    return _settings(tmp_path, migrated_database, CARESHARE_DEV_LOGIN="1")
-
-
-@pytest.fixture
-def browser(console_settings: Settings) -> Iterator[ConsoleClient]:
-    with TestClient(create_app(console_settings), base_url=BASE_URL) as client:
-        yield ConsoleClient(client, console_settings)
-
-
-@pytest.fixture
-def clinic(browser: ConsoleClient) -> ConsoleClient:
-    signed = browser.sign_in("clinician", "org-a", sub="dr-a")
-    assert signed.status_code == 200, signed.text
-    return browser
-
-
-def _register(clinic: ConsoleClient, name: str = "Ann Smith", external_id: str = "MRN-1") -> str:
-    answer = clinic.form(
-        "/console/patients", {"name": name, "external_id": external_id}, sent_from="/console/patients/new"
-    )
-    assert answer.status_code == 303, answer.text
-    return answer.headers["location"].rsplit("/", 1)[1]
 
 
 def _upload(clinic: ConsoleClient, pid: str, name: str, data: bytes | None = None) -> str:
@@ -94,7 +59,7 @@ def _count(settings: Settings, table: sa.Table) -> int:
 
 
 def test_a_message_with_a_picked_file_reaches_the_patient_and_the_reply_comes_back(clinic: ConsoleClient) -> None:
-    pid = _register(clinic)
+    pid = register(clinic)
     fid = _upload(clinic, pid, "results.pdf")
     thread = clinic.page(f"/console/patients/{pid}/chat").text
     assert f'<input type="checkbox" name="file_id" value="{fid}" form="message-form">' in thread
@@ -139,7 +104,7 @@ def test_a_message_with_a_picked_file_reaches_the_patient_and_the_reply_comes_ba
 def test_a_refused_send_shows_the_problems_sentence_and_stores_nothing(
     clinic: ConsoleClient, console_settings: Settings, refusal: str
 ) -> None:
-    pid = _register(clinic)
+    pid = register(clinic)
     if refusal == "too-many":
         file_ids = [_upload(clinic, pid, f"scan-{i}.pdf") for i in range(MAX_FILES + 1)]
         code, sentence = "too-many-attachments", f"A message carries at most {MAX_FILES} files."
@@ -161,7 +126,7 @@ def test_a_refused_send_shows_the_problems_sentence_and_stores_nothing(
 
 
 def test_a_patient_or_clinician_of_another_organisation_cannot_see_the_thread(clinic: ConsoleClient) -> None:
-    pid = _register(clinic)
+    pid = register(clinic)
     sent = clinic.form(f"/console/patients/{pid}/chat", {"body": "For Ann only."})
     assert sent.status_code == 303
     with _as_patient(clinic, "org-b", pid) as stranger:
@@ -182,7 +147,7 @@ def test_a_patient_or_clinician_of_another_organisation_cannot_see_the_thread(cl
 
 
 def test_the_chat_page_finds_patients_by_a_posted_search(clinic: ConsoleClient) -> None:
-    ann, bob = _register(clinic), _register(clinic, "Bob Jones", "MRN-2")
+    ann, bob = register(clinic), register(clinic, "Bob Jones", "MRN-2")
     page = clinic.page("/console/chat").text
     assert f'href="/console/patients/{ann}/chat">Ann Smith</a>' in page
     assert f'href="/console/patients/{bob}/chat">Bob Jones</a>' in page
@@ -193,11 +158,13 @@ def test_the_chat_page_finds_patients_by_a_posted_search(clinic: ConsoleClient) 
 
 def test_the_chat_links_come_with_the_plugin_and_go_with_it(tmp_path: Path, migrated_database: Path) -> None:
     for disabled in ("", "chat"):
-        settings = _settings(tmp_path / (disabled or "all"), migrated_database, CARESHARE_DISABLE_PLUGINS=disabled)
+        settings = copied_settings(
+            tmp_path / (disabled or "all"), migrated_database, CARESHARE_DISABLE_PLUGINS=disabled
+        )
         with TestClient(create_app(settings), base_url=BASE_URL) as client:
             clinic = ConsoleClient(client, settings)
             patients = clinic.sign_in("clinician", "org-a", sub="dr-a").text
-            pid = _register(clinic)
+            pid = register(clinic)
             profile = clinic.page(f"/console/patients/{pid}").text
             links = (
                 '<a href="/console/chat">Chat</a>' in patients,

@@ -7,64 +7,26 @@ browser: the guide's "add information packs to consents", a video refused with i
 from __future__ import annotations
 
 import re
-import shutil
 from typing import TYPE_CHECKING, Any
 
-import pytest
 from litestar.testing import TestClient
 from playwright.sync_api import expect
 
 from careshare.host import create_app
-from careshare.testing import make_pdf, make_settings
+from careshare.testing import make_pdf
 from careshare.testing.browser import screenshot, sign_in
-from careshare.testing.console import BASE_URL, ConsoleClient, notice_text
+from careshare.testing.console import BASE_URL, ConsoleClient, copied_settings, notice_text, register
 from careshare.testing.strategies.video import VideoSpec, make_video
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
-    from careshare.core.settings import Settings
 
 VIDEO_REFUSAL = "information packs can't contain streaming video"
 
 
-def _settings(tmp_path: Path, migrated_database: Path, **env: str) -> Settings:
-    settings = make_settings(tmp_path / "data", CARESHARE_WORKERS="1", **env)
-    database = tmp_path / "data" / "careshare.db"
-    database.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(migrated_database, database)
-    return settings
-
-
-@pytest.fixture
-def console_settings(tmp_path: Path, migrated_database: Path) -> Settings:
-    return _settings(tmp_path, migrated_database, CARESHARE_DEV_LOGIN="1")
-
-
-@pytest.fixture
-def browser(console_settings: Settings) -> Iterator[ConsoleClient]:
-    with TestClient(create_app(console_settings), base_url=BASE_URL) as client:
-        yield ConsoleClient(client, console_settings)
-
-
-@pytest.fixture
-def clinic(browser: ConsoleClient) -> ConsoleClient:
-    signed = browser.sign_in("clinician", "org-a", sub="dr-a")
-    assert signed.status_code == 200, signed.text
-    return browser
-
-
 def _video() -> bytes:
     return make_video(VideoSpec("mp4", "h264", width=16, height=16, frames=2))
-
-
-def _register(clinic: ConsoleClient, name: str = "Ann Smith", external_id: str = "MRN-1") -> str:
-    answer = clinic.form(
-        "/console/patients", {"name": name, "external_id": external_id}, sent_from="/console/patients/new"
-    )
-    assert answer.status_code == 303, answer.text
-    return answer.headers["location"].rsplit("/", 1)[1]
 
 
 def _new_pack(clinic: ConsoleClient, name: str = "Knee surgery", description: str = "Read before the day.") -> str:
@@ -149,7 +111,7 @@ def test_a_consent_is_asked_read_given_and_its_status_seen(clinic: ConsoleClient
     pack = _new_pack(clinic)
     leaflet = _library_file(clinic, "leaflet.pdf", make_pdf(2, text="knee leaflet"))
     clinic.form(f"/console/information-packs/{pack}/attach", {"file_id": leaflet["id"]})
-    pid = _register(clinic)
+    pid = register(clinic)
 
     forms = clinic.page("/console/consent-forms").text
     assert f'name="information_pack_id" value="{pack}"' in forms
@@ -207,7 +169,7 @@ def test_a_consent_is_asked_read_given_and_its_status_seen(clinic: ConsoleClient
 def test_another_organisation_sees_nothing(clinic: ConsoleClient) -> None:
     pack = _new_pack(clinic, name="Org A hip pack")
     clinic.form("/console/consent-forms", {"name": "Org A hip form", "information_pack_id": pack})
-    pid = _register(clinic)
+    pid = register(clinic)
 
     clinic.sign_in("clinician", "org-b", sub="dr-b")
     assert "Org A hip pack" not in clinic.page("/console/information-packs").text
@@ -223,14 +185,16 @@ def test_another_organisation_sees_nothing(clinic: ConsoleClient) -> None:
 
 
 def test_patients_cannot_open_the_clinicians_pages(clinic: ConsoleClient) -> None:
-    pid = _register(clinic)
+    pid = register(clinic)
     clinic.sign_in("patient", "org-a", patient=pid)
     assert clinic.page("/console/information-packs").status_code == 403
     assert "Nobody has asked for your consent." in clinic.page("/console/me/consents").text
 
 
 def test_the_pages_go_with_the_plugin(tmp_path: Path, migrated_database: Path) -> None:
-    settings = _settings(tmp_path, migrated_database, CARESHARE_DEV_LOGIN="1", CARESHARE_DISABLE_PLUGINS="consents")
+    settings = copied_settings(
+        tmp_path, migrated_database, CARESHARE_DEV_LOGIN="1", CARESHARE_DISABLE_PLUGINS="consents"
+    )
     with TestClient(create_app(settings), base_url=BASE_URL) as client:
         console = ConsoleClient(client, settings)
         home = console.sign_in("clinician", "org-a", sub="dr-a")

@@ -12,65 +12,28 @@ import email.policy
 import io
 import os
 import re
-import shutil
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 import pikepdf
-import pytest
 from aiosmtpd.controller import Controller
 from litestar.testing import TestClient
 from playwright.sync_api import expect
 
 from careshare.host import create_app
 from careshare.plugins.letters.letters import DEFAULT_MAX_ATTACHMENT_BYTES
-from careshare.testing import free_port, make_pdf, make_settings
+from careshare.testing import free_port, make_pdf
 from careshare.testing.browser import screenshot, sign_in
-from careshare.testing.console import BASE_URL, ConsoleClient, notice_text
+from careshare.testing.console import BASE_URL, ConsoleClient, copied_settings, notice_text, register
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from email.message import EmailMessage
     from pathlib import Path
 
     from careshare.core.settings import Settings
 
 ADDRESS = "ann.smith@example.org"
-
-
-def _settings(tmp_path: Path, migrated_database: Path, **env: str) -> Settings:
-    settings = make_settings(tmp_path / "data", CARESHARE_WORKERS="1", **env)
-    database = tmp_path / "data" / "careshare.db"
-    database.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(migrated_database, database)
-    return settings
-
-
-@pytest.fixture
-def console_settings(tmp_path: Path, migrated_database: Path) -> Settings:
-    return _settings(tmp_path, migrated_database, CARESHARE_DEV_LOGIN="1")
-
-
-@pytest.fixture
-def browser(console_settings: Settings) -> Iterator[ConsoleClient]:
-    with TestClient(create_app(console_settings), base_url=BASE_URL) as client:
-        yield ConsoleClient(client, console_settings)
-
-
-@pytest.fixture
-def clinic(browser: ConsoleClient) -> ConsoleClient:
-    signed = browser.sign_in("clinician", "org-a", sub="dr-a")
-    assert signed.status_code == 200, signed.text
-    return browser
-
-
-def _register(clinic: ConsoleClient, name: str = "Ann Smith", external_id: str = "MRN-1", **more: str) -> str:
-    answer = clinic.form(
-        "/console/patients", {"name": name, "external_id": external_id, **more}, sent_from="/console/patients/new"
-    )
-    assert answer.status_code == 303, answer.text
-    return answer.headers["location"].rsplit("/", 1)[1]
 
 
 def _upload(clinic: ConsoleClient, pid: str, name: str, data: bytes) -> str:
@@ -126,7 +89,7 @@ def test_from_a_template_to_a_sent_letter_the_patient_reads(clinic: ConsoleClien
         follow=True,
     )
     assert notice_text(saved.text) == ("ok", "", "Template saved.") and "Results for {{ patient.name }}" in saved.text
-    pid = _register(clinic)
+    pid = register(clinic)
     leaflet = _upload(clinic, pid, "leaflet.pdf", make_pdf(2, text="a leaflet"))
     scan = _upload(clinic, pid, "scan.pdf", make_pdf(1, text="a scan"))
 
@@ -209,7 +172,7 @@ def test_from_a_template_to_a_sent_letter_the_patient_reads(clinic: ConsoleClien
 
 
 def test_without_an_email_server_the_toggle_is_off_and_an_email_is_refused(clinic: ConsoleClient) -> None:
-    pid = _register(clinic, email=ADDRESS)
+    pid = register(clinic, email=ADDRESS)
     lid = _new_letter(clinic, pid)
     page = clinic.page(f"/console/letters/{lid}").text
     assert re.search(r'<input type="checkbox" name="email" value="yes" id="send-email" disabled', page)
@@ -239,7 +202,7 @@ def test_send_by_email_through_a_real_smtp_server(tmp_path: Path, migrated_datab
     smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port(), data_size_limit=None)
     smtp.start()
     try:
-        settings = _settings(
+        settings = copied_settings(
             tmp_path,
             migrated_database,
             CARESHARE_SMTP_URL=f"smtp://127.0.0.1:{smtp.port}",
@@ -248,10 +211,10 @@ def test_send_by_email_through_a_real_smtp_server(tmp_path: Path, migrated_datab
         with TestClient(create_app(settings), base_url=BASE_URL) as client:
             clinic = ConsoleClient(client, settings)
             clinic.sign_in("clinician", "org-a", sub="dr-a")
-            no_address = _register(clinic, "Bob Jones", "MRN-2")
+            no_address = register(clinic, "Bob Jones", "MRN-2")
             other = _new_letter(clinic, no_address)
             assert "This patient has no email address" in clinic.page(f"/console/letters/{other}").text
-            pid = _register(clinic, email=ADDRESS)
+            pid = register(clinic, email=ADDRESS)
             lid = _new_letter(clinic, pid)
             page = clinic.page(f"/console/letters/{lid}").text
             assert re.search(r'id="send-email">', page) and ADDRESS in page
@@ -276,7 +239,7 @@ def test_send_by_email_through_a_real_smtp_server(tmp_path: Path, migrated_datab
 
 def test_the_25_mb_total_shows_its_sentence_and_attaches_nothing(clinic: ConsoleClient) -> None:
     assert DEFAULT_MAX_ATTACHMENT_BYTES == 25_000_000
-    pid = _register(clinic)
+    pid = register(clinic)
     first = _upload(clinic, pid, "a.pdf", padded_pdf(12_600_000))
     second = _upload(clinic, pid, "b.pdf", padded_pdf(12_600_000))
     small = _upload(clinic, pid, "c.pdf", make_pdf())
@@ -295,7 +258,7 @@ def test_the_25_mb_total_shows_its_sentence_and_attaches_nothing(clinic: Console
 
 
 def test_another_organisation_sees_none_of_the_letters(clinic: ConsoleClient, console_settings: Settings) -> None:
-    pid = _register(clinic)
+    pid = register(clinic)
     lid = _new_letter(clinic, pid, title="Private matter", body="Only for org-a.")
     with TestClient(clinic.client.app, base_url=BASE_URL) as other_client:
         other = ConsoleClient(other_client, console_settings)
@@ -309,12 +272,12 @@ def test_another_organisation_sees_none_of_the_letters(clinic: ConsoleClient, co
 
 
 def test_the_letters_pages_go_with_the_plugin(tmp_path: Path, migrated_database: Path) -> None:
-    settings = _settings(tmp_path, migrated_database, CARESHARE_DISABLE_PLUGINS="letters")
+    settings = copied_settings(tmp_path, migrated_database, CARESHARE_DISABLE_PLUGINS="letters")
     with TestClient(create_app(settings), base_url=BASE_URL) as client:
         clinic = ConsoleClient(client, settings)
         patients = clinic.sign_in("clinician", "org-a", sub="dr-a")
         assert "Letter templates" not in patients.text
-        pid = _register(clinic)
+        pid = register(clinic)
         profile = clinic.page(f"/console/patients/{pid}").text
         assert "/letters" not in profile and "Create letter" not in profile
         assert clinic.page(f"/console/patients/{pid}/letters").status_code == 404

@@ -6,56 +6,20 @@ Driven as a browser sends the forms (``careshare.testing.console``).
 from __future__ import annotations
 
 import re
-import shutil
 from typing import TYPE_CHECKING
 
 import pytest
 from litestar.testing import TestClient
 
 from careshare.host import create_app
-from careshare.testing import make_pdf, make_settings
-from careshare.testing.console import BASE_URL, ConsoleClient, notice_text
+from careshare.testing import make_pdf
+from careshare.testing.console import BASE_URL, ConsoleClient, copied_settings, notice_text, register
 from careshare.testing.strategies.video import VideoSpec, make_video
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
     from careshare.core.settings import Settings
-
-
-def _settings(tmp_path: Path, migrated_database: Path, **env: str) -> Settings:
-    settings = make_settings(tmp_path / "data", CARESHARE_WORKERS="1", **env)
-    database = tmp_path / "data" / "careshare.db"
-    database.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(migrated_database, database)
-    return settings
-
-
-@pytest.fixture
-def console_settings(tmp_path: Path, migrated_database: Path) -> Settings:
-    return _settings(tmp_path, migrated_database, CARESHARE_DEV_LOGIN="1")
-
-
-@pytest.fixture
-def browser(console_settings: Settings) -> Iterator[ConsoleClient]:
-    with TestClient(create_app(console_settings), base_url=BASE_URL) as client:
-        yield ConsoleClient(client, console_settings)
-
-
-@pytest.fixture
-def clinic(browser: ConsoleClient) -> ConsoleClient:
-    signed = browser.sign_in("clinician", "org-a", sub="dr-a")
-    assert signed.status_code == 200, signed.text
-    return browser
-
-
-def _register(clinic: ConsoleClient, name: str = "Ann Smith", external_id: str = "MRN-1") -> str:
-    answer = clinic.form(
-        "/console/patients", {"name": name, "external_id": external_id}, sent_from="/console/patients/new"
-    )
-    assert answer.status_code == 303, answer.text
-    return str(answer.headers["location"].rsplit("/", 1)[1])
 
 
 def _library_file(clinic: ConsoleClient, name: str, data: bytes) -> str:
@@ -80,7 +44,7 @@ SCHEDULE = {"times": "08:00, 20:00", "start": "2030-03-04", "end": "", "timezone
 def test_a_type_carries_a_pdf_and_a_video_to_the_patient_with_each_reminder(
     clinic: ConsoleClient, console_settings: Settings
 ) -> None:
-    pid = _register(clinic)
+    pid = register(clinic)
     leaflet = _library_file(clinic, "pen-leaflet.pdf", make_pdf(2, text="how to inject"))
     video = _library_file(clinic, "how-to-inject.mp4", make_video(VideoSpec(frames=10, fps=10)))
     tid = _new_type(clinic)
@@ -147,7 +111,7 @@ def test_a_type_carries_a_pdf_and_a_video_to_the_patient_with_each_reminder(
 def test_a_prescription_refused_shows_its_sentence_on_the_form(
     clinic: ConsoleClient, fields: dict[str, str], shown: str
 ) -> None:
-    pid = _register(clinic)
+    pid = register(clinic)
     tid = _new_type(clinic)
     answer = clinic.form(f"/console/patients/{pid}/medications", {"type_id": tid, **SCHEDULE, **fields}, follow=True)
     assert answer.url.path == f"/console/patients/{pid}/medications"
@@ -167,7 +131,7 @@ def test_a_type_refuses_a_blank_name_and_an_empty_attach(clinic: ConsoleClient) 
 
 
 def test_another_organisation_sees_nothing(clinic: ConsoleClient, console_settings: Settings) -> None:
-    pid = _register(clinic)
+    pid = register(clinic)
     tid = _new_type(clinic, "Private medicine")
     given = clinic.form(f"/console/patients/{pid}/medications", {"type_id": tid, **SCHEDULE}, follow=True)
     mid = re.findall(r'action="/console/medications/([^/]+)/remind"', given.text)[0]
@@ -186,11 +150,11 @@ def test_another_organisation_sees_nothing(clinic: ConsoleClient, console_settin
 
 
 def test_the_pages_go_with_the_plugin(tmp_path: Path, migrated_database: Path) -> None:
-    settings = _settings(tmp_path, migrated_database, CARESHARE_DISABLE_PLUGINS="medication")
+    settings = copied_settings(tmp_path, migrated_database, CARESHARE_DISABLE_PLUGINS="medication")
     with TestClient(create_app(settings), base_url=BASE_URL) as client:
         clinic = ConsoleClient(client, settings)
         patients = clinic.sign_in("clinician", "org-a", sub="dr-a")
         assert "Medication types" not in patients.text and "Appointment types" in patients.text
         assert clinic.page("/console/medication-types").status_code == 404
-        pid = _register(clinic)
+        pid = register(clinic)
         assert ">Prescribe<" not in clinic.page(f"/console/patients/{pid}").text

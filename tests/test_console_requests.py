@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import html
 import re
-import shutil
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -16,9 +15,9 @@ from litestar.testing import TestClient
 from playwright.sync_api import expect
 
 from careshare.host import create_app
-from careshare.testing import make_pdf, make_settings
+from careshare.testing import make_pdf
 from careshare.testing.browser import screenshot, sign_in
-from careshare.testing.console import BASE_URL, ConsoleClient, notice_text
+from careshare.testing.console import BASE_URL, ConsoleClient, copied_settings, notice_text, register
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -28,40 +27,6 @@ if TYPE_CHECKING:
 
 INSTRUCTIONS = "Please send the discharge letter from St Elsewhere"
 REASON = "This letter is from 2019; send the one from last month"
-
-
-def _settings(tmp_path: Path, migrated_database: Path, **env: str) -> Settings:
-    settings = make_settings(tmp_path / "data", CARESHARE_WORKERS="1", **env)
-    database = tmp_path / "data" / "careshare.db"
-    database.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(migrated_database, database)
-    return settings
-
-
-@pytest.fixture
-def console_settings(tmp_path: Path, migrated_database: Path) -> Settings:
-    return _settings(tmp_path, migrated_database, CARESHARE_DEV_LOGIN="1")
-
-
-@pytest.fixture
-def browser(console_settings: Settings) -> Iterator[ConsoleClient]:
-    with TestClient(create_app(console_settings), base_url=BASE_URL) as client:
-        yield ConsoleClient(client, console_settings)
-
-
-@pytest.fixture
-def clinic(browser: ConsoleClient) -> ConsoleClient:
-    signed = browser.sign_in("clinician", "org-a", sub="dr-a")
-    assert signed.status_code == 200, signed.text
-    return browser
-
-
-def _register(clinic: ConsoleClient, name: str = "Ann Smith", external_id: str = "MRN-1") -> str:
-    answer = clinic.form(
-        "/console/patients", {"name": name, "external_id": external_id}, sent_from="/console/patients/new"
-    )
-    assert answer.status_code == 303, answer.text
-    return answer.headers["location"].rsplit("/", 1)[1]
 
 
 def _due(days: int = 7) -> str:
@@ -90,7 +55,7 @@ def _answer_row(page: str, fid: str) -> str:
 def home(browser: ConsoleClient, console_settings: Settings) -> Iterator[tuple[ConsoleClient, str]]:
     """The clinic signed in with one patient registered, and that patient signed in on their own client."""
     browser.sign_in("clinician", "org-a", sub="dr-a")
-    pid = _register(browser)
+    pid = register(browser)
     with TestClient(browser.client.app, base_url=BASE_URL) as patient_client:
         patient = ConsoleClient(patient_client, console_settings)
         assert patient.sign_in("patient", "org-a", patient=pid).url.path == "/console/me"
@@ -218,7 +183,7 @@ def test_a_kind_not_asked_for_is_refused_with_the_kinds_named(
 
 
 def test_the_ask_form_names_every_wrong_field(clinic: ConsoleClient) -> None:
-    pid = _register(clinic)
+    pid = register(clinic)
     sent_from = f"/console/patients/{pid}/file-requests"
     answer = clinic.form(sent_from, {"message": " ", "max_files": "many", "due_at": ""}, follow=True)
     assert answer.url.path == sent_from
@@ -261,18 +226,18 @@ def test_another_organisation_sees_nothing(
     assert "To review" in _answer_row(review, fid) and 'data-status="answered"' in review
     # A clinician's pages are not the patient's, and another patient's request is not found.
     assert patient.page(f"/console/file-requests/{rid}").status_code == 403
-    other_pid = _register(clinic, "Bob Other", "MRN-2")
+    other_pid = register(clinic, "Bob Other", "MRN-2")
     other_rid = _ask(clinic, other_pid)
     assert patient.page(f"/console/me/file-requests/{other_rid}").status_code == 404
     assert f"/console/me/file-requests/{other_rid}" not in patient.page("/console/me/file-requests").text
 
 
 def test_the_pages_go_when_the_plugin_is_disabled(tmp_path: Path, migrated_database: Path) -> None:
-    settings = _settings(tmp_path, migrated_database, CARESHARE_DISABLE_PLUGINS="file-requests")
+    settings = copied_settings(tmp_path, migrated_database, CARESHARE_DISABLE_PLUGINS="file-requests")
     with TestClient(create_app(settings), base_url=BASE_URL) as client:
         clinic = ConsoleClient(client, settings)
         clinic.sign_in("clinician", "org-a", sub="dr-a")
-        pid = _register(clinic)
+        pid = register(clinic)
         assert "file-requests" not in clinic.page(f"/console/patients/{pid}").text
         assert clinic.page(f"/console/patients/{pid}/file-requests").status_code == 404
         assert clinic.page("/console/file-requests/anything").status_code == 404
