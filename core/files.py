@@ -302,6 +302,10 @@ async def _check(cs: Careshare, file_id: str, attempts: int) -> None:
         # Not the file's fault: it stays processing and its check runs again once there is room.
         raise RetryLater(await _note_storage_wait(cs, file_id)) from None
     except Problem as problem:
+        if await cs.store.held_or_stored(file_id, stored.sha256) != key:
+            # Another run of this check promoted the bytes while this one read them: its verdict stands.
+            logger.info("check overtaken by another run file=%s", file_id)
+            return
         await _settle(cs, file_id, rejected=problem, started=started)
         return
     # Promote before the row says ready: a crash in between leaves a stored blob and a job to retry.

@@ -335,3 +335,32 @@ def test_a_clinician_writes_attaches_and_sends_and_the_patient_reads_it(
         expect(phone.get_by_role("link", name="Open the letter (PDF)")).to_be_visible()
     finally:
         patient_context.close()
+
+
+def test_in_the_browser_the_25_mb_letter_limit_is_reached_with_its_sentence(
+    page: Any, console_server: str, tmp_path: Path
+) -> None:
+    """Two large scans uploaded from the draft (resumably: tus) together pass 25 MB: refused, nothing attached."""
+    base = console_server
+    sign_in(page, base, role="clinician", org="org-a", subject="dr-a")
+    page.get_by_role("link", name="Register a patient").click()
+    page.get_by_label("Name").fill("Ann Example")
+    page.get_by_label("Clinic number").fill("MRN-100")
+    page.get_by_role("button", name="Register").click()
+    page.get_by_role("link", name="Create letter").click()
+    page.get_by_label("Title").fill("Your scans")
+    page.get_by_label("Body").fill("Enclosed.")
+    page.get_by_role("button", name="Save draft").click()
+    expect(page.get_by_role("status").first).to_have_text("Draft saved.")
+    for name in ("scan-a.pdf", "scan-b.pdf"):
+        scan = tmp_path / name
+        scan.write_bytes(padded_pdf(12_600_000))
+        page.get_by_label("Upload a file to the patient's files").set_input_files(str(scan))
+        page.get_by_role("button", name="Upload", exact=True).click()
+        expect(page.locator(".upload-status")).to_have_text(re.compile(r"^Uploaded"), timeout=60_000)
+        expect(page.locator("#letter-choices").get_by_label(re.compile(re.escape(name)))).to_be_checked()
+    page.get_by_role("button", name="Attach selected").click()
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("Attachments too large together.")
+    expect(alert).to_contain_text("25,000,000")
+    expect(page.locator("#letter-attachments").get_by_role("link")).to_have_count(0)
