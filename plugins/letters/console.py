@@ -29,8 +29,7 @@ from careshare.plugins.letters.letters import (
     remove_attachment,
     send_letter,
 )
-from careshare.plugins.letters.routes import MAX_BODY_CHARS, MAX_NAME_CHARS, MAX_SUBJECT_CHARS, letter_json
-from careshare.plugins.letters.routes import _text_errors as text_errors
+from careshare.plugins.letters.routes import MAX_BODY_CHARS, MAX_NAME_CHARS, MAX_SUBJECT_CHARS, letter_json, text_errors
 from careshare.plugins.letters.templating import MAX_TEMPLATE_CHARS, VARIABLES
 from careshare.web import (
     CONSOLE,

@@ -108,7 +108,7 @@ class SettingsBody:
     organisation_name: str | None = None
 
 
-def _text_errors(value: str | None, field: str, limit: int, *, required: bool) -> list[str]:
+def text_errors(value: str | None, field: str, limit: int, *, required: bool) -> list[str]:
     """What is wrong with a text field (databases refuse NUL and unpaired surrogates; blank where needed)."""
     if value is None:
         return [f"$.{field}: required"] if required else []
@@ -126,8 +126,8 @@ def _text_errors(value: str | None, field: str, limit: int, *, required: bool) -
 
 
 def _check_letter_text(subject: str, body: str) -> None:
-    errors = _text_errors(subject, "subject", MAX_SUBJECT_CHARS, required=True)
-    errors += _text_errors(body, "body", MAX_BODY_CHARS, required=False)
+    errors = text_errors(subject, "subject", MAX_SUBJECT_CHARS, required=True)
+    errors += text_errors(body, "body", MAX_BODY_CHARS, required=False)
     if errors:
         raise invalid(*errors)
 
@@ -222,9 +222,9 @@ class LetterTemplateController(Controller):
     ) -> dict[str, Any]:
         """Save a template ``{"name", "subject", "body"}`` (Jinja2); one that does not fill in is refused."""
         body = await parse_body(request, NewTemplate)
-        errors = _text_errors(body.name, "name", MAX_NAME_CHARS, required=True)
-        errors += _text_errors(body.subject, "subject", MAX_TEMPLATE_CHARS, required=True)
-        errors += _text_errors(body.body, "body", MAX_TEMPLATE_CHARS, required=False)
+        errors = text_errors(body.name, "name", MAX_NAME_CHARS, required=True)
+        errors += text_errors(body.subject, "subject", MAX_TEMPLATE_CHARS, required=True)
+        errors += text_errors(body.body, "body", MAX_TEMPLATE_CHARS, required=False)
         if errors:
             raise invalid(*errors)
         async with cs.engine.begin() as conn:
@@ -261,8 +261,8 @@ class PatientLetterController(Controller):
     ) -> dict[str, Any]:
         """A new draft ``{"template_id"?, "subject"?, "body"?}``: from a template filled in for the patient, or as given."""
         body = await parse_body(request, NewLetter)
-        errors = _text_errors(body.subject, "subject", MAX_SUBJECT_CHARS, required=body.template_id is None)
-        errors += _text_errors(body.body, "body", MAX_BODY_CHARS, required=False)
+        errors = text_errors(body.subject, "subject", MAX_SUBJECT_CHARS, required=body.template_id is None)
+        errors += text_errors(body.body, "body", MAX_BODY_CHARS, required=False)
         if errors:
             raise invalid(*errors)
         async with cs.engine.begin() as conn:
@@ -313,8 +313,8 @@ class LetterController(Controller):
     ) -> dict[str, Any]:
         """Change a draft's ``subject`` and/or ``body``; a sent letter is ``draft-required``."""
         body = await parse_body(request, LetterEdit)
-        errors = _text_errors(body.subject, "subject", MAX_SUBJECT_CHARS, required=False)
-        errors += _text_errors(body.body, "body", MAX_BODY_CHARS, required=False)
+        errors = text_errors(body.subject, "subject", MAX_SUBJECT_CHARS, required=False)
+        errors += text_errors(body.body, "body", MAX_BODY_CHARS, required=False)
         if body.subject is not None and not body.subject.strip():
             errors.append("$.subject: must not be blank")
         if errors:
@@ -438,7 +438,7 @@ class LetterSettingsController(Controller):
     ) -> dict[str, Any]:
         """Set ``{"max_attachment_bytes", "organisation_name"}``; null (or leaving one out) means the default."""
         body = await parse_body(request, SettingsBody)
-        errors = _text_errors(body.organisation_name, "organisation_name", MAX_NAME_CHARS, required=False)
+        errors = text_errors(body.organisation_name, "organisation_name", MAX_NAME_CHARS, required=False)
         if body.organisation_name is not None and not body.organisation_name.strip():
             errors.append("$.organisation_name: must not be blank (null for the default)")
         limit = body.max_attachment_bytes

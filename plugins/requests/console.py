@@ -33,7 +33,7 @@ from careshare.plugins.requests.file_requests import (
     list_requests,
     review_answer,
 )
-from careshare.plugins.requests.routes import NewFileRequest, _validated
+from careshare.plugins.requests.routes import NewFileRequest, validated
 from careshare.web import (
     CONSOLE,
     ConsolePages,
@@ -127,7 +127,7 @@ def _new_request(
         due_at=_ANY_DUE if due_at is None else due_at,
     )
     try:
-        message, accepted, due = _validated(body, known)
+        message, accepted, due = validated(body, known)
     except Problem as refused:
         raise invalid(*errors, *(refused.extra.get("errors") or [refused.detail])) from None
     if errors:

@@ -75,7 +75,8 @@ def _due_at(value: str, errors: list[str]) -> datetime | None:
     return due
 
 
-def _validated(body: NewFileRequest, known: frozenset[str]) -> tuple[str, frozenset[str], datetime]:
+def validated(body: NewFileRequest, known: frozenset[str]) -> tuple[str, frozenset[str], datetime]:
+    """The new request's message, accepted kinds and due time, or ``invalid-request`` naming each wrong field."""
     errors = []
     message = body.message.strip()
     if not message:
@@ -138,7 +139,7 @@ class PatientFileRequestController(Controller):
     ) -> dict[str, Any]:
         """Ask the patient for files: which kinds, how many, by when. The patient is notified."""
         body = await parse_body(request, NewFileRequest)
-        message, kinds, due_at = _validated(body, frozenset(loaded_kinds(cs.plugins)))
+        message, kinds, due_at = validated(body, frozenset(loaded_kinds(cs.plugins)))
         async with cs.engine.begin() as conn:
             created = await create_request(
                 conn,
