@@ -6,13 +6,15 @@ Driven as a browser sends the forms (``careshare.testing.console``).
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from litestar.testing import TestClient
+from playwright.sync_api import expect
 
 from careshare.host import create_app
 from careshare.testing import make_pdf
+from careshare.testing.browser import screenshot, sign_in
 from careshare.testing.console import BASE_URL, ConsoleClient, copied_settings, notice_text, register
 from careshare.testing.strategies.video import VideoSpec, make_video
 
@@ -158,3 +160,54 @@ def test_the_pages_go_with_the_plugin(tmp_path: Path, migrated_database: Path) -
         assert clinic.page("/console/medication-types").status_code == 404
         pid = register(clinic)
         assert ">Prescribe<" not in clinic.page(f"/console/patients/{pid}").text
+
+
+def test_in_the_browser_a_video_on_a_medication_type_plays_for_the_patient(
+    page: Any, chromium: Any, console_server: str, tmp_path: Path
+) -> None:
+    """The guide's steps: a type with a video, prescribed, reminded; the patient's phone plays the video."""
+    base = console_server
+    sign_in(page, base, role="clinician", org="org-a", subject="dr-a")
+    page.get_by_role("link", name="Register a patient").click()
+    page.get_by_label("Name").fill("Ann Example")
+    page.get_by_label("Clinic number").fill("MRN-100")
+    page.get_by_role("button", name="Register").click()
+    pid = page.url.rsplit("/", 1)[1]
+    page.get_by_role("link", name="Medication types").click()
+    page.get_by_label("Name").fill("Insulin pen")
+    page.get_by_label("Description").fill("How to use your pen.")
+    page.get_by_role("button", name="Create").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Insulin pen")
+    film = tmp_path / "pen-howto.mp4"
+    film.write_bytes(make_video(VideoSpec(frames=24, width=64, height=48, moov_at_end=False)))
+    page.get_by_label("Upload a file to the library").set_input_files(str(film))
+    page.get_by_role("button", name="Upload", exact=True).click()
+    expect(page.locator(".upload-status")).to_have_text(re.compile(r"^Uploaded"))
+    expect(page.locator("#library-choices").get_by_label(re.compile("pen-howto.mp4"))).to_be_checked()
+    page.get_by_role("button", name="Attach selected").click()
+    expect(page.get_by_role("status").first).to_have_text("1 file attached.")
+
+    page.goto(f"{base}/console/patients/{pid}")
+    page.get_by_role("link", name="Prescribe").click()
+    page.get_by_label("Medication type").select_option(label="Insulin pen")
+    page.get_by_label("Times of day").fill("08:00, 20:00")
+    page.get_by_role("button", name="Prescribe").click()
+    expect(page.get_by_role("status").first).to_have_text("Medication prescribed. Reminders follow its schedule.")
+    page.get_by_role("button", name="Remind now").click()
+    expect(page.get_by_role("status").first).to_have_text("Reminder sent with the type's files.")
+    assert page.console_errors == []
+
+    context = chromium.new_context(viewport={"width": 390, "height": 844})
+    phone = context.new_page()
+    phone.set_default_timeout(15_000)
+    try:
+        sign_in(phone, base, role="patient", org="org-a", patient_id=pid)
+        phone.get_by_role("link", name="Time for your medication").first.click()
+        video = phone.locator("video[controls]").first
+        expect(video).to_be_visible()
+        # The browser reads the video's metadata through Range requests: it knows how long it lasts.
+        phone.wait_for_function("document.querySelector('video').readyState >= 1")
+        assert phone.evaluate("document.querySelector('video').duration") > 0
+        screenshot(phone, "patient-medication")
+    finally:
+        context.close()
