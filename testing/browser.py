@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from playwright.sync_api import Browser, Page
 
-__all__ = ["chromium_path", "console_browser", "screenshot", "sign_in"]
+__all__ = ["chromium_path", "console_browser", "register_patient", "screenshot", "sign_in"]
 
 #: Chromium in a container: no sandbox (root), no GPU, nothing fetched from the internet.
 CHROMIUM_ARGS = (
@@ -75,3 +75,17 @@ def screenshot(page: Page, name: str) -> None:
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
+def register_patient(page: Page, base_url: str, name: str = "Ann Example", number: str = "MRN-100") -> str:
+    """Register a patient through the console's form (signed in as a clinician); their id, their profile open."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{base_url}/console/patients")
+    page.get_by_role("link", name="Register a patient").click()
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("Clinic number").fill(number)
+    page.get_by_role("button", name="Register").click()
+    expect(page.get_by_role("status")).to_have_text("Patient registered.")
+    expect(page.get_by_role("heading", level=1)).to_have_text(name)
+    return page.url.rsplit("/", 1)[1]

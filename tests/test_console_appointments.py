@@ -15,7 +15,7 @@ from playwright.sync_api import expect
 
 from careshare.host import create_app
 from careshare.testing import make_pdf
-from careshare.testing.browser import screenshot, sign_in
+from careshare.testing.browser import register_patient, screenshot, sign_in
 from careshare.testing.console import BASE_URL, ConsoleClient, copied_settings, notice_text, register
 from careshare.testing.strategies.video import VideoSpec, make_video
 
@@ -187,12 +187,7 @@ def test_a_clinician_attaches_a_leaflet_to_a_type_and_books_it(
 ) -> None:
     base = console_server
     sign_in(page, base, role="clinician", org="org-a", subject="dr-a")
-    page.get_by_role("link", name="Register a patient").click()
-    page.get_by_label("Name").fill("Ann Example")
-    page.get_by_label("Clinic number").fill("MRN-100")
-    page.get_by_role("button", name="Register").click()
-    expect(page.get_by_role("status")).to_have_text("Patient registered.")
-    pid = page.url.rsplit("/", 1)[1]
+    pid = register_patient(page, base)
 
     page.get_by_role("link", name="Appointment types").click()
     page.get_by_label("Name").fill("Knee clinic")

@@ -13,23 +13,12 @@ from typing import TYPE_CHECKING, Any
 from playwright.sync_api import expect
 
 from careshare.testing import make_pdf
-from careshare.testing.browser import screenshot, sign_in
+from careshare.testing.browser import register_patient, screenshot, sign_in
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 NAME = "Ann Example"
-
-
-def _register(page: Any, base: str, name: str = NAME, number: str = "MRN-100") -> str:
-    page.goto(f"{base}/console/patients")
-    page.get_by_role("link", name="Register a patient").click()
-    page.get_by_label("Name").fill(name)
-    page.get_by_label("Clinic number").fill(number)
-    page.get_by_role("button", name="Register").click()
-    expect(page.get_by_role("status")).to_have_text("Patient registered.")
-    expect(page.get_by_role("heading", level=1)).to_have_text(name)
-    return page.url.rsplit("/", 1)[1]
 
 
 def test_a_clinician_registers_finds_and_shares_files_and_sees_a_refusal(
@@ -38,8 +27,8 @@ def test_a_clinician_registers_finds_and_shares_files_and_sees_a_refusal(
     base = console_server
     sign_in(page, base, role="clinician", org="org-a", subject="dr-a")
     expect(page).to_have_url(f"{base}/console/patients")
-    pid = _register(page, base)
-    _register(page, base, "Bob Other", "MRN-200")
+    pid = register_patient(page, base)
+    register_patient(page, base, "Bob Other", "MRN-200")
     screenshot(page, "profile")
 
     # Find: typed into the search box, answered by htmx, nothing of it in the address.
@@ -80,7 +69,7 @@ def test_the_patient_signs_in_uploads_and_the_clinic_sees_it_new(
 ) -> None:
     base = console_server
     sign_in(page, base, role="clinician", org="org-a", subject="dr-a")
-    pid = _register(page, base)
+    pid = register_patient(page, base)
 
     patient_context = chromium.new_context(viewport={"width": 390, "height": 844})  # a phone
     phone = patient_context.new_page()
@@ -144,7 +133,7 @@ def _large_pdf(size: int) -> bytes:
 def test_a_large_file_goes_up_resumably_through_tus(page: Any, console_server: str, tmp_path: Path) -> None:
     base = console_server
     sign_in(page, base, role="clinician", org="org-a", subject="dr-a")
-    pid = _register(page, base)
+    pid = register_patient(page, base)
     sent: list[tuple[str, str]] = []
     page.on("request", lambda request: sent.append((request.method, request.url)))
     big = tmp_path / "scan-report.pdf"

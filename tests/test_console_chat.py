@@ -20,7 +20,7 @@ from careshare.host import create_app
 from careshare.plugins.chat import MAX_FILES
 from careshare.plugins.chat.tables import chat_messages
 from careshare.testing import make_pdf
-from careshare.testing.browser import screenshot, sign_in
+from careshare.testing.browser import register_patient, screenshot, sign_in
 from careshare.testing.console import BASE_URL, ConsoleClient, copied_settings, notice_text, register
 
 if TYPE_CHECKING:
@@ -183,12 +183,7 @@ def test_the_clinician_attaches_an_upload_and_the_patient_reads_it_in_a_browser(
 ) -> None:
     base = console_server
     sign_in(page, base, role="clinician", org="org-a", subject="dr-a")
-    page.get_by_role("link", name="Register a patient").click()
-    page.get_by_label("Name").fill("Ann Example")
-    page.get_by_label("Clinic number").fill("MRN-100")
-    page.get_by_role("button", name="Register").click()
-    expect(page.get_by_role("status")).to_have_text("Patient registered.")
-    pid = page.url.rsplit("/", 1)[1]
+    pid = register_patient(page, base)
 
     page.get_by_role("link", name="Start a conversation").click()
     expect(page).to_have_url(f"{base}/console/patients/{pid}/chat")

@@ -24,7 +24,7 @@ from playwright.sync_api import expect
 from careshare.host import create_app
 from careshare.plugins.letters.letters import DEFAULT_MAX_ATTACHMENT_BYTES
 from careshare.testing import free_port, make_pdf
-from careshare.testing.browser import screenshot, sign_in
+from careshare.testing.browser import register_patient, screenshot, sign_in
 from careshare.testing.console import BASE_URL, ConsoleClient, copied_settings, notice_text, register
 
 if TYPE_CHECKING:
@@ -291,12 +291,7 @@ def test_a_clinician_writes_attaches_and_sends_and_the_patient_reads_it(
 ) -> None:
     base = console_server
     sign_in(page, base, role="clinician", org="org-a", subject="dr-a")
-    page.get_by_role("link", name="Register a patient").click()
-    page.get_by_label("Name").fill("Ann Example")
-    page.get_by_label("Clinic number").fill("MRN-100")
-    page.get_by_role("button", name="Register").click()
-    expect(page.get_by_role("status")).to_have_text("Patient registered.")
-    pid = page.url.rsplit("/", 1)[1]
+    pid = register_patient(page, base)
 
     page.get_by_role("link", name="Create letter").click()
     expect(page).to_have_url(f"{base}/console/patients/{pid}/letters")
@@ -343,10 +338,7 @@ def test_in_the_browser_the_25_mb_letter_limit_is_reached_with_its_sentence(
     """Two large scans uploaded from the draft (resumably: tus) together pass 25 MB: refused, nothing attached."""
     base = console_server
     sign_in(page, base, role="clinician", org="org-a", subject="dr-a")
-    page.get_by_role("link", name="Register a patient").click()
-    page.get_by_label("Name").fill("Ann Example")
-    page.get_by_label("Clinic number").fill("MRN-100")
-    page.get_by_role("button", name="Register").click()
+    register_patient(page, base)
     page.get_by_role("link", name="Create letter").click()
     page.get_by_label("Title").fill("Your scans")
     page.get_by_label("Body").fill("Enclosed.")

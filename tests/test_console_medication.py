@@ -14,7 +14,7 @@ from playwright.sync_api import expect
 
 from careshare.host import create_app
 from careshare.testing import make_pdf
-from careshare.testing.browser import screenshot, sign_in
+from careshare.testing.browser import register_patient, screenshot, sign_in
 from careshare.testing.console import BASE_URL, ConsoleClient, copied_settings, notice_text, register
 from careshare.testing.strategies.video import VideoSpec, make_video
 
@@ -168,11 +168,7 @@ def test_in_the_browser_a_video_on_a_medication_type_plays_for_the_patient(
     """The guide's steps: a type with a video, prescribed, reminded; the patient's phone plays the video."""
     base = console_server
     sign_in(page, base, role="clinician", org="org-a", subject="dr-a")
-    page.get_by_role("link", name="Register a patient").click()
-    page.get_by_label("Name").fill("Ann Example")
-    page.get_by_label("Clinic number").fill("MRN-100")
-    page.get_by_role("button", name="Register").click()
-    pid = page.url.rsplit("/", 1)[1]
+    pid = register_patient(page, base)
     page.get_by_role("link", name="Medication types").click()
     page.get_by_label("Name").fill("Insulin pen")
     page.get_by_label("Description").fill("How to use your pen.")
