@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
     import pluggy
+    from litestar.types import Receive, Scope, Send
 
 __all__ = ["CareshareInit", "create_app", "start_background"]
 
@@ -95,7 +96,7 @@ class CareshareInit(InitPlugin):
             ClinicUploadController,
             *plugin_routes,
         ]
-        console = console_setup(cs, api)  # the same API again under /console/api, for the console's pages
+        console = console_setup(cs)  # its pages; its script reaches the API under /console/api (CareshareApp)
         app_config.route_handlers.extend([healthz, *api, *LINK_ROUTES, *console.routers])
         app_config.template_config = console.templates
         app_config.state.update({"console_nav": console.nav, "console_item_pages": console.item_pages})
@@ -136,10 +137,19 @@ class CareshareInit(InitPlugin):
         return app_config
 
 
+class CareshareApp(Litestar):
+    """Litestar, with the console's ``/console/api/v1/...`` handed to the API's routes before routing."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from careshare.host.console import console_api_scope
+
+        await super().__call__(console_api_scope(scope), receive, send)
+
+
 def create_app(settings: Settings | None = None, plugins: pluggy.PluginManager | None = None) -> Litestar:
     """The careshare API; ``settings`` default to the ``CARESHARE_*`` environment."""
     cs = Careshare.build(settings or Settings.from_env(), plugins)
-    app = Litestar(
+    app = CareshareApp(
         plugins=[CareshareInit(cs)],
         openapi_config=OpenAPIConfig(
             title="careshare",

@@ -61,8 +61,17 @@ def verify_token(secret: str, token: str) -> Principal:
 
 
 async def principal(request: Request[Any, Any, Any], cs: NamedDependency[Careshare]) -> Principal:
-    """The dependency every protected route takes: who is calling, from the bearer token."""
+    """The dependency every protected route takes: who is calling, from the bearer token.
+
+    A request the console's script made under ``/console/api`` names its caller with the session
+    cookie instead (and is refused from another site); see ``careshare.host.console``.
+    """
+    from careshare.host.console import CONSOLE_API_SCOPE
+    from careshare.host.console.session import console_caller
     from careshare.host.limits import token_failures
+
+    if request.scope.get(CONSOLE_API_SCOPE):
+        return await console_caller(request, cs)
 
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")

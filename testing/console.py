@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from careshare.core.settings import Settings
 
-__all__ = ["ConsoleClient", "copied_settings", "notice_text", "register"]
+__all__ = ["ConsoleClient", "attachment_ids", "copied_settings", "notice_text", "register"]
 
 BASE_URL = "http://console.test"
 _NOTICE = re.compile(r'<div class="notice (\w+)"[^>]*data-code="([^"]*)"[^>]*>(.*?)</div>', re.S)
@@ -63,6 +63,25 @@ class ConsoleClient:
         """The console's upload script: a multipart ``file`` to ``path`` (under ``/console/api``)."""
         headers = {"Origin": BASE_URL, "Accept": "application/json"}
         return self.client.post(path, files={"file": (name, data)}, data=fields or None, headers=headers)
+
+    def library_file(self, name: str, data: bytes) -> dict[str, Any]:
+        """Upload ``data`` to the organisation's library as the console does; the stored file (checked)."""
+        stored = self.upload("/console/api/v1/library/files", name, data)
+        assert stored.status_code == 201, stored.text  # ready within the upload's wait
+        return dict(stored.json())
+
+    def new_template(self, path: str, name: str, description: str = "") -> str:
+        """Create a catalogue template (``path``: "/console/appointment-types" ...) through its form; its id."""
+        made = self.form(path, {"name": name, "description": description})
+        assert made.status_code == 303, made.text
+        location = str(made.headers["location"])
+        assert location.startswith(path + "/"), location
+        return location.rsplit("/", 1)[1]
+
+
+def attachment_ids(page: str) -> list[str]:
+    """The ids of the attachments a catalogue template's page lists, in order."""
+    return re.findall(r'data-attachment-id="([^"]+)"', page)
 
 
 def register(clinic: ConsoleClient, name: str = "Ann Smith", external_id: str = "MRN-1", **more: str) -> str:

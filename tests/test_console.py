@@ -6,6 +6,9 @@ own Origin, the session cookie kept. The browser itself drives them in tests/tes
 
 from __future__ import annotations
 
+import re
+import zoneinfo
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -19,6 +22,7 @@ from careshare.core.models import Principal
 from careshare.core.patients import find_patients, fold, register_organisation, register_patient
 from careshare.host import create_app
 from careshare.host.auth import mint_token
+from careshare.host.console import when
 from careshare.host.console.session import SESSION_COOKIE
 from careshare.testing import make_pdf
 from careshare.testing.console import BASE_URL, ConsoleClient, copied_settings, notice_text, register
@@ -141,6 +145,38 @@ def test_an_upload_from_another_site_is_refused_as_json(clinic: ConsoleClient) -
         headers={"Origin": "http://evil.example"},
     )
     assert answer.status_code == 403 and answer.json()["code"] == "cross-site-form"
+
+
+def test_the_console_api_is_the_api_with_the_session_cookie(clinic: ConsoleClient, console_settings: Settings) -> None:
+    pid = register(clinic)
+    bearer_headers = {
+        "Authorization": "Bearer " + mint_token(console_settings.secret_key, role="clinician", org="org-a", sub="dr-a")
+    }
+    for path in (f"/v1/patients/{pid}", f"/v1/patients/{pid}/files", "/v1/library/files"):
+        through_console = clinic.client.get("/console/api" + path)
+        direct = clinic.client.get(path, headers=bearer_headers)
+        assert through_console.status_code == direct.status_code == 200, path
+        assert through_console.json() == direct.json(), path
+    # The cookie is what counts under /console/api: a bearer token alone is not a session.
+    cookies = dict(clinic.client.cookies)
+    clinic.client.cookies.clear()
+    try:
+        alone = clinic.client.get(f"/console/api/v1/patients/{pid}", headers=bearer_headers)
+        assert alone.status_code == 401 and alone.json()["code"] == "authentication-required"
+    finally:
+        clinic.client.cookies.update(cookies)
+    # A resumable upload's address stays under /console/api, where the cookie goes.
+    created = clinic.client.post(
+        f"/console/api/v1/patients/{pid}/uploads",
+        headers={"Origin": BASE_URL, "Tus-Resumable": "1.0.0", "Upload-Length": "10", "Upload-Metadata": ""},
+    )
+    assert created.status_code == 201, created.text
+    assert created.headers["location"].startswith(f"/console/api/v1/patients/{pid}/uploads/")
+    problem = clinic.client.get("/console/api/v1/files/no-such-file")
+    assert problem.status_code == 404 and problem.json()["instance"] == "/console/api/v1/files/no-such-file"
+    # Only the API's own /v1 is handed on.
+    assert clinic.client.get("/console/api/healthz").status_code == 404
+    assert clinic.client.get("/console/api/schema/openapi.json").status_code == 404
 
 
 # -- patients --------------------------------------------------------------------------------------
@@ -395,3 +431,34 @@ def test_the_library_takes_uploads_and_lists_them_for_clinicians_only(
         patient.sign_in("patient", "org-a", patient=pid)
         refused = patient.page("/console/library")
         assert refused.status_code == 403 and "exercises.pdf" not in refused.text
+
+
+# -- times -----------------------------------------------------------------------------------------
+
+ZONES = ("UTC", "Europe/London", "America/New_York", "Asia/Kolkata", "Pacific/Chatham")
+
+
+@hsettings(max_examples=60)
+@given(
+    instant=st.datetimes(
+        min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.sampled_from([UTC, None])
+    ),
+    zone=st.sampled_from((None, *ZONES)),
+)
+def test_a_time_is_written_in_its_zone_and_keeps_its_instant(instant: datetime, zone: str | None) -> None:
+    shown = str(when(instant, zone))
+    found = re.fullmatch(r'<time datetime="([^"]+)"( data-local)?>(\d\d \w{3} \d{4} \d\d:\d\d) (\S+)</time>', shown)
+    assert found is not None, shown
+    written = datetime.fromisoformat(found.group(1))
+    assert written == (instant if instant.tzinfo else instant.replace(tzinfo=UTC))  # the same instant, always
+    local = written.astimezone(zoneinfo.ZoneInfo(zone or "UTC"))
+    assert found.group(3) == local.strftime("%d %b %Y %H:%M") and found.group(4) == local.tzname()
+    assert bool(found.group(2)) is (zone is None)  # only a time without a zone of its own is the reader's
+
+
+def test_a_date_alone_is_never_shifted_and_nothing_is_empty() -> None:
+    end_of_day = datetime(2030, 3, 4, 23, 59, 59, tzinfo=UTC)
+    assert str(when(end_of_day, date_only=True)) == '<time datetime="2030-03-04">04 Mar 2030</time>'
+    assert str(when(None)) == str(when("")) == ""
+    assert 'datetime="2030-03-04T23:59:59+00:00"' in str(when("2030-03-04T23:59:59+00:00"))
+    assert str(when(end_of_day, "No/Such_Zone")).endswith("23:59 UTC</time>")  # an unknown zone reads as UTC

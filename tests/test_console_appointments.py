@@ -16,7 +16,7 @@ from playwright.sync_api import expect
 from careshare.host import create_app
 from careshare.testing import make_pdf
 from careshare.testing.browser import register_patient, screenshot, sign_in
-from careshare.testing.console import BASE_URL, ConsoleClient, copied_settings, notice_text, register
+from careshare.testing.console import BASE_URL, ConsoleClient, attachment_ids, copied_settings, notice_text, register
 from careshare.testing.strategies.video import VideoSpec, make_video
 
 if TYPE_CHECKING:
@@ -25,31 +25,19 @@ if TYPE_CHECKING:
     from careshare.core.settings import Settings
 
 
-def _library_file(clinic: ConsoleClient, name: str, data: bytes) -> str:
-    sent = clinic.upload("/console/api/v1/library/files", name, data)
-    assert sent.status_code == 201, sent.text  # ready within the upload's wait
-    return str(sent.json()["id"])
-
-
-def _new_type(clinic: ConsoleClient, name: str = "Knee clinic") -> str:
-    made = clinic.form("/console/appointment-types", {"name": name, "description": "Bring your scans."}, follow=True)
-    assert notice_text(made.text) == ("ok", "", "Appointment type created. Attach its files next."), made.text
-    return str(made.url.path.rsplit("/", 1)[1])
-
-
-def _attachment_ids(page: str) -> list[str]:
-    return re.findall(r'data-attachment-id="([^"]+)"', page)
+TYPES = "/console/appointment-types"
 
 
 def test_a_type_carries_a_pdf_and_a_video_to_the_booked_patient(
     clinic: ConsoleClient, console_settings: Settings
 ) -> None:
     pid = register(clinic)
-    leaflet = _library_file(clinic, "leaflet.pdf", make_pdf(2, text="directions"))
-    video = _library_file(clinic, "exercises.mp4", make_video(VideoSpec(frames=10, fps=10)))
-    tid = _new_type(clinic)
+    leaflet = clinic.library_file("leaflet.pdf", make_pdf(2, text="directions"))["id"]
+    video = clinic.library_file("exercises.mp4", make_video(VideoSpec(frames=10, fps=10)))["id"]
+    tid = clinic.new_template(TYPES, "Knee clinic", "Bring your scans.")
 
     page = clinic.page(f"/console/appointment-types/{tid}").text
+    assert notice_text(page) == ("ok", "", "Appointment type created. Attach its files next.")
     assert 'data-upload-url="/console/api/v1/library/files"' in page
     choices = re.search(r'<fieldset id="library-choices" data-refresh>(.*?)</fieldset>', page, re.S)
     assert choices is not None
@@ -63,7 +51,7 @@ def test_a_type_carries_a_pdf_and_a_video_to_the_booked_patient(
         follow=True,
     )
     assert notice_text(attached.text) == ("ok", "", "2 files attached.")
-    assert len(_attachment_ids(attached.text)) == 2
+    assert len(attachment_ids(attached.text)) == 2
     assert f'href="/console/files/{leaflet}"' in attached.text and f'href="/console/files/{video}"' in attached.text
     assert f'value="{leaflet}"' not in attached.text  # attached files leave the choices
 
@@ -89,7 +77,7 @@ def test_a_type_carries_a_pdf_and_a_video_to_the_booked_patient(
         mine = me.page("/console/me/appointments").text
         assert f'id="{link.group(1).split("#")[1]}"' in mine
         assert "Knee clinic" in mine and "Bring your scans." in mine
-        aids = _attachment_ids(mine)
+        aids = attachment_ids(mine)
         assert len(aids) == 2
         videos = re.findall(
             r'<video controls preload="metadata" src="(/console/api/v1/attachments/[^/]+/content)"', mine
@@ -101,13 +89,13 @@ def test_a_type_carries_a_pdf_and_a_video_to_the_booked_patient(
 
     # Detaching changes later bookings only.
     detached = clinic.form(
-        f"/console/appointment-types/{tid}/attachments/{_attachment_ids(attached.text)[0]}/detach",
+        f"/console/appointment-types/{tid}/attachments/{attachment_ids(attached.text)[0]}/detach",
         {},
         sent_from=f"/console/appointment-types/{tid}",
         follow=True,
     )
     assert notice_text(detached.text)[0] == "ok"  # type: ignore[index]
-    assert len(_attachment_ids(detached.text)) == 1
+    assert len(attachment_ids(detached.text)) == 1
 
 
 @pytest.mark.parametrize(
@@ -122,7 +110,7 @@ def test_a_booking_refused_shows_its_sentence_on_the_form(
     clinic: ConsoleClient, fields: dict[str, str], field: str
 ) -> None:
     pid = register(clinic)
-    tid = _new_type(clinic)
+    tid = clinic.new_template(TYPES, "Knee clinic", "Bring your scans.")
     sent = {"type_id": tid, **fields} if field != "type_id" else fields
     answer = clinic.form(f"/console/patients/{pid}/appointments", sent, follow=True)
     assert answer.url.path == f"/console/patients/{pid}/appointments"
@@ -134,16 +122,42 @@ def test_a_booking_refused_shows_its_sentence_on_the_form(
 def test_a_type_refuses_a_blank_name_and_an_empty_attach(clinic: ConsoleClient) -> None:
     blank = clinic.form("/console/appointment-types", {"name": "  "}, follow=True)
     assert "name: give the appointment type a name" in (notice_text(blank.text) or ("", "", ""))[2]
-    tid = _new_type(clinic)
+    tid = clinic.new_template(TYPES, "Knee clinic", "Bring your scans.")
     empty = clinic.form(
         f"/console/appointment-types/{tid}/attachments", {}, sent_from=f"/console/appointment-types/{tid}", follow=True
     )
     assert "file_id: tick the library files" in (notice_text(empty.text) or ("", "", ""))[2]
 
 
+def test_a_type_is_renamed_and_booked_appointments_keep_their_name(clinic: ConsoleClient) -> None:
+    pid = register(clinic)
+    tid = clinic.new_template(TYPES, "Knee clinic", "Bring your scans.")
+    booked = clinic.form(
+        f"/console/patients/{pid}/appointments",
+        {"type_id": tid, "starts_at": "2031-05-06T09:30", "timezone": "Europe/London"},
+        sent_from=f"/console/patients/{pid}/appointments",
+        follow=True,
+    )
+    assert notice_text(booked.text)[0] == "ok", booked.text  # type: ignore[index]
+    page = clinic.page(f"{TYPES}/{tid}").text
+    assert 'value="Knee clinic"' in page and ">Bring your scans.</textarea>" in page
+    blank = clinic.form(f"{TYPES}/{tid}", {"name": " ", "description": "x"}, follow=True)
+    assert notice_text(blank.text)[:2] == ("error", "invalid-request")  # type: ignore[index]
+    assert "give the appointment type a name" in notice_text(blank.text)[2]  # type: ignore[index]
+    renamed = clinic.form(f"{TYPES}/{tid}", {"name": "Knee & hip clinic", "description": ""}, follow=True)
+    assert notice_text(renamed.text) == ("ok", "", "Appointment type saved.")
+    assert renamed.url.path == f"{TYPES}/{tid}"
+    assert "<h1>Knee &amp; hip clinic</h1>" in renamed.text and 'class="description"' not in renamed.text
+    assert "Knee &amp; hip clinic" in clinic.page(TYPES).text
+    # The booking was made with the old name and keeps it.
+    assert "Knee clinic" in clinic.page(f"/console/patients/{pid}/appointments").text
+    unknown = clinic.form(f"{TYPES}/no-such-type", {"name": "Anything"}, follow=True)
+    assert notice_text(unknown.text)[:2] == ("error", "not-found")  # type: ignore[index]
+
+
 def test_another_organisation_sees_nothing(clinic: ConsoleClient, console_settings: Settings) -> None:
     pid = register(clinic)
-    tid = _new_type(clinic, "Private clinic type")
+    tid = clinic.new_template(TYPES, "Private clinic type")
     with TestClient(clinic.client.app, base_url=BASE_URL) as other:
         b = ConsoleClient(other, console_settings)
         b.sign_in("clinician", "org-b", sub="dr-b")
@@ -158,7 +172,7 @@ def test_another_organisation_sees_nothing(clinic: ConsoleClient, console_settin
             follow=True,
         )
         assert (notice_text(refused.text) or ("",))[0] == "error"
-        theirs = _library_file(b, "their-leaflet.pdf", make_pdf(text="org-b"))
+        theirs = b.library_file("their-leaflet.pdf", make_pdf(text="org-b"))["id"]
     assert "their-leaflet.pdf" not in clinic.page(f"/console/appointment-types/{tid}").text
     stolen = clinic.form(
         f"/console/appointment-types/{tid}/attachments",
@@ -167,7 +181,7 @@ def test_another_organisation_sees_nothing(clinic: ConsoleClient, console_settin
         follow=True,
     )
     kind, _, text = notice_text(stolen.text) or ("", "", "")
-    assert kind == "error" and text and _attachment_ids(stolen.text) == [], stolen.text
+    assert kind == "error" and text and attachment_ids(stolen.text) == [], stolen.text
     assert "No appointments yet." in clinic.page(f"/console/patients/{pid}/appointments").text
 
 

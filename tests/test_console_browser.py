@@ -8,6 +8,8 @@ their own browser tests beside their HTTP ones.
 from __future__ import annotations
 
 import re
+import zoneinfo
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from playwright.sync_api import expect
@@ -71,7 +73,8 @@ def test_the_patient_signs_in_uploads_and_the_clinic_sees_it_new(
     sign_in(page, base, role="clinician", org="org-a", subject="dr-a")
     pid = register_patient(page, base)
 
-    patient_context = chromium.new_context(viewport={"width": 390, "height": 844})  # a phone
+    # A phone, in Tokyo: the times the server writes in UTC are read in the phone's own zone.
+    patient_context = chromium.new_context(viewport={"width": 390, "height": 844}, timezone_id="Asia/Tokyo")
     phone = patient_context.new_page()
     phone.set_default_timeout(15_000)
     try:
@@ -86,6 +89,14 @@ def test_the_patient_signs_in_uploads_and_the_clinic_sees_it_new(
         expect(phone.locator(".upload-status")).to_have_text(re.compile(r"^Uploaded"))
         expect(phone.locator("#file-list").get_by_role("link", name="from-home.pdf")).to_be_visible()
         screenshot(phone, "patient-files")
+        phone.locator("#file-list").get_by_role("link", name="from-home.pdf").click()
+        uploaded = phone.locator("dd time").first
+        expect(uploaded).not_to_have_attribute("data-local", "")  # the script has rewritten it
+        instant = datetime.fromisoformat(str(uploaded.get_attribute("datetime")))
+        in_tokyo = instant.astimezone(zoneinfo.ZoneInfo("Asia/Tokyo"))
+        assert in_tokyo.strftime("%H:%M") in uploaded.inner_text(), uploaded.inner_text()
+        assert str(uploaded.get_attribute("title")).endswith(instant.astimezone(UTC).strftime("%H:%M UTC"))
+        phone.go_back()
         # The nav stays reachable at a phone's width: nothing wider than the screen.
         assert phone.evaluate("document.documentElement.scrollWidth") <= 390
     finally:

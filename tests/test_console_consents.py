@@ -37,12 +37,6 @@ def _new_pack(clinic: ConsoleClient, name: str = "Knee surgery", description: st
     return location.rsplit("/", 1)[1]
 
 
-def _library_file(clinic: ConsoleClient, name: str, data: bytes) -> dict[str, Any]:
-    stored = clinic.upload("/console/api/v1/library/files", name, data)
-    assert stored.status_code == 201, stored.text
-    return stored.json()
-
-
 def _notice(answer: Any) -> tuple[str, str, str]:
     shown = notice_text(answer.text)
     assert shown is not None, answer.text
@@ -56,8 +50,8 @@ def test_a_pack_takes_a_library_pdf_and_refuses_a_video_with_its_sentence(clinic
     assert 'data-upload-url="/console/api/v1/library/files"' in page.text
     assert re.search(r'<fieldset id="library-choices" data-refresh>', page.text)
 
-    leaflet = _library_file(clinic, "leaflet.pdf", make_pdf(2, text="knee leaflet"))
-    video = _library_file(clinic, "walkthrough.mp4", _video())
+    leaflet = clinic.library_file("leaflet.pdf", make_pdf(2, text="knee leaflet"))
+    video = clinic.library_file("walkthrough.mp4", _video())
     assert (video["kind"], video["status"]) == ("video", "ready")
     page = clinic.page(f"/console/information-packs/{pack}").text
     assert f'name="file_id" value="{leaflet["id"]}"' in page and f'name="file_id" value="{video["id"]}"' in page
@@ -109,7 +103,7 @@ def test_nothing_ticked_or_no_name_is_refused_naming_the_field(clinic: ConsoleCl
 
 def test_a_consent_is_asked_read_given_and_its_status_seen(clinic: ConsoleClient) -> None:
     pack = _new_pack(clinic)
-    leaflet = _library_file(clinic, "leaflet.pdf", make_pdf(2, text="knee leaflet"))
+    leaflet = clinic.library_file("leaflet.pdf", make_pdf(2, text="knee leaflet"))
     clinic.form(f"/console/information-packs/{pack}/attach", {"file_id": leaflet["id"]})
     pid = register(clinic)
 

@@ -15,7 +15,7 @@ from playwright.sync_api import expect
 from careshare.host import create_app
 from careshare.testing import make_pdf
 from careshare.testing.browser import register_patient, screenshot, sign_in
-from careshare.testing.console import BASE_URL, ConsoleClient, copied_settings, notice_text, register
+from careshare.testing.console import BASE_URL, ConsoleClient, attachment_ids, copied_settings, notice_text, register
 from careshare.testing.strategies.video import VideoSpec, make_video
 
 if TYPE_CHECKING:
@@ -24,20 +24,7 @@ if TYPE_CHECKING:
     from careshare.core.settings import Settings
 
 
-def _library_file(clinic: ConsoleClient, name: str, data: bytes) -> str:
-    sent = clinic.upload("/console/api/v1/library/files", name, data)
-    assert sent.status_code == 201, sent.text  # ready within the upload's wait
-    return str(sent.json()["id"])
-
-
-def _new_type(clinic: ConsoleClient, name: str = "Insulin pen") -> str:
-    made = clinic.form("/console/medication-types", {"name": name, "description": "Keep it cold."}, follow=True)
-    assert notice_text(made.text) == ("ok", "", "Medication type created. Attach its files next."), made.text
-    return str(made.url.path.rsplit("/", 1)[1])
-
-
-def _attachment_ids(page: str) -> list[str]:
-    return re.findall(r'data-attachment-id="([^"]+)"', page)
+TYPES = "/console/medication-types"
 
 
 SCHEDULE = {"times": "08:00, 20:00", "start": "2030-03-04", "end": "", "timezone": "Europe/London"}
@@ -47,10 +34,11 @@ def test_a_type_carries_a_pdf_and_a_video_to_the_patient_with_each_reminder(
     clinic: ConsoleClient, console_settings: Settings
 ) -> None:
     pid = register(clinic)
-    leaflet = _library_file(clinic, "pen-leaflet.pdf", make_pdf(2, text="how to inject"))
-    video = _library_file(clinic, "how-to-inject.mp4", make_video(VideoSpec(frames=10, fps=10)))
-    tid = _new_type(clinic)
+    leaflet = clinic.library_file("pen-leaflet.pdf", make_pdf(2, text="how to inject"))["id"]
+    video = clinic.library_file("how-to-inject.mp4", make_video(VideoSpec(frames=10, fps=10)))["id"]
+    tid = clinic.new_template(TYPES, "Insulin pen", "Keep it cold.")
     page = clinic.page(f"/console/medication-types/{tid}").text
+    assert notice_text(page) == ("ok", "", "Medication type created. Attach its files next.")
     assert 'data-upload-url="/console/api/v1/library/files"' in page
     choices = re.search(r'<fieldset id="library-choices" data-refresh>(.*?)</fieldset>', page, re.S)
     assert choices is not None and f'value="{video}"' in choices.group(1) and f'value="{leaflet}"' in choices.group(1)
@@ -61,7 +49,7 @@ def test_a_type_carries_a_pdf_and_a_video_to_the_patient_with_each_reminder(
         follow=True,
     )
     assert notice_text(attached.text) == ("ok", "", "2 files attached.")
-    assert len(_attachment_ids(attached.text)) == 2
+    assert len(attachment_ids(attached.text)) == 2
 
     profile = clinic.page(f"/console/patients/{pid}").text
     assert f'<a class="button" href="/console/patients/{pid}/medications">Prescribe</a>' in profile
@@ -77,7 +65,7 @@ def test_a_type_carries_a_pdf_and_a_video_to_the_patient_with_each_reminder(
         me = ConsoleClient(other, console_settings)
         me.sign_in("patient", "org-a", patient=pid)
         before = me.page("/console/me/medications").text
-        assert "Insulin pen" in before and _attachment_ids(before) == []  # files come with reminders
+        assert "Insulin pen" in before and attachment_ids(before) == []  # files come with reminders
 
         reminded = clinic.form(
             f"/console/medications/{mid[0]}/remind", {}, sent_from=f"/console/patients/{pid}/medications", follow=True
@@ -89,7 +77,7 @@ def test_a_type_carries_a_pdf_and_a_video_to_the_patient_with_each_reminder(
         assert link is not None, inbox
         mine = me.page("/console/me/medications").text
         assert f'id="{link.group(1)}"' in mine
-        aids = _attachment_ids(mine)
+        aids = attachment_ids(mine)
         assert len(aids) == 2
         videos = re.findall(
             r'<video controls preload="metadata" src="(/console/api/v1/attachments/[^/]+/content)"', mine
@@ -114,7 +102,7 @@ def test_a_prescription_refused_shows_its_sentence_on_the_form(
     clinic: ConsoleClient, fields: dict[str, str], shown: str
 ) -> None:
     pid = register(clinic)
-    tid = _new_type(clinic)
+    tid = clinic.new_template(TYPES, "Insulin pen", "Keep it cold.")
     answer = clinic.form(f"/console/patients/{pid}/medications", {"type_id": tid, **SCHEDULE, **fields}, follow=True)
     assert answer.url.path == f"/console/patients/{pid}/medications"
     kind, code, text = notice_text(answer.text) or ("", "", "")
@@ -125,7 +113,7 @@ def test_a_prescription_refused_shows_its_sentence_on_the_form(
 def test_a_type_refuses_a_blank_name_and_an_empty_attach(clinic: ConsoleClient) -> None:
     blank = clinic.form("/console/medication-types", {"name": "  "}, follow=True)
     assert "name: give the medication type a name" in (notice_text(blank.text) or ("", "", ""))[2]
-    tid = _new_type(clinic)
+    tid = clinic.new_template(TYPES, "Insulin pen", "Keep it cold.")
     empty = clinic.form(
         f"/console/medication-types/{tid}/attachments", {}, sent_from=f"/console/medication-types/{tid}", follow=True
     )
@@ -134,7 +122,7 @@ def test_a_type_refuses_a_blank_name_and_an_empty_attach(clinic: ConsoleClient) 
 
 def test_another_organisation_sees_nothing(clinic: ConsoleClient, console_settings: Settings) -> None:
     pid = register(clinic)
-    tid = _new_type(clinic, "Private medicine")
+    tid = clinic.new_template(TYPES, "Private medicine")
     given = clinic.form(f"/console/patients/{pid}/medications", {"type_id": tid, **SCHEDULE}, follow=True)
     mid = re.findall(r'action="/console/medications/([^/]+)/remind"', given.text)[0]
     with TestClient(clinic.client.app, base_url=BASE_URL) as other:

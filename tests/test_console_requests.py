@@ -81,8 +81,12 @@ def test_ask_answer_review_and_complete(browser: ConsoleClient, home: tuple[Cons
     assert f'href="/console/me/file-requests/{rid}"' in inbox
     mine = patient.page("/console/me/file-requests").text
     assert INSTRUCTIONS in mine and f'href="/console/me/file-requests/{rid}"' in mine
-    answer_page = patient.page(f"/console/me/file-requests/{rid}").text
     upload_url = f"/console/api/v1/me/file-requests/{rid}/files"
+    # The list itself takes a file for each open request, each form's input with an id of its own.
+    assert f'data-upload-url="{upload_url}"' in mine
+    assert f'<label for="upload-{rid}">Send a file for this request</label>' in mine
+    assert f'<input id="upload-{rid}" name="file"' in mine
+    answer_page = patient.page(f"/console/me/file-requests/{rid}").text
     assert f'data-upload-url="{upload_url}"' in answer_page
     first = patient.upload(upload_url, "old-letter.pdf", make_pdf(text="2019"))
     second = patient.upload(upload_url, "new-letter.pdf", make_pdf(text="this month"))
@@ -91,6 +95,7 @@ def test_ask_answer_review_and_complete(browser: ConsoleClient, home: tuple[Cons
     answer_page = patient.page(f"/console/me/file-requests/{rid}").text
     assert "Waiting for review" in _answer_row(answer_page, old)
     assert "You have sent as many files as asked for" in answer_page and "data-upload-url" not in answer_page
+    assert "data-upload-url" not in patient.page("/console/me/file-requests").text
 
     # The clinician sees both to review, each linked to its file.
     review = clinic.page(f"/console/file-requests/{rid}").text
@@ -270,6 +275,7 @@ def test_in_the_browser_the_patient_answers_and_reads_why_a_file_was_turned_down
     page.get_by_role("button", name="Ask for files").click()
     expect(page.get_by_role("status").first).to_have_text("Request sent to the patient.")
     review_url = page.url
+    rid = review_url.rsplit("/", 1)[1]
 
     phone_context = chromium.new_context(viewport={"width": 390, "height": 844})
     phone = phone_context.new_page()
@@ -278,13 +284,16 @@ def test_in_the_browser_the_patient_answers_and_reads_why_a_file_was_turned_down
         sign_in(phone, base, role="patient", org="org-a", patient_id=pid)
         phone.get_by_role("link", name="File requests").click()
         expect(phone.get_by_text(INSTRUCTIONS)).to_be_visible()
-        phone.get_by_role("link", name="Send files").click()
+        # The file goes from the list itself; the request's line then says nothing more is due.
         letter = tmp_path / "old-letter.pdf"
         letter.write_bytes(make_pdf(text="2019"))
-        phone.get_by_label("Send a file").set_input_files(str(letter))
+        phone.get_by_label("Send a file for this request").set_input_files(str(letter))
         phone.get_by_role("button", name="Upload", exact=True).click()
         expect(phone.locator(".upload-status")).to_have_text(re.compile(r"^Uploaded"))
         expect(phone.locator(".upload-progress")).to_have_attribute("value", "100")
+        expect(phone.locator(f"#fr-meta-{rid}")).to_contain_text("0 more to send")
+        phone.get_by_role("link", name="Details").click()
+        expect(phone).to_have_url(f"{base}/console/me/file-requests/{rid}")
         expect(phone.locator("#fr-my-answers").get_by_role("link", name="old-letter.pdf")).to_be_visible()
         expect(phone.locator("#fr-my-answers")).to_contain_text("Waiting for review")
 

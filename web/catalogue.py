@@ -1,8 +1,8 @@
 """Console pages of a catalogue: an organisation's templates (appointment types, medication types, information packs).
 
 One call of :func:`catalogue_pages` serves a :class:`~careshare.core.templates.Templates` under
-``path``: the list with a form to create one, each template's page (its files, an upload to the
-library, the library's files to tick and attach) and removing a file. Attaching goes through
+``path``: the list with a form to create one, each template's page (renaming it, its files, an
+upload to the library, the library's files to tick and attach) and removing a file. Attaching goes through
 :meth:`Templates.attach <careshare.core.templates.Templates.attach>`, so a file the target refuses
 (a video for an information pack) comes back as the target's own problem, shown on the page.
 """
@@ -103,8 +103,23 @@ def catalogue_pages(
             library=[f for f in library if f.id not in attached],
             upload_url=f"{CONSOLE}/api/v1/library/files",
             upload_label="Upload a file to the library",
+            max_name=MAX_NAME_CHARS,
+            max_description=MAX_DESCRIPTION_CHARS,
             **texts,
         )
+
+    @post(f"{path}/{{tid:str}}", status_code=303, dependencies=guard)
+    async def edit(
+        request: Request[Any, Any, Any],
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        tid: FromPath[str],
+    ) -> Redirect:
+        """Rename the template or change its description (its files stay as they are)."""
+        name, description = _fields(await form_data(request), noun)
+        async with cs.engine.begin() as conn:
+            await templates.update(conn, principal, tid, name=name, description=description)
+        return see_other(f"{path}/{tid}", f"{named} saved.")
 
     # ``/attach`` is where the information packs' form first posted; both addresses attach.
     @post([f"{path}/{{tid:str}}/attachments", f"{path}/{{tid:str}}/attach"], status_code=303, dependencies=guard)
@@ -132,4 +147,4 @@ def catalogue_pages(
             await templates.detach(conn, principal, tid, aid)
         return see_other(f"{path}/{tid}", f"File removed from the {short}.")
 
-    return [catalogue, create, show, attach, detach], NavEntry(title, path, order=order)
+    return [catalogue, create, show, edit, attach, detach], NavEntry(title, path, order=order)

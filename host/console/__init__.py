@@ -5,14 +5,17 @@ links through ``careshare_console`` (``careshare.web.ConsolePages``), so a disab
 and links are gone with it. Pages are Jinja2 (autoescaped), enhanced by htmx and one small script
 for uploads with a progress bar; both are served from ``static/``, nothing from elsewhere.
 
-``/console/api`` serves the JSON API a second time for the console's own script (uploads, file
-bytes, thumbnails), with the session cookie where the API takes a bearer token; it is not in the
-OpenAPI document.
+``/console/api/v1/...`` is the JSON API for the console's own script (uploads, file bytes,
+thumbnails), with the session cookie where the API takes a bearer token: :func:`console_api_scope`
+hands such a request to the API's own routes before routing (one set of handlers, the same limits),
+marked so that ``caller`` reads the cookie. It is not in the OpenAPI document.
 """
 
 from __future__ import annotations
 
 import itertools
+import zoneinfo
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +28,7 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
+from markupsafe import Markup
 
 from careshare.core.problems import INVALID_TOKEN, NOT_FOUND, Problem
 from careshare.host.console.session import DEV_LOGIN, console_caller, end_session, session_problem
@@ -39,7 +43,15 @@ if TYPE_CHECKING:
 
     from careshare.core.runtime import Careshare
 
-__all__ = ["console_pages", "console_routers", "template_config"]
+__all__ = [
+    "CONSOLE_API",
+    "CONSOLE_API_SCOPE",
+    "console_api_scope",
+    "console_pages",
+    "console_routers",
+    "template_config",
+    "when",
+]
 
 HERE = Path(__file__).parent
 #: The core's own links (each channel adds its own through careshare_console).
@@ -72,9 +84,37 @@ def template_config(pages: list[ConsolePages]) -> TemplateConfig[JinjaTemplateEn
         lstrip_blocks=True,
     )
     environment.globals.update(
-        nav_for=_nav_for, notice_of=_notice_of, item_page=_item_page, CONSOLE=CONSOLE, file_size=file_size
+        nav_for=_nav_for,
+        notice_of=_notice_of,
+        item_page=_item_page,
+        CONSOLE=CONSOLE,
+        file_size=file_size,
+        when=when,
     )
     return TemplateConfig(instance=JinjaTemplateEngine.from_environment(environment))
+
+
+def when(instant: datetime | str | None, zone: str | None = None, *, date_only: bool = False) -> Markup:
+    """``<time>`` of ``instant``: in ``zone`` when given (a schedule's own), else in the reader's.
+
+    Without a zone the text is UTC and marked ``data-local``: the console's script rewrites it in
+    the browser's own time zone (a page read without scripts still says which zone it is in).
+    A date alone (a due date, a date of birth) is shown as the date it is, never shifted.
+    """
+    if not instant:
+        return Markup("")
+    if isinstance(instant, str):  # an API view's ISO 8601 text
+        instant = datetime.fromisoformat(instant)
+    aware = instant if instant.tzinfo else instant.replace(tzinfo=UTC)
+    try:
+        shown = aware.astimezone(zoneinfo.ZoneInfo(zone)) if zone else aware.astimezone(UTC)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        shown = aware.astimezone(UTC)
+    if date_only:
+        return Markup('<time datetime="{}">{}</time>').format(shown.date().isoformat(), shown.strftime("%d %b %Y"))
+    local = "" if zone else Markup(" data-local")
+    text = f"{shown.strftime('%d %b %Y %H:%M')} {shown.tzname() or 'UTC'}"
+    return Markup('<time datetime="{}"{}>{}</time>').format(aware.isoformat(), local, text)
 
 
 def file_size(size: int | None) -> str:
@@ -187,8 +227,37 @@ def _console_problem(request: Request[Any, Any, Any], exc: Exception) -> Respons
     return _refused(request, Problem(INTERNAL_ERROR))
 
 
-def console_routers(cs: Careshare, api_handlers: list[Any]) -> list[Any]:
-    """The console's routers: its pages (the core's and every plugin's), its static files, the API again."""
+#: Requests under this prefix are the API's, made by the console's script with the session cookie.
+CONSOLE_API = CONSOLE + "/api"
+#: The scope key marking a request that came in under :data:`CONSOLE_API` (``caller`` is then the cookie's).
+CONSOLE_API_SCOPE = "careshare.console_api"
+
+
+def console_api_scope(scope: Scope) -> Scope:
+    """``/console/api/v1/x`` as the API's ``/v1/x`` (marked, the prefix kept as ``root_path``); others as they are.
+
+    The console's script reaches the API under ``/console`` so that the session cookie (path
+    ``/console``, SameSite=Strict) goes with it. Handing the request on before routing keeps one set
+    of route handlers: the API's limits, problems and checks are the console's, word for word.
+    ``root_path`` keeps the address the browser used in ``request.url`` (a tus ``Location``, a
+    problem's ``instance``).
+    """
+    if scope["type"] != "http" or not scope["path"].startswith(CONSOLE_API + "/v1/"):
+        return scope
+    raw = scope.get("raw_path") or b""
+    forwarded: dict[str, Any] = {
+        **scope,
+        "path": scope["path"][len(CONSOLE_API) :],
+        "root_path": scope.get("root_path", "") + CONSOLE_API,
+        CONSOLE_API_SCOPE: True,
+    }
+    if raw.startswith(CONSOLE_API.encode()):
+        forwarded["raw_path"] = raw[len(CONSOLE_API) :]
+    return forwarded  # type: ignore[return-value]
+
+
+def console_routers(cs: Careshare) -> list[Any]:
+    """The console's routers: its pages (the core's and every plugin's) and its static files."""
     from careshare.host.console.pages import CORE_PAGES
 
     pages = console_pages(cs)
@@ -201,12 +270,6 @@ def console_routers(cs: Careshare, api_handlers: list[Any]) -> list[Any]:
             dependencies=session,
             exception_handlers=dict.fromkeys(exception_handlers, _console_problem),
             middleware=[notice_once],
-            include_in_schema=False,
-        ),
-        Router(
-            CONSOLE + "/api",
-            route_handlers=api_handlers,
-            dependencies=session,
             include_in_schema=False,
         ),
         create_static_files_router(
@@ -226,8 +289,8 @@ class ConsoleSetup:
     item_pages: dict[str, str]
 
 
-def console_setup(cs: Careshare, api_handlers: list[Any]) -> ConsoleSetup:
+def console_setup(cs: Careshare) -> ConsoleSetup:
     cs.settings.get(DEV_LOGIN)  # a wrong value stops the server at start-up, not at the first sign-in
     pages = console_pages(cs)
     item_pages = {target: path for p in pages for target, path in p.item_pages.items()}
-    return ConsoleSetup(console_routers(cs, api_handlers), template_config(pages), navigation(pages), item_pages)
+    return ConsoleSetup(console_routers(cs), template_config(pages), navigation(pages), item_pages)

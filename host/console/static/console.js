@@ -23,6 +23,20 @@
       : "The upload was not accepted (HTTP " + statusCode + "). Try again, or ask the clinic's support.";
   }
 
+  // Times the server wrote in UTC (<time data-local>) are shown in the reader's own time zone.
+  function localTimes(root) {
+    root.querySelectorAll("time[data-local][datetime]").forEach(function (el) {
+      var instant = new Date(el.getAttribute("datetime"));
+      if (isNaN(instant.getTime())) return;
+      el.title = el.textContent;
+      el.textContent = instant.toLocaleString(undefined, {
+        day: "2-digit", month: "short", year: "numeric", hour: "2-digit", minute: "2-digit", timeZoneName: "short"
+      });
+      el.removeAttribute("data-local");
+    });
+  }
+  localTimes(document);
+
   // Replace each [data-refresh] region of this page with its fresh copy; tick the new file if offered.
   function refresh(fileId) {
     return fetch(window.location.href, { credentials: "same-origin", headers: { "HX-Request": "refresh" } })
@@ -39,6 +53,7 @@
             if (same && !same.disabled) same.checked = true;
           });
           old.replaceWith(now);
+          localTimes(now);
         });
         if (fileId) {
           document.querySelectorAll('input[name="file_id"][value="' + fileId + '"]').forEach(function (box) {
