@@ -15,6 +15,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.plugins import InitPlugin
+from litestar.routes import HTTPRoute
 
 from careshare import __version__
 from careshare.core.models import Principal
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
     import pluggy
-    from litestar.types import Receive, Scope, Send
+    from litestar.types import Message, Receive, Scope, Send
 
 __all__ = ["CareshareInit", "create_app", "start_background"]
 
@@ -138,12 +139,39 @@ class CareshareInit(InitPlugin):
 
 
 class CareshareApp(Litestar):
-    """Litestar, with the console's ``/console/api/v1/...`` handed to the API's routes before routing."""
+    """Litestar, with the console's ``/console/api/v1/...`` handed to the API's routes before routing,
+    and an ``OPTIONS`` answer whose ``Allow`` lists every method of the path."""
+
+    _allowed: dict[str, bytes] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         from careshare.host.console import console_api_scope
 
-        await super().__call__(console_api_scope(scope), receive, send)
+        scope = console_api_scope(scope)
+        if scope["type"] == "http" and scope["method"] == "OPTIONS":
+            send = self._with_allow(scope, send)
+        await super().__call__(scope, receive, send)
+
+    def _with_allow(self, scope: Scope, send: Send) -> Send:
+        """``send`` with the path's ``Allow``: Litestar's own names only the methods of the first
+        handlers registered for a path (a plugin's ``POST`` beside the host's ``GET`` went missing)."""
+        if self._allowed is None:
+            self._allowed = {
+                route.path_format: ", ".join(sorted(route.methods)).encode()
+                for route in self.routes
+                if isinstance(route, HTTPRoute)
+            }
+        allowed = self._allowed
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                allow = allowed.get(scope.get("path_template", ""))
+                if allow is not None:
+                    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
+                    message = {**message, "headers": [*headers, (b"allow", allow)]}
+            await send(message)
+
+        return sending
 
 
 def create_app(settings: Settings | None = None, plugins: pluggy.PluginManager | None = None) -> Litestar:

@@ -6,6 +6,7 @@ guide's steps in ``test_a_clinician_attaches_a_leaflet_to_a_type_and_books_it``.
 
 from __future__ import annotations
 
+import html
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ from litestar.testing import TestClient
 from playwright.sync_api import expect
 
 from careshare.host import create_app
+from careshare.plugins.appointments import console as appointment_pages
 from careshare.testing import make_pdf
 from careshare.testing.browser import register_patient, screenshot, sign_in
 from careshare.testing.console import BASE_URL, ConsoleClient, attachment_ids, copied_settings, notice_text, register
@@ -183,6 +185,37 @@ def test_another_organisation_sees_nothing(clinic: ConsoleClient, console_settin
     kind, _, text = notice_text(stolen.text) or ("", "", "")
     assert kind == "error" and text and attachment_ids(stolen.text) == [], stolen.text
     assert "No appointments yet." in clinic.page(f"/console/patients/{pid}/appointments").text
+
+
+def test_both_lists_show_a_page_and_an_older_link_to_the_rest(
+    clinic: ConsoleClient, console_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(appointment_pages, "PAGE", 2)
+    pid = register(clinic)
+    for n in range(3):
+        tid = clinic.new_template(TYPES, f"Clinic {n}")
+        booked = clinic.form(
+            f"/console/patients/{pid}/appointments",
+            {"type_id": tid, "starts_at": "2030-03-04T09:30", "timezone": "Europe/London"},
+        )
+        assert booked.status_code == 303, booked.text
+
+    def listed(page: str) -> list[str]:
+        return re.findall(r"<(?:strong|h2)>(Clinic \d)</", page)
+
+    def two_pages(client: ConsoleClient, path: str) -> tuple[list[str], list[str]]:
+        first = client.page(path)
+        older = re.findall(r'<p class="older"><a href="(\?cursor=[^"]+)">Older appointments</a></p>', first.text)
+        assert first.status_code == 200 and len(older) == 1, first.text
+        second = client.page(path + html.unescape(older[0]))
+        assert second.status_code == 200 and 'class="older"' not in second.text, second.text
+        return listed(first.text), listed(second.text)
+
+    assert two_pages(clinic, f"/console/patients/{pid}/appointments") == (["Clinic 2", "Clinic 1"], ["Clinic 0"])
+    with TestClient(clinic.client.app, base_url=BASE_URL) as other:
+        me = ConsoleClient(other, console_settings)
+        me.sign_in("patient", "org-a", patient=pid)
+        assert two_pages(me, "/console/me/appointments") == (["Clinic 2", "Clinic 1"], ["Clinic 0"])
 
 
 def test_the_pages_go_with_the_plugin(tmp_path: Path, migrated_database: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import html
 import io
 import os
 import re
@@ -22,6 +23,7 @@ from litestar.testing import TestClient
 from playwright.sync_api import expect
 
 from careshare.host import create_app
+from careshare.plugins.letters import console as letter_pages
 from careshare.plugins.letters.letters import DEFAULT_MAX_ATTACHMENT_BYTES
 from careshare.testing import free_port, make_pdf
 from careshare.testing.browser import register_patient, screenshot, sign_in
@@ -30,6 +32,8 @@ from careshare.testing.console import BASE_URL, ConsoleClient, copied_settings, 
 if TYPE_CHECKING:
     from email.message import EmailMessage
     from pathlib import Path
+
+    import pytest
 
     from careshare.core.settings import Settings
 
@@ -269,6 +273,33 @@ def test_another_organisation_sees_none_of_the_letters(clinic: ConsoleClient, co
         send = other.form(f"/console/letters/{lid}/send", {}, sent_from="/console/patients", follow=True)
         assert notice_text(send.text)[:2] == ("error", "not-found")  # type: ignore[index]
     assert 'class="badge">Draft' in clinic.page(f"/console/letters/{lid}").text
+
+
+def test_both_lists_show_a_page_and_an_older_link_to_the_rest(
+    clinic: ConsoleClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(letter_pages, "PAGE", 2)
+    pid = register(clinic)
+    for n in range(3):
+        lid = _new_letter(clinic, pid, title=f"Letter {n}", body="")
+        sent = clinic.form(f"/console/letters/{lid}/send", {}, sent_from=f"/console/letters/{lid}", follow=True)
+        assert notice_text(sent.text) == ("ok", "", "Letter sent."), sent.text
+
+    def two_pages(client: ConsoleClient, path: str) -> tuple[list[str], list[str]]:
+        first = client.page(path)
+        older = re.findall(r'<p class="older"><a href="(\?cursor=[^"]+)">Older letters</a></p>', first.text)
+        assert first.status_code == 200 and len(older) == 1, first.text
+        second = client.page(path + html.unescape(older[0]))
+        assert second.status_code == 200 and 'class="older"' not in second.text, second.text
+        listed = r'href="/console/(?:me/)?letters/\w+">(Letter \d)</a>'
+        return re.findall(listed, first.text), re.findall(listed, second.text)
+
+    assert two_pages(clinic, f"/console/patients/{pid}/letters") == (["Letter 2", "Letter 1"], ["Letter 0"])
+    client, me = _as_patient(clinic, pid)
+    try:
+        assert two_pages(me, "/console/me/letters") == (["Letter 2", "Letter 1"], ["Letter 0"])
+    finally:
+        client.__exit__(None, None, None)
 
 
 def test_the_letters_pages_go_with_the_plugin(tmp_path: Path, migrated_database: Path) -> None:

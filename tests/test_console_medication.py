@@ -5,6 +5,7 @@ Driven as a browser sends the forms (``careshare.testing.console``).
 
 from __future__ import annotations
 
+import html
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ from litestar.testing import TestClient
 from playwright.sync_api import expect
 
 from careshare.host import create_app
+from careshare.plugins.medication import console as medication_pages
 from careshare.testing import make_pdf
 from careshare.testing.browser import register_patient, screenshot, sign_in
 from careshare.testing.console import BASE_URL, ConsoleClient, attachment_ids, copied_settings, notice_text, register
@@ -137,6 +139,34 @@ def test_another_organisation_sees_nothing(clinic: ConsoleClient, console_settin
         me = ConsoleClient(other, console_settings)
         me.sign_in("patient", "org-a", patient=pid)
         assert "Time for your medication" not in me.page("/console/me").text  # org-b's remind did nothing
+
+
+def test_both_lists_show_a_page_and_an_older_link_to_the_rest(
+    clinic: ConsoleClient, console_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(medication_pages, "PAGE", 2)
+    pid = register(clinic)
+    for n in range(3):
+        tid = clinic.new_template(TYPES, f"Medicine {n}")
+        given = clinic.form(f"/console/patients/{pid}/medications", {"type_id": tid, **SCHEDULE})
+        assert given.status_code == 303, given.text
+
+    def listed(page: str) -> list[str]:
+        return re.findall(r"<(?:strong|h2)>(Medicine \d)</", page)
+
+    def two_pages(client: ConsoleClient, path: str) -> tuple[list[str], list[str]]:
+        first = client.page(path)
+        older = re.findall(r'<p class="older"><a href="(\?cursor=[^"]+)">Older medications</a></p>', first.text)
+        assert first.status_code == 200 and len(older) == 1, first.text
+        second = client.page(path + html.unescape(older[0]))
+        assert second.status_code == 200 and 'class="older"' not in second.text, second.text
+        return listed(first.text), listed(second.text)
+
+    assert two_pages(clinic, f"/console/patients/{pid}/medications") == (["Medicine 2", "Medicine 1"], ["Medicine 0"])
+    with TestClient(clinic.client.app, base_url=BASE_URL) as other:
+        me = ConsoleClient(other, console_settings)
+        me.sign_in("patient", "org-a", patient=pid)
+        assert two_pages(me, "/console/me/medications") == (["Medicine 2", "Medicine 1"], ["Medicine 0"])
 
 
 def test_the_pages_go_with_the_plugin(tmp_path: Path, migrated_database: Path) -> None:

@@ -15,6 +15,7 @@ from litestar.testing import TestClient
 from playwright.sync_api import expect
 
 from careshare.host import create_app
+from careshare.plugins.requests import console as request_pages
 from careshare.testing import make_pdf
 from careshare.testing.browser import screenshot, sign_in
 from careshare.testing.console import BASE_URL, ConsoleClient, copied_settings, notice_text, register
@@ -235,6 +236,34 @@ def test_another_organisation_sees_nothing(
     other_rid = _ask(clinic, other_pid)
     assert patient.page(f"/console/me/file-requests/{other_rid}").status_code == 404
     assert f"/console/me/file-requests/{other_rid}" not in patient.page("/console/me/file-requests").text
+
+
+def test_both_lists_show_a_page_and_an_older_link_to_the_rest(
+    browser: ConsoleClient, home: tuple[ConsoleClient, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(request_pages, "PAGE", 2)
+    clinic, (patient, pid) = browser, home
+    oldest, middle, newest = (_ask(clinic, pid) for _ in range(3))
+    cancelled = clinic.form(f"/console/file-requests/{oldest}/cancel", {}, sent_from=f"/console/file-requests/{oldest}")
+    assert cancelled.status_code == 303, cancelled.text
+
+    def two_pages(client: ConsoleClient, path: str) -> tuple[str, str]:
+        first = client.page(path)
+        older = re.findall(r'<p class="older"><a href="(\?cursor=[^"]+)">Older requests</a></p>', first.text)
+        assert first.status_code == 200 and len(older) == 1, first.text
+        second = client.page(path + html.unescape(older[0]))
+        assert second.status_code == 200 and 'class="older"' not in second.text, second.text
+        return first.text, second.text
+
+    def listed(page: str) -> list[str]:
+        return re.findall(r'data-request-id="(\w+)"', page)
+
+    first, second = two_pages(clinic, f"/console/patients/{pid}/file-requests")
+    assert (listed(first), listed(second)) == ([newest, middle], [oldest])
+    # The patient's page splits one page into open and closed: the older link pages through both.
+    first, second = two_pages(patient, "/console/me/file-requests")
+    assert (listed(first), listed(second)) == ([newest, middle], [oldest])
+    assert 'id="fr-closed"' not in first and 'id="fr-closed"' in second
 
 
 def test_the_pages_go_when_the_plugin_is_disabled(tmp_path: Path, migrated_database: Path) -> None:

@@ -22,7 +22,7 @@ from careshare.web.console import (
     read_notice,
     see_other,
 )
-from careshare.web.content import RANGE_NOT_SATISFIABLE, blob_response, download_name, parse_range
+from careshare.web.content import RANGE_NOT_SATISFIABLE, blob_response, content_route, download_name, parse_range
 from careshare.web.guards import clinician, patient, signed_in
 from careshare.web.openapi import (
     CONTENT_PARAMETERS,
@@ -90,6 +90,7 @@ __all__ = [
     "catalogue_pages",
     "clinician",
     "console_page",
+    "content_route",
     "documented",
     "download_name",
     "file_json",

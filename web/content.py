@@ -1,21 +1,29 @@
-"""Blob responses: a stored file's bytes streamed with Range, ETag and safe download headers."""
+"""Blob responses: a stored file's bytes streamed with Range, ETag and safe download headers.
+
+:func:`content_route` declares a route serving them: ``GET`` and ``HEAD`` (players, download
+managers and caches ask HEAD first), documented with the byte responses and the Range headers.
+"""
 
 from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Any
 
-from litestar import Request, Response
+from litestar import Request, Response, route
+from litestar.enums import HttpMethod
 from litestar.response import Stream
 
 from careshare.core.filenames import content_disposition
 from careshare.core.problems import Problem, ProblemType
+from careshare.web.openapi import CONTENT_PARAMETERS, CONTENT_RESPONSES, documented
 from careshare.web.problems import problem_response
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from careshare.core.runtime import Careshare
 
-__all__ = ["RANGE_NOT_SATISFIABLE", "blob_response", "download_name", "parse_range"]
+__all__ = ["RANGE_NOT_SATISFIABLE", "blob_response", "content_route", "download_name", "parse_range"]
 
 RANGE_NOT_SATISFIABLE = ProblemType(
     "range-not-satisfiable",
@@ -84,6 +92,26 @@ def download_name(filename: str, media_type: str, role: str) -> str:
     return f"{stem}{_EXTENSIONS.get(media_type, '')}"
 
 
+def content_route(path: str, **options: Any) -> Any:
+    """The decorator of a handler answering with :func:`blob_response`: ``GET`` and ``HEAD`` of ``path``.
+
+    A ``HEAD`` runs the handler as a ``GET`` does (the same checks, the same audit event) and gets
+    the same headers without the bytes, which are then never read from the store.
+    """
+    return route(
+        path,
+        http_method=[HttpMethod.GET, HttpMethod.HEAD],
+        responses=CONTENT_RESPONSES,
+        operation_class=documented(parameters=CONTENT_PARAMETERS),
+        **options,
+    )
+
+
+async def _no_bytes() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover - makes this an async generator that yields nothing
+
+
 def blob_response(
     request: Request[Any, Any, Any], cs: Careshare, sha256: str, size: int, media_type: str, filename: str
 ) -> Response[Any]:
@@ -102,10 +130,13 @@ def blob_response(
         span = parse_range(request.headers.get("range"), size)
     except Problem as problem:
         return problem_response(problem, request, headers={"Content-Range": f"bytes */{size}"})
+    head = request.method == HttpMethod.HEAD
     if span is None:
         headers["Content-Length"] = str(size)
-        return Stream(cs.store.read(sha256), media_type=media_type, headers=headers)
+        body = _no_bytes() if head else cs.store.read(sha256)
+        return Stream(body, media_type=media_type, headers=headers)
     start, end = span
     headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     headers["Content-Length"] = str(end - start)
-    return Stream(cs.store.read(sha256, start, end), status_code=206, media_type=media_type, headers=headers)
+    body = _no_bytes() if head else cs.store.read(sha256, start, end)
+    return Stream(body, status_code=206, media_type=media_type, headers=headers)

@@ -11,9 +11,8 @@ from litestar.params import FromPath, FromQuery
 from careshare.core.audit import record_event
 from careshare.core.files import get_file, mark_seen
 from careshare.core.problems import FORBIDDEN_ROLE, NOT_FOUND, Problem
-from careshare.web.content import blob_response, download_name
+from careshare.web.content import blob_response, content_route, download_name
 from careshare.web.guards import signed_in
-from careshare.web.openapi import CONTENT_PARAMETERS, CONTENT_RESPONSES, documented
 from careshare.web.views import file_json
 
 if TYPE_CHECKING:
@@ -45,7 +44,7 @@ class FileController(Controller):
         async with cs.engine.begin() as conn:
             return file_json(await mark_seen(conn, principal, fid))
 
-    @get("/{fid:str}/content", responses=CONTENT_RESPONSES, operation_class=documented(parameters=CONTENT_PARAMETERS))
+    @content_route("/{fid:str}/content")
     async def content(
         self,
         request: Request[Any, Any, Any],

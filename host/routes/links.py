@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from litestar import Controller, Request, Response, get, head, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
 
 from careshare.core import db
-from careshare.core.filenames import content_disposition
 from careshare.core.links import (
     DEFAULT_LINK_SECONDS,
     MAX_LINK_SECONDS,
@@ -25,9 +24,9 @@ from careshare.core.links import (
     revoke_link,
 )
 from careshare.core.problems import NOT_FOUND, Problem
-from careshare.web.content import blob_response, download_name
+from careshare.web.content import blob_response, content_route, download_name
 from careshare.web.guards import clinician
-from careshare.web.openapi import CONTENT_PARAMETERS, CONTENT_RESPONSES, documented
+from careshare.web.openapi import documented
 from careshare.web.views import invalid, page_json, parse_body
 
 if TYPE_CHECKING:
@@ -185,7 +184,7 @@ class PublicLinkController(Controller):
     path = "/v1/links"
     tags = ["links"]
 
-    @get("/{token:str}", responses=CONTENT_RESPONSES, operation_class=documented(parameters=CONTENT_PARAMETERS))
+    @content_route("/{token:str}")
     async def download(
         self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], token: FromPath[str]
     ) -> Response[Any]:
@@ -195,26 +194,6 @@ class PublicLinkController(Controller):
         response = blob_response(request, cs, served.sha256, served.size, served.media_type, name)
         response.headers["Referrer-Policy"] = "no-referrer"  # the URL is the secret: never pass it on
         return response
-
-    @head("/{token:str}")
-    async def check(self, cs: NamedDependency[Careshare], token: FromPath[str]) -> Response[None]:
-        """The headers a download would have, without the bytes (audited like a download)."""
-        served = await _follow(cs, token)
-        name = download_name(served.filename, served.media_type, served.role)
-        return Response(
-            content=None,
-            media_type="text/plain",  # only so that no body is rendered: the header below says what it is
-            headers={
-                "Content-Type": served.media_type,
-                "ETag": f'"{served.sha256}"',
-                "Accept-Ranges": "bytes",
-                "Content-Length": str(served.size),
-                "Cache-Control": "private, no-cache",
-                "X-Content-Type-Options": "nosniff",
-                "Content-Disposition": content_disposition(name),
-                "Referrer-Policy": "no-referrer",
-            },
-        )
 
 
 #: What the host mounts.

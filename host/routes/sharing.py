@@ -19,9 +19,8 @@ from careshare.core.problems import NOT_FOUND, Problem
 from careshare.core.runtime import Careshare
 from careshare.core.sharing import attachment_for_patient, shared_items
 from careshare.core.targets import Attachment, attachments_of, targets
-from careshare.web.content import blob_response, download_name
+from careshare.web.content import blob_response, content_route, download_name
 from careshare.web.guards import clinician, patient, signed_in
-from careshare.web.openapi import CONTENT_PARAMETERS, CONTENT_RESPONSES, documented
 from careshare.web.views import PageLimit, attachment_json, page_json
 
 __all__ = ["AttachmentController", "AuditController", "InboxController"]
@@ -40,11 +39,7 @@ class AttachmentController(Controller):
         del principal  # taken so that the route needs a token
         return {"items": [t.rules() for t in targets(cs.plugins).values()]}
 
-    @get(
-        "/attachments/{aid:str}/content",
-        responses=CONTENT_RESPONSES,
-        operation_class=documented(parameters=CONTENT_PARAMETERS),
-    )
+    @content_route("/attachments/{aid:str}/content")
     async def content(
         self,
         request: Request[Any, Any, Any],

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from litestar import Request, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 
 from careshare.core.patients import get_patient
@@ -57,17 +57,21 @@ def _starts_at(fields: dict[str, Any]) -> datetime:
 
 @get("/patients/{pid:str}/appointments", dependencies=CLINICIAN)
 async def patient_appointments(
-    cs: NamedDependency[Careshare], principal: NamedDependency[Principal], pid: FromPath[str]
+    cs: NamedDependency[Careshare],
+    principal: NamedDependency[Principal],
+    pid: FromPath[str],
+    cursor: FromQuery[str | None] = None,
 ) -> Template:
     async with cs.reader.connect() as conn:
         who = await get_patient(conn, principal, pid)
-        booked, _ = await list_appointments(conn, principal, pid, cursor=None, limit=PAGE)
+        booked, next_cursor = await list_appointments(conn, principal, pid, cursor=cursor, limit=PAGE)
         kinds, _ = await APPOINTMENT_TYPES.page(conn, principal, cursor=None, limit=PAGE)
     return console_page(
         "appointments/patient.html",
         title=f"Appointments of {who.name}",
         patient=who,
         appointments=booked,
+        next_cursor=next_cursor,
         types=kinds,
         timezone=DEFAULT_TIMEZONE,
     )
@@ -91,10 +95,14 @@ async def book_appointment(
 
 
 @get("/me/appointments", dependencies={"principal": Provide(patient)})
-async def my_appointments(cs: NamedDependency[Careshare], principal: NamedDependency[Principal]) -> Template:
+async def my_appointments(
+    cs: NamedDependency[Careshare], principal: NamedDependency[Principal], cursor: FromQuery[str | None] = None
+) -> Template:
     async with cs.reader.connect() as conn:
-        booked, _ = await list_appointments(conn, principal, principal.patient or "", cursor=None, limit=PAGE)
-    return console_page("appointments/mine.html", title="My appointments", appointments=booked)
+        booked, next_cursor = await list_appointments(
+            conn, principal, principal.patient or "", cursor=cursor, limit=PAGE
+        )
+    return console_page("appointments/mine.html", title="My appointments", appointments=booked, next_cursor=next_cursor)
 
 
 def pages() -> list[ConsolePages]:

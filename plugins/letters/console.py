@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from litestar import Request, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 
 from careshare.core.files import list_files
@@ -96,11 +96,14 @@ def _email_refusal(cs: Careshare, who: Patient) -> str | None:
 
 @get("/patients/{pid:str}/letters", dependencies=CLINICIAN)
 async def patient_letters(
-    cs: NamedDependency[Careshare], principal: NamedDependency[Principal], pid: FromPath[str]
+    cs: NamedDependency[Careshare],
+    principal: NamedDependency[Principal],
+    pid: FromPath[str],
+    cursor: FromQuery[str | None] = None,
 ) -> Template:
     async with cs.reader.connect() as conn:
         who = await get_patient(conn, principal, pid)
-        rows, _ = await list_letters(conn, principal, pid, status=None, cursor=None, limit=PAGE)
+        rows, next_cursor = await list_letters(conn, principal, pid, status=None, cursor=cursor, limit=PAGE)
         shown = [await _view(conn, cs, row, for_clinician=True) for row in rows]
         templates, _ = await list_templates(conn, principal, cursor=None, limit=PAGE)
     return console_page(
@@ -108,6 +111,7 @@ async def patient_letters(
         title=f"Letters of {who.name}",
         patient=who,
         letters=shown,
+        next_cursor=next_cursor,
         templates=templates,
     )
 
@@ -258,12 +262,14 @@ async def new_template(
 
 
 @get("/me/letters", dependencies=PATIENT)
-async def my_letters(cs: NamedDependency[Careshare], principal: NamedDependency[Principal]) -> Template:
+async def my_letters(
+    cs: NamedDependency[Careshare], principal: NamedDependency[Principal], cursor: FromQuery[str | None] = None
+) -> Template:
     async with cs.reader.connect() as conn:
         me = await get_patient(conn, principal, principal.patient or "")
-        rows, _ = await list_letters(conn, principal, me.id, status="sent", cursor=None, limit=PAGE)
+        rows, next_cursor = await list_letters(conn, principal, me.id, status="sent", cursor=cursor, limit=PAGE)
         shown = [await _view(conn, cs, row, for_clinician=False) for row in rows]
-    return console_page("letters/my_letters.html", title="Letters", letters=shown)
+    return console_page("letters/my_letters.html", title="Letters", letters=shown, next_cursor=next_cursor)
 
 
 @get("/me/letters/{lid:str}", dependencies=PATIENT)

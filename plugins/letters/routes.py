@@ -37,8 +37,6 @@ from careshare.plugins.letters.letters import (
 )
 from careshare.plugins.letters.templating import MAX_OUTPUT_CHARS, MAX_TEMPLATE_CHARS, VARIABLES
 from careshare.web import (
-    CONTENT_PARAMETERS,
-    CONTENT_RESPONSES,
     UPLOAD_MEDIA,
     UPLOAD_PARAMETERS,
     PageLimit,
@@ -46,6 +44,7 @@ from careshare.web import (
     attachment_json,
     blob_response,
     clinician,
+    content_route,
     documented,
     invalid,
     page_json,
@@ -397,7 +396,7 @@ class LetterPdfController(Controller):
     dependencies = {"principal": Provide(signed_in)}
     tags = ["letters"]
 
-    @get("/{lid:str}/pdf", responses=CONTENT_RESPONSES, operation_class=documented(parameters=CONTENT_PARAMETERS))
+    @content_route("/{lid:str}/pdf")
     async def pdf(
         self,
         request: Request[Any, Any, Any],

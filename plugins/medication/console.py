@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from litestar import Request, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 
 from careshare.core import db
@@ -67,17 +67,21 @@ def _shown(m: Medication) -> dict[str, Any]:
 
 @get("/patients/{pid:str}/medications", dependencies=CLINICIAN)
 async def patient_medications(
-    cs: NamedDependency[Careshare], principal: NamedDependency[Principal], pid: FromPath[str]
+    cs: NamedDependency[Careshare],
+    principal: NamedDependency[Principal],
+    pid: FromPath[str],
+    cursor: FromQuery[str | None] = None,
 ) -> Template:
     async with cs.reader.connect() as conn:
         who = await get_patient(conn, principal, pid)
-        prescribed, _ = await list_medications(conn, principal, pid, cursor=None, limit=PAGE)
+        prescribed, next_cursor = await list_medications(conn, principal, pid, cursor=cursor, limit=PAGE)
         kinds, _ = await MEDICATION_TYPES.page(conn, principal, cursor=None, limit=PAGE)
     return console_page(
         "medication/patient.html",
         title=f"Medications of {who.name}",
         patient=who,
         medications=[_shown(m) for m in prescribed],
+        next_cursor=next_cursor,
         types=kinds,
         today=db.utcnow().date().isoformat(),
         timezone=DEFAULT_TIMEZONE,
@@ -110,9 +114,13 @@ async def remind(cs: NamedDependency[Careshare], principal: NamedDependency[Prin
 
 
 @get("/me/medications", dependencies={"principal": Provide(patient)})
-async def my_medications(cs: NamedDependency[Careshare], principal: NamedDependency[Principal]) -> Template:
+async def my_medications(
+    cs: NamedDependency[Careshare], principal: NamedDependency[Principal], cursor: FromQuery[str | None] = None
+) -> Template:
     async with cs.reader.connect() as conn:
-        prescribed, _ = await list_medications(conn, principal, principal.patient or "", cursor=None, limit=PAGE)
+        prescribed, next_cursor = await list_medications(
+            conn, principal, principal.patient or "", cursor=cursor, limit=PAGE
+        )
         shown = [
             {
                 **_shown(m),
@@ -120,7 +128,7 @@ async def my_medications(cs: NamedDependency[Careshare], principal: NamedDepende
             }
             for m in prescribed
         ]
-    return console_page("medication/mine.html", title="My medications", medications=shown)
+    return console_page("medication/mine.html", title="My medications", medications=shown, next_cursor=next_cursor)
 
 
 def pages() -> list[ConsolePages]:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from litestar import Request, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 
 from careshare.core.files import get_file
@@ -141,16 +141,20 @@ def _new_request(
 
 @get("/patients/{pid:str}/file-requests", dependencies={"principal": Provide(clinician)})
 async def patient_requests(
-    cs: NamedDependency[Careshare], principal: NamedDependency[Principal], pid: FromPath[str]
+    cs: NamedDependency[Careshare],
+    principal: NamedDependency[Principal],
+    pid: FromPath[str],
+    cursor: FromQuery[str | None] = None,
 ) -> Template:
     async with cs.reader.connect() as conn:
         who = await get_patient(conn, principal, pid)
-        found, _ = await list_requests(conn, principal, pid, limit=PAGE)
+        found, next_cursor = await list_requests(conn, principal, pid, cursor=cursor, limit=PAGE)
     return console_page(
         f"{NAME}/patient.html",
         title=f"File requests of {who.name}",
         patient=who,
         requests=[_request_view(r) for r in found],
+        next_cursor=next_cursor,
         kinds=loaded_kinds(cs.plugins),
         max_files=MAX_FILES,
         max_message=MAX_MESSAGE_CHARS,
@@ -250,14 +254,18 @@ async def cancel(cs: NamedDependency[Careshare], principal: NamedDependency[Prin
 
 
 @get("/me/file-requests", dependencies={"principal": Provide(patient)})
-async def my_requests(cs: NamedDependency[Careshare], principal: NamedDependency[Principal]) -> Template:
+async def my_requests(
+    cs: NamedDependency[Careshare], principal: NamedDependency[Principal], cursor: FromQuery[str | None] = None
+) -> Template:
+    """One page of the patient's requests, split into open and closed; the older link pages through both."""
     async with cs.reader.connect() as conn:
-        found, _ = await list_requests(conn, principal, principal.patient or "", limit=PAGE)
+        found, next_cursor = await list_requests(conn, principal, principal.patient or "", cursor=cursor, limit=PAGE)
     return console_page(
         f"{NAME}/mine.html",
         title="File requests",
         open=[_request_view(r) for r in found if r.is_open],
         closed=[_request_view(r) for r in found if not r.is_open],
+        next_cursor=next_cursor,
         kinds=loaded_kinds(cs.plugins),
     )
 
