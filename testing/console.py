@@ -64,6 +64,17 @@ class ConsoleClient:
         headers = {"Origin": BASE_URL, "Accept": "application/json"}
         return self.client.post(path, files={"file": (name, data)}, data=fields or None, headers=headers)
 
+    def two_pages(self, path: str, older_label: str) -> tuple[str, str]:
+        """A list's first page and, through its one "Older ..." link, the last: both pages' text."""
+        first = self.page(path)
+        older = re.findall(
+            r'<p class="older"><a href="(\?cursor=[^"]+)">' + re.escape(older_label) + "</a></p>", first.text
+        )
+        assert first.status_code == 200 and len(older) == 1, first.text
+        second = self.page(path + html.unescape(older[0]))
+        assert second.status_code == 200 and 'class="older"' not in second.text, second.text
+        return first.text, second.text
+
     def library_file(self, name: str, data: bytes) -> dict[str, Any]:
         """Upload ``data`` to the organisation's library as the console does; the stored file (checked)."""
         stored = self.upload("/console/api/v1/library/files", name, data)

@@ -247,21 +247,13 @@ def test_both_lists_show_a_page_and_an_older_link_to_the_rest(
     cancelled = clinic.form(f"/console/file-requests/{oldest}/cancel", {}, sent_from=f"/console/file-requests/{oldest}")
     assert cancelled.status_code == 303, cancelled.text
 
-    def two_pages(client: ConsoleClient, path: str) -> tuple[str, str]:
-        first = client.page(path)
-        older = re.findall(r'<p class="older"><a href="(\?cursor=[^"]+)">Older requests</a></p>', first.text)
-        assert first.status_code == 200 and len(older) == 1, first.text
-        second = client.page(path + html.unescape(older[0]))
-        assert second.status_code == 200 and 'class="older"' not in second.text, second.text
-        return first.text, second.text
-
     def listed(page: str) -> list[str]:
         return re.findall(r'data-request-id="(\w+)"', page)
 
-    first, second = two_pages(clinic, f"/console/patients/{pid}/file-requests")
+    first, second = clinic.two_pages(f"/console/patients/{pid}/file-requests", "Older requests")
     assert (listed(first), listed(second)) == ([newest, middle], [oldest])
     # The patient's page splits one page into open and closed: the older link pages through both.
-    first, second = two_pages(patient, "/console/me/file-requests")
+    first, second = patient.two_pages("/console/me/file-requests", "Older requests")
     assert (listed(first), listed(second)) == ([newest, middle], [oldest])
     assert 'id="fr-closed"' not in first and 'id="fr-closed"' in second
 
