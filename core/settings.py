@@ -166,7 +166,7 @@ class Settings:
         the first time, so tokens stay valid across restarts.
         """
         env = os.environ if environ is None else environ
-        data_dir = Path(env.get("CARESHARE_DATA_DIR") or "careshare-data").resolve()
+        data_dir = data_dir_of(env)
         data_dir.mkdir(parents=True, exist_ok=True)
         database_url = env.get("CARESHARE_DATABASE_URL") or f"sqlite+aiosqlite:///{data_dir / 'careshare.db'}"
         storage_url = env.get("CARESHARE_STORAGE_URL") or (data_dir / "blobs").as_uri()
@@ -292,6 +292,21 @@ def _valid_clamd(address: str) -> bool:
         except ValueError:
             return False
     return Path(address.removeprefix("unix://")).is_absolute()
+
+
+def data_dir_of(env: Mapping[str, str]) -> Path:
+    """The data directory ``env`` names: ``CARESHARE_DATA_DIR``, else ``./careshare-data`` (absolute)."""
+    return Path(env.get("CARESHARE_DATA_DIR") or "careshare-data").resolve()
+
+
+def secret_is_kept(env: Mapping[str, str]) -> bool:
+    """Whether ``env`` gives a signing key already: ``CARESHARE_SECRET_KEY``, or a kept ``secret.key``."""
+    if env.get("CARESHARE_SECRET_KEY"):
+        return True
+    try:
+        return bool((data_dir_of(env) / SECRET_FILE).read_text().strip())
+    except OSError:
+        return False
 
 
 def _kept_secret(data_dir: Path) -> str:

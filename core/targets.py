@@ -71,7 +71,7 @@ FILE_REJECTED = ProblemType(
 DRAFT_REQUIRED = ProblemType(
     "draft-required",
     409,
-    "Only drafts take attachments",
+    "Already sent: only a draft can change",
     "Files can only be attached while this item is a draft; it has been sent. Start a new one.",
 )
 ITEM_ALREADY_SHARED = ProblemType(

@@ -13,7 +13,6 @@ from litestar import Litestar
 from litestar.config.app import AppConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.plugins import InitPlugin
 from litestar.routes import HTTPRoute
 
@@ -21,6 +20,7 @@ from careshare import __version__
 from careshare.core.models import Principal
 from careshare.core.runtime import Careshare
 from careshare.core.settings import Settings
+from careshare.host.routes.docs import swagger_asset, swagger_page
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -98,7 +98,7 @@ class CareshareInit(InitPlugin):
             *plugin_routes,
         ]
         console = console_setup(cs)  # its pages; its script reaches the API under /console/api (CareshareApp)
-        app_config.route_handlers.extend([healthz, *api, *LINK_ROUTES, *console.routers])
+        app_config.route_handlers.extend([healthz, swagger_asset, *api, *LINK_ROUTES, *console.routers])
         app_config.template_config = console.templates
         app_config.state.update({"console_nav": console.nav, "console_item_pages": console.item_pages})
         app_config.dependencies.update(
@@ -183,7 +183,7 @@ def create_app(settings: Settings | None = None, plugins: pluggy.PluginManager |
             title="careshare",
             version=__version__,
             path="/schema",
-            render_plugins=[SwaggerRenderPlugin()],
+            render_plugins=[swagger_page()],  # its assets from this server (host/routes/docs.py)
         ),
         request_max_body_size=1024 * 1024,
         # Logging is the process's (careshare serve --log-json), not Litestar's default.

@@ -47,9 +47,21 @@ def mint_token(
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
+#: Why a token was not accepted, for the problem's sentence (nothing of the token itself in it).
+EXPIRED = "The bearer token has expired. Sign in again to get a new one."
+OTHER_KEY = (
+    "The bearer token was not signed with this server's key. Get one from this server's sign-in; "
+    "in development, run `careshare token` with the server's CARESHARE_DATA_DIR (or CARESHARE_SECRET_KEY)."
+)
+
+
 def verify_token(secret: str, token: str) -> Principal:
     try:
         claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "role", "org", "exp"]})
+    except jwt.ExpiredSignatureError:
+        raise Problem(INVALID_TOKEN, EXPIRED) from None
+    except jwt.InvalidSignatureError:
+        raise Problem(INVALID_TOKEN, OTHER_KEY) from None
     except jwt.PyJWTError:
         raise Problem(INVALID_TOKEN) from None
     role, org, sub, patient_id = claims.get("role"), claims.get("org"), claims.get("sub"), claims.get("patient")

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
@@ -23,7 +28,8 @@ T = TypeVar("T")
 __all__ = ["add_plugin_commands", "app", "main"]
 
 app = typer.Typer(help="careshare: share files between clinicians and patients.", no_args_is_help=True)
-err = Console(stderr=True)
+# Lines are never wrapped: a command in the banner must stay one line to copy.
+err = Console(stderr=True, soft_wrap=True)
 
 
 @app.command()
@@ -50,7 +56,7 @@ def serve(
         settings = attrs.evolve(settings, workers=0)
     shown = "[::1]" if host == "::1" else host
     err.print(f"careshare {settings.data_dir} -> http://{shown}:{port}  (API docs: http://{shown}:{port}/schema)")
-    err.print("Mint a token: careshare token --role clinician --org demo --sub dr-who")
+    err.print(f"Mint a token: {_token_command(settings)} --role clinician --org demo --sub dr-who")
     err.print(f"Web console: http://{shown}:{port}/console (sign in with a token; CARESHARE_DEV_LOGIN=1 adds a form)")
     server = uvicorn.Server(uvicorn_config(create_app(settings), settings, host=host, port=port))
     # uvicorn re-raises the Ctrl-C it stopped on; uvicorn.run ignores it, and so does serve.
@@ -135,6 +141,23 @@ def recheck(
     err.print(f"{count} file(s) {'would be' if dry_run else ''} queued to be checked again".replace("  ", " "))
 
 
+def _token_command(settings: Settings) -> str:
+    """The ``careshare token`` command line that signs with this server's key, from any directory."""
+    from careshare.core.settings import data_dir_of
+
+    launched = Path(sys.argv[0]) if sys.argv and Path(sys.argv[0]).name == "careshare" else None
+    on_path = shutil.which("careshare")
+    if launched is None or not launched.exists() or (on_path and Path(on_path).resolve() == launched.resolve()):
+        program = "careshare"
+    else:
+        program = str(launched.resolve())  # absolute: it works from any directory
+    program = shlex.quote(program)
+    if os.environ.get("CARESHARE_SECRET_KEY"):
+        return f"{program} token (with this server's CARESHARE_SECRET_KEY)"
+    here = settings.data_dir == data_dir_of({})
+    return f"{program} token" if here else f"CARESHARE_DATA_DIR={shlex.quote(str(settings.data_dir))} {program} token"
+
+
 @app.command()
 def token(
     role: Annotated[str, typer.Option(help="clinician or patient")],
@@ -151,10 +174,17 @@ def token(
     A new organisation is registered in the database of ``CARESHARE_DATA_DIR`` /
     ``CARESHARE_DATABASE_URL`` first (``--no-register`` does not), so the token works at once.
     """
-    from careshare.core.settings import Settings
+    from careshare.core.settings import Settings, secret_is_kept
     from careshare.host.auth import mint_token
 
+    kept = secret_is_kept(os.environ)
     settings = Settings.from_env()
+    if not kept:
+        err.print(
+            f"[yellow]No signing key was kept in {settings.data_dir}: made a new one.[/yellow] "
+            "A server started on another data directory refuses this token (401 invalid-token): "
+            "run this command with the server's CARESHARE_DATA_DIR (its banner names it)."
+        )
     try:
         value = mint_token(settings.secret_key, role=role, org=org, sub=sub, patient=patient, ttl_seconds=ttl)
     except ValueError as exc:

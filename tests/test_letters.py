@@ -283,9 +283,13 @@ async def test_a_draft_is_edited_then_sent_and_is_then_immutable(
     again = await client.patch(f"/v1/letters/{letter['id']}", json={"body": "changed"}, headers=clinician)
     assert again.status_code == 409
     assert again.json()["code"] == "draft-required"
+    assert "can no longer change" in again.json()["detail"]
     resend = await client.post(f"/v1/letters/{letter['id']}/send", json={}, headers=clinician)
     assert resend.status_code == 409
     assert resend.json()["code"] == "draft-required"
+    # The words fit what was tried: sending again, not attaching.
+    assert resend.json()["title"] == "Already sent: only a draft can change"
+    assert "not sent twice" in resend.json()["detail"] and "attach" not in resend.json()["detail"]
     assert (await client.get(f"/v1/letters/{letter['id']}", headers=clinician)).json()["body"] == (
         "Line one.\n\nSecond paragraph."
     )

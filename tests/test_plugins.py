@@ -23,7 +23,7 @@ from careshare.core.plugins import get_plugin_manager, plugin_hooks
 from careshare.core.policy import Policy
 from careshare.core.problems import Problem
 from careshare.core.settings import Settings
-from careshare.host.auth import verify_token
+from careshare.host.auth import mint_token, verify_token
 from careshare.host.cli import app
 from careshare.plugins.filetypes import pdf
 from careshare.testing import make_pdf
@@ -236,11 +236,24 @@ def test_cli_token_refuses_bad_arguments(tmp_path: Path, args: list[str]) -> Non
 
 
 def test_a_token_does_not_verify_with_another_data_dirs_secret(tmp_path: Path) -> None:
-    token = invoke(tmp_path / "one", "token", "--role", "clinician", "--org", "o", "--sub", "u").stdout.strip()
+    made = invoke(tmp_path / "one", "token", "--role", "clinician", "--org", "o", "--sub", "u")
+    token = made.stdout.strip()
+    # Minting on a data directory without a key says so: a server elsewhere will not take the token.
+    assert "made a new one" in made.stderr and "CARESHARE_DATA_DIR" in made.stderr
+    again = invoke(tmp_path / "one", "token", "--role", "clinician", "--org", "o", "--sub", "u")
+    assert again.exit_code == 0 and "made a new one" not in again.stderr
     other = Settings.from_env({"CARESHARE_DATA_DIR": str(tmp_path / "two")}).secret_key
     with pytest.raises(Problem) as refused:
         verify_token(other, token)
     assert refused.value.code == "invalid-token"
+    assert "not signed with this server's key" in refused.value.detail and "careshare token" in refused.value.detail
+
+
+def test_an_expired_token_is_refused_saying_so() -> None:
+    token = mint_token("k" * 32, role="clinician", org="o", sub="u", ttl_seconds=-60)
+    with pytest.raises(Problem) as refused:
+        verify_token("k" * 32, token)
+    assert refused.value.code == "invalid-token" and "has expired" in refused.value.detail
 
 
 CORE_TABLES = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -126,14 +127,22 @@ def test_serve_first_start_banner_and_json_logs_without_patient_data(tmp_path: P
         assert set(db.metadata.tables) <= tables
         assert versions  # at the newest revision: tests/test_migrations.py checks which
 
-        # The token hint works: the same command, on the same data dir, mints a token the server accepts.
+        # The token hint works as printed: run by a shell with no CARESHARE_* set, from another
+        # directory, it signs with this server's key (the banner names the data directory).
+        hint = re.search(r"Mint a token: (.+)$", stderr_path.read_text(encoding="utf-8"), re.M)
+        assert hint is not None, stderr_path.read_text(encoding="utf-8")
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
         minted = subprocess.run(
-            [_careshare_command(), "token", "--role", "clinician", "--org", "demo", "--sub", "dr-who"],
-            env=_environment(data_dir),
+            hint.group(1),
+            shell=True,
+            cwd=elsewhere,
+            env={k: v for k, v in os.environ.items() if not k.startswith("CARESHARE_")},
             capture_output=True,
             check=True,
             timeout=60,
         )
+        assert b"made a new one" not in minted.stderr and not (elsewhere / "careshare-data").exists()
         token = minted.stdout.decode().strip()
         assert token and "\n" not in token
         headers = {"Authorization": f"Bearer {token}"}

@@ -143,6 +143,7 @@ LETTER_CHANGED = ProblemType(
     "The letter kept changing while it was being sent, so it was not sent. Check it and send it again.",
 )
 SENT_LETTER_DETAIL = "This letter was sent and can no longer change. Write a new letter instead."
+SENT_AGAIN_DETAIL = "This letter was sent already and is not sent twice. To send it again, write a new letter."
 
 
 @attrs.frozen
@@ -408,7 +409,7 @@ async def send_letter(
             if key is not None and (earlier := await _earlier_send(conn, principal.org, key, fingerprint)):
                 return earlier
             if row.status != "draft":
-                raise Problem(DRAFT_REQUIRED, SENT_LETTER_DETAIL)
+                raise Problem(DRAFT_REQUIRED, SENT_AGAIN_DETAIL)
             patient = await get_patient(conn, principal, row.patient_id)
             settings = await get_settings(conn, principal.org)
             attached = (await attachments_of(conn, target.name, [letter_id]))[letter_id]
