@@ -13,6 +13,7 @@ from litestar import Litestar
 from litestar.config.app import AppConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components
 from litestar.plugins import InitPlugin
 from litestar.routes import HTTPRoute
 
@@ -21,6 +22,7 @@ from careshare.core.models import Principal
 from careshare.core.runtime import Careshare
 from careshare.core.settings import Settings
 from careshare.host.routes.docs import swagger_asset, swagger_page
+from careshare.web.openapi import BEARER, SECURITY_SCHEMES
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -184,6 +186,8 @@ def create_app(settings: Settings | None = None, plugins: pluggy.PluginManager |
             version=__version__,
             path="/schema",
             render_plugins=[swagger_page()],  # its assets from this server (host/routes/docs.py)
+            components=Components(security_schemes=SECURITY_SCHEMES),
+            security=[{BEARER: []}],  # every operation, but those documented as public
         ),
         request_max_body_size=1024 * 1024,
         # Logging is the process's (careshare serve --log-json), not Litestar's default.

@@ -94,3 +94,30 @@ async def test_options_allows_exactly_the_documented_methods(
             assert allowed == documented | {"OPTIONS"}, route.path
             checked += 1
     assert checked >= 60  # every API path, not a handful
+
+
+async def test_the_document_says_which_operations_need_the_bearer_token(
+    client: AsyncTestClient[Any], seeded: dict[str, str]
+) -> None:
+    document = client.app.openapi_schema.to_schema()
+    scheme = document["components"]["securitySchemes"]["bearer"]
+    assert (scheme["type"], scheme["scheme"], scheme["bearerFormat"]) == ("http", "bearer", "JWT")
+    assert document["security"] == [{"bearer": []}]
+    public, guarded = [], []
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if method not in {"get", "head", "post", "put", "patch", "delete"}:
+                continue
+            filled = fill_path(path, seeded)
+            assert filled is not None, f"the seed makes nothing for {path}"
+            # No token at all (the tus header as tus clients send it: without it, tus answers 412 first).
+            answer = await client.request(method.upper(), filled, headers={"Tus-Resumable": "1.0.0"})
+            if operation.get("security") == []:
+                public.append(path)
+                assert answer.status_code != 401, (method, path)
+            else:
+                guarded.append(path)
+                assert answer.status_code == 401, (method, path, answer.status_code)
+                assert answer.headers["content-type"].startswith("application/problem+json"), (method, path)
+    assert sorted(set(public)) == ["/healthz", "/v1/links/{token}"]
+    assert len(guarded) >= 90

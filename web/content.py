@@ -92,17 +92,18 @@ def download_name(filename: str, media_type: str, role: str) -> str:
     return f"{stem}{_EXTENSIONS.get(media_type, '')}"
 
 
-def content_route(path: str, **options: Any) -> Any:
+def content_route(path: str, *, public: bool = False, **options: Any) -> Any:
     """The decorator of a handler answering with :func:`blob_response`: ``GET`` and ``HEAD`` of ``path``.
 
     A ``HEAD`` runs the handler as a ``GET`` does (the same checks, the same audit event) and gets
-    the same headers without the bytes, which are then never read from the store.
+    the same headers without the bytes, which are then never read from the store. ``public``: the
+    route takes no bearer token (an expiring link).
     """
     return route(
         path,
         http_method=[HttpMethod.GET, HttpMethod.HEAD],
         responses=CONTENT_RESPONSES,
-        operation_class=documented(parameters=CONTENT_PARAMETERS),
+        operation_class=documented(parameters=CONTENT_PARAMETERS, public=public),
         **options,
     )
 

@@ -28,15 +28,18 @@ from litestar.openapi.spec import (
     Parameter,
     RequestBody,
     Schema,
+    SecurityScheme,
 )
 
 if TYPE_CHECKING:
     from litestar import Litestar
 
 __all__ = [
+    "BEARER",
     "CONTENT_PARAMETERS",
     "CONTENT_RESPONSES",
     "PROBLEM_RESPONSES",
+    "SECURITY_SCHEMES",
     "TUS_CREATED",
     "TUS_CREATE_PARAMETERS",
     "TUS_NO_CONTENT",
@@ -52,6 +55,17 @@ __all__ = [
 ]
 
 PROBLEM_JSON = "application/problem+json"
+#: The one security scheme: a JWT bearer token (``Authorization: Bearer <token>``), on every
+#: operation unless it is :func:`documented` as ``public``.
+BEARER = "bearer"
+SECURITY_SCHEMES = {
+    BEARER: SecurityScheme(
+        type="http",
+        scheme="bearer",
+        bearer_format="JWT",
+        description="A token from the clinic's sign-in (in development: `careshare token`), HS256-signed with the server's key.",
+    )
+}
 
 
 @dataclass
@@ -212,6 +226,7 @@ def documented(
     status: int = 201,
     links: dict[str, tuple[str, str, dict[str, str]]] | None = None,
     parameters: tuple[Parameter, ...] = (),
+    public: bool = False,
 ) -> type[Operation]:
     """An ``operation_class`` declaring what the handler reads itself and what its answer leads to.
 
@@ -220,6 +235,7 @@ def documented(
     schemas (:data:`UPLOAD_MEDIA`). ``parameters``: headers and query parameters read from the
     request itself. ``links``: name -> ``(method, path, {parameter: runtime expression})`` from the
     ``status`` answer, e.g. ``{"patient": ("GET", "/v1/patients/{pid}", {"pid": "$response.body#/id"})}``.
+    ``public``: the operation takes no bearer token (every other one needs :data:`BEARER`).
     """
     bodies: dict[str, dict[str, Any]] = {
         **({"application/json": body_schema(body)} if body is not None else {}),
@@ -230,6 +246,8 @@ def documented(
     @dataclass
     class DocumentedOperation(Operation):
         def __post_init__(self) -> None:
+            if public:
+                self.security = []  # the document's default is the bearer token
             if content:
                 self.request_body = RequestBody(content=content, required=True)
             if parameters:

@@ -8,13 +8,15 @@ import sqlalchemy as sa
 from litestar import get
 from litestar.di import NamedDependency
 
+from careshare.web.openapi import documented
+
 if TYPE_CHECKING:
     from careshare.core.runtime import Careshare
 
 __all__ = ["healthz"]
 
 
-@get("/healthz", tags=["health"])
+@get("/healthz", tags=["health"], operation_class=documented(public=True))
 async def healthz(cs: NamedDependency[Careshare]) -> dict[str, Any]:
     async with cs.reader.connect() as conn:
         await conn.execute(sa.text("SELECT 1"))

@@ -184,7 +184,7 @@ class PublicLinkController(Controller):
     path = "/v1/links"
     tags = ["links"]
 
-    @content_route("/{token:str}")
+    @content_route("/{token:str}", public=True)
     async def download(
         self, request: Request[Any, Any, Any], cs: NamedDependency[Careshare], token: FromPath[str]
     ) -> Response[Any]:

@@ -33,6 +33,7 @@ from careshare.web.openapi import (
     TUS_PATCH_PARAMETERS,
     documented,
 )
+from careshare.web.problems import PROBLEM_JSON
 from careshare.web.uploads import requested_wait
 
 if TYPE_CHECKING:
@@ -199,7 +200,9 @@ def _with_tus_headers(handler: Callable[..., Response[Any]]) -> Callable[..., Re
         if isinstance(exc, Problem) and "offset" in exc.extra:
             headers["Upload-Offset"] = str(exc.extra["offset"])
         if request.method == HttpMethod.HEAD:  # a HEAD answer has no body: the status says it all
-            return _empty(response.status_code, headers)
+            refused = _empty(response.status_code, headers)
+            refused.media_type = PROBLEM_JSON  # what a GET would have carried: the headers say so
+            return refused
         response.headers.update(headers)
         return response
 
