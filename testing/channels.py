@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from hypothesis import strategies as st
 
+from careshare.host.routes.docs import ASSETS
 from careshare.testing import make_pdf
 from careshare.testing.contract import Contract
 from careshare.testing.seed import (
@@ -213,8 +214,9 @@ async def seed_host(world: World) -> dict[str, str]:
     """The host's objects: files, then what the channels shared (its kit runs after theirs)."""
     s = _seeding(world)
     ids = await seed_files(s)
-    # The schema's own files (``/schema/{path}``) are named, not made.
-    return {**ids, **await seed_shared(s, ids), "/schema/{path}": "openapi.yaml"}
+    # The schema's own files (``/schema/{path}``) and Swagger UI's assets are named, not made.
+    named = {"/schema/{path}": "openapi.yaml", ASSETS + "/{name}": "swagger-ui.css"}
+    return {**ids, **await seed_shared(s, ids), **named}
 
 
 UPLOAD = {"content": PDF, "params": {"filename": "matrix.pdf"}, "headers": {"Prefer": "respond-async"}}
@@ -337,7 +339,7 @@ HOST = Contract(
     ),
     public_prefixes=("/schema",),
     # A link's address carries its own credential; the schema's file names are no seeded object.
-    not_secret=frozenset({"/v1/links/{token}", "/schema/{path}"}),
+    not_secret=frozenset({"/v1/links/{token}", "/schema/{path}", ASSETS + "/{name}"}),
 )
 CHAT = Contract(adapters=[ChatMessage()], seed=_seeder(seed_chat), bodies=chat_bodies)
 LETTERS = Contract(
