@@ -157,6 +157,8 @@ def check_text(value: str) -> str:
 def _strict(kind: type) -> Any:
     # cattrs' JSON converter would turn null, 12 or ["a"] into "None", "12", "['a']": refuse instead.
     def structure(value: Any, _type: Any) -> Any:
+        if kind is int and type(value) is float and value.is_integer():
+            return int(value)  # 5.0 is the integer 5 to JSON Schema, so to the published schema too
         if type(value) is not kind and not (kind is float and type(value) is int):
             raise TypeError(f"expected {kind.__name__}")
         return value

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import httpx
 import pytest
 import schemathesis
@@ -28,21 +31,31 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import CHECKS as REGISTERED_CHECKS
+from schemathesis.checks import load_all_checks
+from schemathesis.config._checks import (
+    MISSING_REQUIRED_HEADER_EXPECTED_STATUSES,
+    NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES,
+    POSITIVE_DATA_ACCEPTANCE_EXPECTED_STATUSES,
+)
 from schemathesis.core.failures import FailureGroup
 from schemathesis.core.transport import Response
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
+from careshare.core.models import BodyErrors, structure_body
 from careshare.core.problems import Problem
 from careshare.host import create_app
 from careshare.testing import bearer, make_pdf, make_settings, running_server
 from careshare.testing.seed import PARAMETER, fill_path, prefixes, seed
 from careshare.web.content import parse_range
+from careshare.web.openapi import NON_BLANK, TEXT, body_schema, limits
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-CHECKS = [not_a_server_error, response_schema_conformance]
+load_all_checks()
+#: Every check schemathesis has: valid requests are taken, invalid ones refused, answers as declared ...
+CHECKS = REGISTERED_CHECKS.get_all()
 PROBLEM_JSON = "application/problem+json"
 #: Examples per operation and per mode (valid, invalid): an eighth of the profile's count.
 EXAMPLES = max(3, hypothesis_settings.default.max_examples // 8)
@@ -74,6 +87,71 @@ DOCUMENT, HANDLERS = _in_process()
 OPERATIONS = sorted(
     ((method.upper(), path) for path, item in DOCUMENT["paths"].items() for method in item if method in METHODS),
     key=lambda op: (op[0] == "DELETE", op),
+)
+
+
+#: Rules about other objects or the server's state, which no JSON schema can state: a request the
+#: schema allows may break one and is then refused with 422 and the rule's code.
+SERVER_RULES = {
+    "POST /v1/consent-forms": "each information pack named exists in the organisation (information-pack-not-found)",
+    "POST /v1/patients/{pid}/consents": "the consent form named exists in the organisation (consent-form-not-found)",
+    "POST /v1/files/{fid}/render": "the file is of a type that renders again (render-not-supported)",
+    "POST /v1/patients/{pid}/file-requests": "due_at lies ahead; accepted_kinds are kinds the loaded plugins know",
+    "POST /v1/patients/{pid}/medications": "the schedule's end is not before its start",
+    "POST /v1/letters/{lid}/send": '"email": true needs the server to have SMTP (email-not-configured)',
+    "POST /v1/me/file-requests/{rid}/files": "the file is of a kind the request asks for (kind-not-requested)",
+}
+
+
+def _protocol_statuses(operation: dict[str, Any], name: str = "") -> dict[str, list[str]]:
+    """Statuses an HTTP protocol, not the schema, decides, by check: what schemathesis must also expect.
+
+    tus 1.0.0 answers a missing or unknown ``Tus-Resumable`` with 412, an ``Upload-Length`` past the
+    server's ``Tus-Max-Size`` with 413 and bytes that do not match their ``Upload-Checksum`` with
+    460; RFC 9110 answers a range outside the file with 416; an upload whose bytes are no file type
+    careshare shares is 415; a body past the size cap is 413; a rule of :data:`SERVER_RULES` is 422.
+    """
+    headers = {p["name"] for p in operation.get("parameters", []) if p.get("in") == "header"}
+    bodies = operation.get("requestBody", {}).get("content", {})
+    refused, taken, missing = ["413"], [], []
+    if "Tus-Resumable" in headers:
+        refused.append("412")
+        missing.append("412")
+    if "Upload-Length" in headers:
+        taken.append("413")
+    if "Upload-Checksum" in headers:
+        taken.append("460")
+    if "Range" in headers:
+        taken.append("416")
+    if "application/octet-stream" in bodies:
+        taken.append("415")
+    if name in SERVER_RULES:
+        taken.append("422")
+    statuses = {"negative_data_rejection": [*NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES, *refused]}
+    if taken:
+        statuses["positive_data_acceptance"] = [*POSITIVE_DATA_ACCEPTANCE_EXPECTED_STATUSES, *taken]
+    if missing:
+        statuses["missing_required_header"] = [*MISSING_REQUIRED_HEADER_EXPECTED_STATUSES, *missing]
+    return statuses
+
+
+CONFIG = schemathesis.Config.from_dict(
+    {
+        # Each request carries the token the test chose: none is generated, or removed.
+        "generation": {"with-security-parameters": False},
+        "operations": [
+            {
+                "include-name": f"{method.upper()} {path}",
+                "checks": {
+                    check: {"expected-statuses": codes}
+                    for check, codes in _protocol_statuses(operation, f"{method.upper()} {path}").items()
+                },
+            }
+            for path, item in DOCUMENT["paths"].items()
+            for method, operation in item.items()
+            if method in METHODS
+        ],
+    }
 )
 # A tus PATCH body is raw bytes under its own media type.
 schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
@@ -134,7 +212,7 @@ def api(tmp_path_factory: pytest.TempPathFactory, migrated_database: Path) -> It
     shutil.copyfile(migrated_database, database)
     with running_server(create_app(settings)) as base_url:
         ids = asyncio.run(_seed_over_http(base_url, settings))
-        schema = schemathesis.openapi.from_url(f"{base_url}/schema/openapi.json")
+        schema = schemathesis.openapi.from_url(f"{base_url}/schema/openapi.json", config=CONFIG)
         yield Api(
             base_url,
             schema,
@@ -251,6 +329,42 @@ def test_parse_range_answers_any_digits_within_the_file(first: str, last: str, s
     if span is not None:
         start, end = span
         assert 0 <= start < end <= size
+
+
+def test_non_blank_means_what_strip_keeps() -> None:
+    """The schema's notion of blank is the server's (``str.strip()``), character by character."""
+    for code in range(1, sys.maxunicode + 1):
+        char = chr(code)
+        assert (re.search(NON_BLANK, f" {char} ") is not None) == bool(char.strip()), hex(code)
+    assert re.search(NON_BLANK, "a\x00") is None
+    assert re.search(TEXT, "a\x00") is None
+
+
+@attrs.frozen
+class _Limited:
+    name: str = attrs.field(metadata=limits(maxLength=5, pattern=NON_BLANK))
+    note: str | None = attrs.field(default=None, metadata=limits(maxLength=9))
+    tags: list[str] = attrs.field(factory=list, metadata=limits(maxItems=2, items={"minLength": 1}))
+    count: int = attrs.field(default=1, metadata=limits(minimum=1))
+
+
+def test_limits_land_on_the_value_not_on_null() -> None:
+    properties = body_schema(_Limited)["properties"]
+    assert properties["name"] == {"type": "string", "maxLength": 5, "pattern": NON_BLANK}
+    assert properties["note"] == {"anyOf": [{"type": "string", "pattern": TEXT, "maxLength": 9}, {"type": "null"}]}
+    assert properties["tags"] == {
+        "type": "array",
+        "items": {"type": "string", "pattern": TEXT, "minLength": 1},
+        "maxItems": 2,
+    }
+    assert properties["count"] == {"type": "integer", "minimum": 1}
+
+
+def test_an_integral_number_is_an_integer_as_json_schema_says() -> None:
+    assert structure_body({"name": "a", "count": 5.0}, _Limited).count == 5
+    for wrong in (5.5, True, "5"):
+        with pytest.raises(BodyErrors):
+            structure_body({"name": "a", "count": wrong}, _Limited)
 
 
 def _linked_operations(raw: dict[str, Any]) -> set[str]:

@@ -25,12 +25,15 @@ from careshare.web.console import (
 from careshare.web.content import RANGE_NOT_SATISFIABLE, blob_response, content_route, download_name, parse_range
 from careshare.web.guards import clinician, patient, signed_in
 from careshare.web.openapi import (
+    AWARE_DATE_TIME,
     CONTENT_PARAMETERS,
     CONTENT_RESPONSES,
+    NON_BLANK,
     UPLOAD_MEDIA,
     UPLOAD_PARAMETERS,
     body_schema,
     documented,
+    limits,
 )
 from careshare.web.pages import PageOf, page_route, show_route
 from careshare.web.problems import BAD_REQUEST, INVALID_REQUEST, PROBLEM_JSON, REQUEST_TOO_LARGE, problem_response
@@ -60,12 +63,14 @@ from careshare.web.views import (
 )
 
 __all__ = [
+    "AWARE_DATE_TIME",
     "BAD_REQUEST",
     "CONSOLE",
     "CONTENT_PARAMETERS",
     "CONTENT_RESPONSES",
     "FILE_FIELD",
     "INVALID_REQUEST",
+    "NON_BLANK",
     "PROBLEM_JSON",
     "RANGE_NOT_SATISFIABLE",
     "REQUEST_TOO_LARGE",
@@ -99,6 +104,7 @@ __all__ = [
     "form_values",
     "invalid",
     "leave_notice",
+    "limits",
     "output",
     "page_json",
     "page_route",

@@ -31,18 +31,25 @@ from litestar.openapi.spec import (
     SecurityScheme,
 )
 
+from careshare.core.tus import MAX_METADATA_CHARS
+
 if TYPE_CHECKING:
     from litestar import Litestar
 
 __all__ = [
+    "AWARE_DATE_TIME",
     "BEARER",
     "CONTENT_PARAMETERS",
     "CONTENT_RESPONSES",
+    "NON_BLANK",
     "PROBLEM_RESPONSES",
     "SECURITY_SCHEMES",
+    "SPACE",
+    "TEXT",
     "TUS_CREATED",
     "TUS_CREATE_PARAMETERS",
     "TUS_NO_CONTENT",
+    "TUS_OFFSET",
     "TUS_PARAMETERS",
     "TUS_PATCH_MEDIA",
     "TUS_PATCH_PARAMETERS",
@@ -52,6 +59,7 @@ __all__ = [
     "body_schema",
     "document_problems",
     "documented",
+    "limits",
 ]
 
 PROBLEM_JSON = "application/problem+json"
@@ -95,41 +103,105 @@ PROBLEM_RESPONSES: dict[Any, ResponseSpec] = {
 
 
 def document_problems(app: Litestar) -> None:
-    """Give every route handler the problem responses, before the schema is first built (it is lazy)."""
+    """Give every route handler the problem responses, before the schema is first built (it is lazy).
+
+    Its path and query strings also say they hold no NUL: the host refuses one anywhere in the
+    address (``refuse_unstorable_addresses``), but in ``?filename=``, which is cleaned instead.
+    """
     for route in app.routes:
         for handler in getattr(route, "route_handlers", ()):
             handler.responses = {**PROBLEM_RESPONSES, **(handler.responses or {})}
+            handler.operation_class = _addressed(handler.operation_class)
+
+
+def _addressed(base: type[Operation]) -> type[Operation]:
+    @dataclass
+    class AddressedOperation(base):  # type: ignore[valid-type,misc]
+        def __post_init__(self) -> None:
+            getattr(super(), "__post_init__", lambda: None)()
+            for parameter in self.parameters or []:
+                if (
+                    isinstance(parameter, Parameter)
+                    and parameter.param_in in (ParamType.PATH, ParamType.QUERY)
+                    and parameter.name != "filename"
+                ):
+                    _no_nul(parameter.schema)
+
+    return AddressedOperation
+
+
+def _no_nul(schema: Any) -> None:
+    if isinstance(schema, Schema):
+        if schema.type == OpenAPIType.STRING and schema.pattern is None and schema.enum is None:
+            schema.pattern = TEXT
+        for branch in (*(schema.one_of or ()), *(schema.any_of or ())):
+            _no_nul(branch)
+
+
+#: What ``str.strip()`` strips (Python's ``\\s``), spelled out for a regex character class, so
+#: ECMA and Python engines, and schemathesis, read it alike.
+SPACE = "\\t-\\r\\x1c- \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+#: Any string of a JSON body: no NUL (:func:`careshare.core.models.check_text` refuses it everywhere).
+TEXT = "^[^\\x00]*$"
+#: Text with a character ``str.strip()`` keeps: what the server means by not blank.
+NON_BLANK = f"^[^\\x00]*[^\\x00{SPACE}][^\\x00]*$"
+#: What :func:`careshare.web.aware_datetime` takes: RFC 3339 with its offset, in the years
+#: :data:`careshare.core.models.EARLIEST` to :data:`~careshare.core.models.LATEST` (1900 to 2999).
+AWARE_DATE_TIME = {
+    "format": "date-time",
+    "pattern": "^(19|2[0-9])[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    "(\\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$",
+}
+
+
+def limits(**schema: Any) -> dict[str, Any]:
+    """attrs field metadata: the JSON-schema keywords of what the server checks of the field.
+
+    ``attrs.field(metadata=limits(maxLength=MAX_NAME_CHARS, pattern=NON_BLANK))``; on an optional
+    field they apply to the value, not to null; ``items`` adds to the schema of a list's items.
+    """
+    return {"schema": schema}
 
 
 def body_schema(cls: type) -> dict[str, Any]:
     """The JSON schema of an attrs body class as :func:`careshare.web.parse_body` reads it.
 
-    Types only (str, int, bool, float, lists, Literal, optional, nested attrs classes); the
-    validators' limits (lengths, patterns) stay the server's to check, answered as
-    ``422 invalid-request``. Unknown members are refused, so ``additionalProperties`` is false.
+    Each field's type, with the limits its :func:`limits` metadata declares (those the handler
+    checks, answered as ``422 invalid-request``), so a request the schema allows is one the server
+    takes. A rule across fields is the class's ``json_schema``, as ``if``/``then`` (an ``anyOf`` of bodies
+    would split a generated client's one body class into several). Unknown members
+    are refused, so ``additionalProperties`` is false.
     """
     hints = typing.get_type_hints(cls)
-    properties = {a.name: _type_schema(hints[a.name]) for a in attrs.fields(cls)}
+    properties = {a.name: _type_schema(hints[a.name], a.metadata.get("schema", {})) for a in attrs.fields(cls)}
     required = sorted(a.name for a in attrs.fields(cls) if a.default is attrs.NOTHING)
     schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
     if required:
         schema["required"] = required
-    return schema
+    return {**schema, **getattr(cls, "json_schema", {})}
 
 
-def _type_schema(kind: Any) -> dict[str, Any]:
+def _type_schema(kind: Any, limited: dict[str, Any] | None = None) -> dict[str, Any]:
+    limited = limited or {}
     origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin is typing.Literal:
-        return {"enum": list(args)}
     if origin in (types.UnionType, typing.Union):
-        return {"anyOf": [_type_schema(arg) for arg in args]}
+        return {"anyOf": [_type_schema(arg, None if arg is type(None) else limited) for arg in args]}
     if origin is list:
-        return {"type": "array", "items": _type_schema(args[0]) if args else {}}
+        items = _type_schema(args[0], limited.get("items")) if args else dict(limited.get("items", {}))
+        return {"type": "array", "items": items, **{k: v for k, v in limited.items() if k != "items"}}
+    return {**_plain_schema(kind), **limited}
+
+
+def _plain_schema(kind: Any) -> dict[str, Any]:
+    if typing.get_origin(kind) is typing.Literal:
+        return {"enum": list(typing.get_args(kind))}
     if kind is type(None):
         return {"type": "null"}
     if attrs.has(kind):
         return body_schema(kind)
     simple = {str: "string", int: "integer", float: "number", bool: "boolean"}
+    if kind is str:
+        return {"type": "string", "pattern": TEXT}
     if kind in simple:
         return {"type": simple[kind]}
     return {}
@@ -148,10 +220,10 @@ def _header(name: str, description: str) -> Parameter:
 
 #: What an upload route reads itself (host/uploads.py): the raw bytes or a multipart ``file``.
 UPLOAD_MEDIA: dict[str, dict[str, Any]] = {
-    "application/octet-stream": {"type": "string", "format": "binary"},
+    "application/octet-stream": {"type": "string", "format": "binary", "minLength": 1},
     "multipart/form-data": {
         "type": "object",
-        "properties": {"file": {"type": "string", "format": "binary"}},
+        "properties": {"file": {"type": "string", "format": "binary", "minLength": 1}},
         "required": ["file"],
     },
 }
@@ -194,18 +266,29 @@ def _tus_header(name: str, schema: dict[str, Any], description: str, *, required
     )
 
 
+_BASE64 = "([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
+#: Pairs of a key (printable ASCII but space and comma) and an optional base64 value.
+_TUS_METADATA = f"^([!-+\\--~]+( {_BASE64})?(,[!-+\\--~]+( {_BASE64})?)*)?$"
 _TUS_RESUMABLE = _tus_header("Tus-Resumable", {"type": "string", "enum": ["1.0.0"]}, "The tus version.", required=True)
 #: The tus headers each resumable-upload route reads itself (host/routes/tus.py).
 TUS_CREATE_PARAMETERS = (
     _TUS_RESUMABLE,
-    _tus_header("Upload-Length", {"type": "integer", "minimum": 0}, "The whole file's size in bytes."),
+    _tus_header("Upload-Length", {"type": "integer", "minimum": 1}, "The whole file's size in bytes.", required=True),
     _tus_header("Upload-Defer-Length", {"type": "string"}, "Not supported: send Upload-Length."),
-    _tus_header("Upload-Metadata", {"type": "string"}, "key base64,key base64 ... (filename names the file)."),
+    _tus_header(
+        "Upload-Metadata",
+        {"type": "string", "pattern": _TUS_METADATA, "maxLength": MAX_METADATA_CHARS},
+        "key base64,key base64 ... (filename names the file, in UTF-8).",
+    ),
 )
 TUS_PATCH_PARAMETERS = (
     _TUS_RESUMABLE,
     _tus_header("Upload-Offset", {"type": "integer", "minimum": 0}, "Where these bytes go.", required=True),
-    _tus_header("Upload-Checksum", {"type": "string"}, "sha256 <base64 digest> of this request's bytes."),
+    _tus_header(
+        "Upload-Checksum",
+        {"type": "string", "pattern": "^[Ss][Hh][Aa]256 [A-Za-z0-9+/]{43}=$"},
+        "sha256 <base64 digest> of this request's bytes.",
+    ),
     _tus_header("Prefer", {"type": "string"}, "wait=N: on the final PATCH, how long to wait for the check."),
 )
 TUS_PARAMETERS = (_TUS_RESUMABLE,)
@@ -214,9 +297,22 @@ TUS_PATCH_MEDIA: dict[str, dict[str, Any]] = {"application/offset+octet-stream":
 TUS_CREATED: dict[Any, ResponseSpec] = {
     201: ResponseSpec(data_container=None, description="Created: Location names the upload; the body is empty.")
 }
+TUS_OFFSET: dict[Any, ResponseSpec] = {
+    200: ResponseSpec(data_container=None, description="Upload-Offset and Upload-Length say how far it got.")
+}
 TUS_NO_CONTENT: dict[Any, ResponseSpec] = {
     204: ResponseSpec(data_container=None, description="Done: Upload-Offset says where the upload is now.")
 }
+
+
+def _bytes_also_as_octet_stream(answer: Any) -> None:
+    """A byte answer (``*/*``: its Content-Type is the file's) listed first as application/octet-stream.
+
+    ``*/*`` is what the bytes may be; code generators (openapi-python-client) take a response
+    only under a media type they know, and octet-stream gives their client the raw bytes.
+    """
+    if isinstance(answer, OpenAPIResponse) and answer.content and "*/*" in answer.content:
+        answer.content = {"application/octet-stream": answer.content["*/*"], **answer.content}
 
 
 def documented(
@@ -252,6 +348,8 @@ def documented(
                 self.request_body = RequestBody(content=content, required=True)
             if parameters:
                 self.parameters = [*(self.parameters or []), *parameters]
+            for answer in (self.responses or {}).values():
+                _bytes_also_as_octet_stream(answer)
             response = (self.responses or {}).get(str(status))
             if links and isinstance(response, OpenAPIResponse):
                 response.links = {

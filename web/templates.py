@@ -13,7 +13,7 @@ from careshare.core.models import Principal
 from careshare.core.runtime import Careshare
 from careshare.core.templates import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, Template, Templates
 from careshare.web.guards import clinician
-from careshare.web.openapi import documented
+from careshare.web.openapi import NON_BLANK, documented, limits
 from careshare.web.pages import page_route, show_route
 from careshare.web.views import invalid, parse_body, shown
 
@@ -22,14 +22,14 @@ __all__ = ["NewTemplate", "TemplateChange", "template_json", "template_routes"]
 
 @attrs.frozen
 class NewTemplate:
-    name: str
-    description: str = ""
+    name: str = attrs.field(metadata=limits(maxLength=MAX_NAME_CHARS, pattern=NON_BLANK))
+    description: str = attrs.field(default="", metadata=limits(maxLength=MAX_DESCRIPTION_CHARS))
 
 
 @attrs.frozen
 class TemplateChange:
-    name: str | None = None
-    description: str | None = None
+    name: str | None = attrs.field(default=None, metadata=limits(maxLength=MAX_NAME_CHARS, pattern=NON_BLANK))
+    description: str | None = attrs.field(default=None, metadata=limits(maxLength=MAX_DESCRIPTION_CHARS))
 
 
 @attrs.frozen
@@ -45,7 +45,7 @@ def _name(value: str) -> str:
     name = value.strip()
     if not name:
         raise invalid("$.name: must not be blank")
-    if len(name) > MAX_NAME_CHARS:
+    if len(value) > MAX_NAME_CHARS:
         raise invalid(f"$.name: at most {MAX_NAME_CHARS} characters")
     return name
 

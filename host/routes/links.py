@@ -26,7 +26,7 @@ from careshare.core.links import (
 from careshare.core.problems import NOT_FOUND, Problem
 from careshare.web.content import blob_response, content_route, download_name
 from careshare.web.guards import clinician
-from careshare.web.openapi import documented
+from careshare.web.openapi import documented, limits
 from careshare.web.views import invalid, page_json, parse_body
 
 if TYPE_CHECKING:
@@ -38,10 +38,17 @@ __all__ = ["ROUTES", "AttachmentLinkController", "FileLinkController", "PublicLi
 
 @attrs.frozen
 class NewLink:
-    purpose: str = ""
-    expires_in: int = DEFAULT_LINK_SECONDS
+    purpose: str = attrs.field(default="", metadata=limits(maxLength=MAX_PURPOSE_CHARS))
+    expires_in: int = attrs.field(default=DEFAULT_LINK_SECONDS, metadata=limits(minimum=1, maximum=MAX_LINK_SECONDS))
     #: Links on a file only: which copy (``shareable`` by default: what a patient would get).
     rendition: str = "shareable"
+
+
+@attrs.frozen
+class NewAttachmentLink(NewLink):
+    """An attachment is one pinned copy: its link takes no other rendition."""
+
+    rendition: str = attrs.field(default="shareable", metadata=limits(enum=["shareable"]))
 
 
 def _checked(body: NewLink) -> NewLink:
@@ -130,7 +137,7 @@ class AttachmentLinkController(Controller):
     dependencies = {"principal": Provide(clinician)}
     tags = ["links"]
 
-    @post("/", status_code=201, operation_class=documented(NewLink))
+    @post("/", status_code=201, operation_class=documented(NewAttachmentLink))
     async def make(
         self,
         request: Request[Any, Any, Any],
@@ -139,7 +146,7 @@ class AttachmentLinkController(Controller):
         aid: FromPath[str],
     ) -> dict[str, Any]:
         """A link to the attachment's pinned bytes: ``{"purpose", "expires_in"}``."""
-        body = _checked(await parse_body(request, NewLink))
+        body = _checked(await parse_body(request, NewAttachmentLink))
         if body.rendition != "shareable":
             raise invalid("$.rendition: an attachment is one pinned copy; leave rendition out")
         async with cs.engine.begin() as conn:

@@ -13,7 +13,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from careshare.core.files import accept, list_files
 from careshare.core.patients import get_patient, register_patient
 from careshare.web.guards import clinician
-from careshare.web.openapi import documented
+from careshare.web.openapi import NON_BLANK, SPACE, documented, limits
 from careshare.web.uploads import Upload, answer_upload, upload_route
 from careshare.web.views import PageLimit, file_json, page_json, parse_body, patient_json
 
@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 __all__ = ["PatientController"]
 
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_EMAIL = re.compile(f"^[^@\\x00{SPACE}]+@[^@\\x00{SPACE}]+\\.[^@\\x00{SPACE}]+$")
+MAX_NAME_CHARS = 500
+MAX_EXTERNAL_ID_CHARS = 200
 
 
 def _non_blank(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -38,9 +40,15 @@ def _email(_instance: Any, _attribute: attrs.Attribute[Any], value: str | None) 
 
 @attrs.frozen
 class NewPatient:
-    name: str = attrs.field(validator=[attrs.validators.max_len(500), _non_blank])
-    external_id: str = attrs.field(validator=[attrs.validators.max_len(200), _non_blank])
-    email: str | None = attrs.field(default=None, validator=_email)
+    name: str = attrs.field(
+        validator=[attrs.validators.max_len(MAX_NAME_CHARS), _non_blank],
+        metadata=limits(maxLength=MAX_NAME_CHARS, pattern=NON_BLANK),
+    )
+    external_id: str = attrs.field(
+        validator=[attrs.validators.max_len(MAX_EXTERNAL_ID_CHARS), _non_blank],
+        metadata=limits(maxLength=MAX_EXTERNAL_ID_CHARS, pattern=NON_BLANK),
+    )
+    email: str | None = attrs.field(default=None, validator=_email, metadata=limits(pattern=_EMAIL.pattern))
 
 
 class PatientController(Controller):

@@ -28,6 +28,7 @@ from careshare.web.openapi import (
     TUS_CREATE_PARAMETERS,
     TUS_CREATED,
     TUS_NO_CONTENT,
+    TUS_OFFSET,
     TUS_PARAMETERS,
     TUS_PATCH_MEDIA,
     TUS_PATCH_PARAMETERS,
@@ -269,7 +270,7 @@ class _ResumableUploads(Controller):
         location = f"{request.url.path.rstrip('/')}/{upload.id}"
         return _empty(201, {"Location": location, "Upload-Offset": "0", "Upload-Expires": _http_date(upload)})
 
-    @head("/{uid:str}", operation_class=documented(parameters=TUS_PARAMETERS))
+    @head("/{uid:str}", responses=TUS_OFFSET, operation_class=documented(parameters=TUS_PARAMETERS))
     async def offset(
         self,
         cs: NamedDependency[Careshare],

@@ -13,10 +13,12 @@ from litestar.params import FromPath
 from careshare.plugins.appointments import APPOINTMENT_TYPES
 from careshare.plugins.appointments.bookings import Appointment, book, list_appointments
 from careshare.web import (
+    AWARE_DATE_TIME,
     attachment_json,
     aware_datetime,
     clinician,
     documented,
+    limits,
     page_route,
     parse_body,
     patient,
@@ -33,7 +35,7 @@ __all__ = ["ClinicianAppointments", "PatientAppointments", "appointment_json", "
 @attrs.frozen
 class NewAppointment:
     type_id: str
-    starts_at: str
+    starts_at: str = attrs.field(metadata=limits(**AWARE_DATE_TIME))
 
 
 def appointment_json(a: Appointment, *, for_clinician: bool) -> dict[str, Any]:

@@ -7,7 +7,7 @@ discarded again and no message, share or notification exists.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 import sqlalchemy as sa
@@ -27,6 +27,7 @@ from careshare.plugins.chat import CHANNEL, MAX_FILES, TARGET
 from careshare.plugins.chat.tables import chat_messages
 from careshare.web import (
     FILE_FIELD,
+    NON_BLANK,
     FilePart,
     FormParts,
     PageLimit,
@@ -34,6 +35,7 @@ from careshare.web import (
     clinician,
     documented,
     invalid,
+    limits,
     page_json,
     parse_body,
     patient,
@@ -63,8 +65,15 @@ FILE_ID_FIELDS = ("file_id", "file_ids")
 class NewMessage:
     """``{"body", "file_ids"}``: text, files picked from the patient's files or the library, or both."""
 
-    body: str = ""
-    file_ids: list[str] = attrs.field(factory=list)
+    body: str = attrs.field(default="", metadata=limits(maxLength=MAX_BODY_CHARS))
+    file_ids: list[str] = attrs.field(
+        factory=list, metadata=limits(maxItems=MAX_FILES, uniqueItems=True, items={"minLength": 1})
+    )
+    #: Without files, a text (if/then: generated clients keep one flat body).
+    json_schema: ClassVar[dict[str, Any]] = {
+        "if": {"properties": {"file_ids": {"maxItems": 0}}},
+        "then": {"required": ["body"], "properties": {"body": {"type": "string", "pattern": NON_BLANK}}},
+    }
 
 
 def _check_count(count: int) -> None:

@@ -26,9 +26,11 @@ from careshare.plugins.consents.consents import (
 )
 from careshare.web import (
     INVALID_REQUEST,
+    NON_BLANK,
     attachment_json,
     clinician,
     documented,
+    limits,
     page_route,
     parse_body,
     patient,
@@ -50,8 +52,10 @@ MAX_FORM_PACKS = 20
 
 @attrs.frozen
 class NewForm:
-    name: str
-    information_pack_ids: list[str]
+    name: str = attrs.field(metadata=limits(maxLength=MAX_NAME_CHARS, pattern=NON_BLANK))
+    information_pack_ids: list[str] = attrs.field(
+        metadata=limits(minItems=1, maxItems=MAX_FORM_PACKS, uniqueItems=True)
+    )
 
 
 @attrs.frozen
@@ -68,7 +72,7 @@ def _name(value: str, errors: list[str]) -> str:
     name = value.strip()
     if not name:
         errors.append("$.name: must not be blank")
-    elif len(name) > MAX_NAME_CHARS:
+    elif len(value) > MAX_NAME_CHARS:
         errors.append(f"$.name: at most {MAX_NAME_CHARS} characters")
     return name
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import attrs
 from litestar import Controller, Request, Response, delete, get, patch, post, put
@@ -37,6 +37,7 @@ from careshare.plugins.letters.letters import (
 )
 from careshare.plugins.letters.templating import MAX_OUTPUT_CHARS, MAX_TEMPLATE_CHARS, VARIABLES
 from careshare.web import (
+    NON_BLANK,
     UPLOAD_MEDIA,
     UPLOAD_PARAMETERS,
     PageLimit,
@@ -47,6 +48,7 @@ from careshare.web import (
     content_route,
     documented,
     invalid,
+    limits,
     page_json,
     page_route,
     parse_body,
@@ -73,22 +75,27 @@ IDEMPOTENCY_HEADER = "idempotency-key"
 
 @attrs.frozen
 class NewTemplate:
-    name: str
-    subject: str
-    body: str
+    name: str = attrs.field(metadata=limits(maxLength=MAX_NAME_CHARS, pattern=NON_BLANK))
+    subject: str = attrs.field(metadata=limits(maxLength=MAX_TEMPLATE_CHARS, pattern=NON_BLANK))
+    body: str = attrs.field(metadata=limits(maxLength=MAX_TEMPLATE_CHARS))
 
 
 @attrs.frozen
 class NewLetter:
     template_id: str | None = None
-    subject: str | None = None
-    body: str | None = None
+    subject: str | None = attrs.field(default=None, metadata=limits(maxLength=MAX_SUBJECT_CHARS))
+    body: str | None = attrs.field(default=None, metadata=limits(maxLength=MAX_BODY_CHARS))
+    #: From a template, or with a subject of its own (if/then: generated clients keep one flat body).
+    json_schema: ClassVar[dict[str, Any]] = {
+        "if": {"properties": {"template_id": {"type": "null"}}},
+        "then": {"required": ["subject"], "properties": {"subject": {"type": "string", "pattern": NON_BLANK}}},
+    }
 
 
 @attrs.frozen
 class LetterEdit:
-    subject: str | None = None
-    body: str | None = None
+    subject: str | None = attrs.field(default=None, metadata=limits(maxLength=MAX_SUBJECT_CHARS, pattern=NON_BLANK))
+    body: str | None = attrs.field(default=None, metadata=limits(maxLength=MAX_BODY_CHARS))
 
 
 @attrs.frozen
@@ -103,8 +110,10 @@ class Send:
 
 @attrs.frozen
 class SettingsBody:
-    max_attachment_bytes: int | None = None
-    organisation_name: str | None = None
+    max_attachment_bytes: int | None = attrs.field(default=None, metadata=limits(minimum=1, maximum=MAX_SETTING_BYTES))
+    organisation_name: str | None = attrs.field(
+        default=None, metadata=limits(maxLength=MAX_NAME_CHARS, pattern=NON_BLANK)
+    )
 
 
 def text_errors(value: str | None, field: str, limit: int, *, required: bool) -> list[str]:

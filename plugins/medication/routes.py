@@ -21,13 +21,22 @@ from careshare.plugins.medication.reminders import (
     prescribe,
     remind_now,
 )
-from careshare.plugins.medication.schedule import Schedule, next_due, schedule_errors
+from careshare.plugins.medication.schedule import (
+    DATE_PATTERN,
+    MAX_TIMES_A_DAY,
+    TIME_PATTERN,
+    Schedule,
+    known_timezones,
+    next_due,
+    schedule_errors,
+)
 from careshare.web import (
     PageLimit,
     attachment_json,
     clinician,
     documented,
     invalid,
+    limits,
     page_json,
     page_route,
     parse_body,
@@ -45,10 +54,18 @@ __all__ = ["ClinicianMedications", "Medications", "PatientMedications", "medicat
 
 @attrs.frozen
 class NewSchedule:
-    times: list[str]
-    start: str
-    end: str | None = None
-    timezone: str | None = None
+    times: list[str] = attrs.field(
+        metadata=limits(
+            minItems=1,
+            maxItems=MAX_TIMES_A_DAY,
+            uniqueItems=True,
+            items={"pattern": f"^{TIME_PATTERN}$", "maxLength": 5},
+        )
+    )
+    start: str = attrs.field(metadata=limits(format="date", pattern=f"^{DATE_PATTERN}$"))
+    #: On or after ``start``, too: no JSON schema says that.
+    end: str | None = attrs.field(default=None, metadata=limits(format="date", pattern=f"^{DATE_PATTERN}$"))
+    timezone: str | None = attrs.field(default=None, metadata=limits(enum=sorted(known_timezones())))
 
 
 @attrs.frozen

@@ -18,12 +18,25 @@ import attrs
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["DEFAULT_TIMEZONE", "MAX_TIMES_A_DAY", "Schedule", "due_instants", "next_due", "schedule_errors"]
+__all__ = [
+    "DATE_PATTERN",
+    "DEFAULT_TIMEZONE",
+    "MAX_TIMES_A_DAY",
+    "TIME_PATTERN",
+    "Schedule",
+    "due_instants",
+    "known_timezones",
+    "next_due",
+    "schedule_errors",
+]
 
 DEFAULT_TIMEZONE = "UTC"
 #: Hourly at the most: more doses than that a day are not a reminder schedule.
 MAX_TIMES_A_DAY = 24
-_HH_MM = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
+TIME_PATTERN = "([01][0-9]|2[0-3]):([0-5][0-9])"
+DATE_PATTERN = "[0-9]{4}-[0-9]{2}-[0-9]{2}"
+_HH_MM = re.compile(TIME_PATTERN)
+_YYYY_MM_DD = re.compile(DATE_PATTERN)
 
 
 @functools.cache
@@ -93,7 +106,7 @@ def schedule_errors(times: object, start: object, end: object, timezone: object)
 
 def _date(value: object, field: str, errors: list[str]) -> date | None:
     try:
-        if isinstance(value, str) and len(value) == 10:
+        if isinstance(value, str) and _YYYY_MM_DD.fullmatch(value):
             return date.fromisoformat(value)
     except ValueError:
         pass

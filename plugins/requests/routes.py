@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import attrs
 from litestar import Controller, Request, post
@@ -29,11 +29,14 @@ from careshare.plugins.requests.file_requests import (
     review_answer,
 )
 from careshare.web import (
+    AWARE_DATE_TIME,
+    NON_BLANK,
     Upload,
     clinician,
     documented,
     file_json,
     invalid,
+    limits,
     page_route,
     parse_body,
     patient,
@@ -51,16 +54,22 @@ __all__ = ["FileRequestController", "MyFileRequestController", "PatientFileReque
 
 @attrs.frozen
 class NewFileRequest:
-    message: str
-    accepted_kinds: list[str]
-    max_files: int
-    due_at: str
+    message: str = attrs.field(metadata=limits(maxLength=MAX_MESSAGE_CHARS, pattern=NON_BLANK))
+    accepted_kinds: list[str] = attrs.field(metadata=limits(minItems=1))
+    max_files: int = attrs.field(metadata=limits(minimum=1, maximum=MAX_FILES))
+    #: In the future, too: no JSON schema says that.
+    due_at: str = attrs.field(metadata=limits(**AWARE_DATE_TIME))
 
 
 @attrs.frozen
 class Review:
     decision: Literal["accepted", "rejected"]
-    reason: str | None = None
+    reason: str | None = attrs.field(default=None, metadata=limits(maxLength=MAX_REASON_CHARS))
+    #: A rejection tells the patient why.
+    json_schema: ClassVar[dict[str, Any]] = {
+        "if": {"properties": {"decision": {"const": "rejected"}}},
+        "then": {"required": ["reason"], "properties": {"reason": {"type": "string", "pattern": NON_BLANK}}},
+    }
 
 
 def _due_at(value: str, errors: list[str]) -> datetime | None:
@@ -81,7 +90,7 @@ def validated(body: NewFileRequest, known: frozenset[str]) -> tuple[str, frozens
     message = body.message.strip()
     if not message:
         errors.append("$.message: must not be blank")
-    elif len(message) > MAX_MESSAGE_CHARS:
+    elif len(body.message) > MAX_MESSAGE_CHARS:
         errors.append(f"$.message: at most {MAX_MESSAGE_CHARS} characters")
     kinds = frozenset(body.accepted_kinds)
     if not kinds:
@@ -177,7 +186,7 @@ class FileRequestController(Controller):
         reason = body.reason.strip() if body.reason is not None else None
         if body.decision == "rejected" and not reason:
             raise invalid("$.reason: give the patient a reason when rejecting a file")
-        if reason is not None and len(reason) > MAX_REASON_CHARS:
+        if body.reason is not None and len(body.reason) > MAX_REASON_CHARS:
             raise invalid(f"$.reason: at most {MAX_REASON_CHARS} characters")
         async with cs.engine.begin() as conn:
             reviewed = await review_answer(

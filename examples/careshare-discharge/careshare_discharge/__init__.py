@@ -24,12 +24,13 @@ from careshare.core.patients import get_patient
 from careshare.core.runtime import Careshare
 from careshare.core.sharing import share
 from careshare.core.targets import Item, Target, attach
-from careshare.web import attachment_json, clinician, documented, invalid, parse_body
+from careshare.web import NON_BLANK, attachment_json, clinician, documented, invalid, limits, parse_body
 
 #: Letters, photos and scans (DICOM goes as its rendering); a video is refused with its own code.
 TARGET = Target("discharge-summary", "discharge", accepts=frozenset({"pdf", "image", "dicom"}), max_count=10)
 #: How a summary reaches the patient; the title is what the inbox and push gateways show: nothing clinical.
 TITLE = "Your discharge summary is ready"
+MAX_TITLE_CHARS = 200
 SHARED = dict(channel="discharge", target=TARGET.name, title=TITLE, notification_kind="discharge-summary")
 summaries = sa.Table(
     "discharge_summaries",
@@ -37,7 +38,7 @@ summaries = sa.Table(
     sa.Column("id", db.ID, primary_key=True),
     sa.Column("org_id", sa.String(200), sa.ForeignKey("organisations.id"), nullable=False),
     sa.Column("patient_id", db.ID, sa.ForeignKey("patients.id"), nullable=False),
-    sa.Column("title", sa.String(200), nullable=False),
+    sa.Column("title", sa.String(MAX_TITLE_CHARS), nullable=False),
     sa.Column("sent_by", sa.String(200), nullable=False),
     sa.Column("sent_at", db.UTCDateTime, nullable=False),
 )
@@ -45,7 +46,7 @@ summaries = sa.Table(
 
 @attrs.frozen
 class NewSummary:
-    title: str
+    title: str = attrs.field(metadata=limits(maxLength=MAX_TITLE_CHARS, pattern=NON_BLANK))
     file_ids: list[str] = attrs.Factory(list)
 
 
@@ -63,8 +64,8 @@ class Summaries(Controller):
     ) -> dict[str, Any]:
         """Send ``{"title", "file_ids"}``: every file attaches and the patient is told, or nothing happens."""
         body = await parse_body(request, NewSummary)
-        if not 0 < len(title := body.title.strip()) <= 200:
-            raise invalid("$.title: 1 to 200 characters")
+        if not (title := body.title.strip()) or len(body.title) > MAX_TITLE_CHARS:
+            raise invalid(f"$.title: 1 to {MAX_TITLE_CHARS} characters")
         async with cs.engine.begin() as conn:
             await get_patient(conn, principal, pid)
             row = {"id": new_id(), "org_id": principal.org, "patient_id": pid, "title": title}
