@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from litestar.routes import HTTPRoute
 
+from careshare.core.problems import problem_types
 from careshare.testing import bearer, make_pdf
 from careshare.testing.seed import PARAMETER, fill_path, seed
 
@@ -121,3 +122,22 @@ async def test_the_document_says_which_operations_need_the_bearer_token(
                 assert answer.headers["content-type"].startswith("application/problem+json"), (method, path)
     assert sorted(set(public)) == ["/healthz", "/v1/links/{token}"]
     assert len(guarded) >= 90
+
+
+async def test_every_operation_refuses_with_the_problem_naming_every_code(client: AsyncTestClient[Any]) -> None:
+    document = client.app.openapi_schema.to_schema()
+    problem = document["components"]["schemas"]["ProblemDocument"]
+    assert problem["properties"]["code"]["enum"] == sorted(problem_types())
+    assert {"invalid-request", "pdf-password-protected", "draft-required", "video-not-allowed"} <= set(
+        problem["properties"]["code"]["enum"]
+    )  # the host's, a format plugin's, a channel's
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if method not in {"get", "head", "post", "put", "patch", "delete"}:
+                continue
+            for status in ("400", "default"):
+                content = operation["responses"][status]["content"]
+                assert content, (method, path)
+                assert content == {
+                    "application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemDocument"}}
+                }

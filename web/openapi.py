@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, make_dataclass
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -31,9 +31,12 @@ from litestar.openapi.spec import (
     SecurityScheme,
 )
 
+from careshare.core.problems import problem_types
 from careshare.core.tus import MAX_METADATA_CHARS
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from litestar import Litestar
 
 __all__ = [
@@ -42,7 +45,6 @@ __all__ = [
     "CONTENT_PARAMETERS",
     "CONTENT_RESPONSES",
     "NON_BLANK",
-    "PROBLEM_RESPONSES",
     "SECURITY_SCHEMES",
     "SPACE",
     "TEXT",
@@ -55,11 +57,12 @@ __all__ = [
     "TUS_PATCH_PARAMETERS",
     "UPLOAD_MEDIA",
     "UPLOAD_PARAMETERS",
-    "ProblemDocument",
     "body_schema",
     "document_problems",
     "documented",
     "limits",
+    "problem_document",
+    "problem_responses",
 ]
 
 PROBLEM_JSON = "application/problem+json"
@@ -76,30 +79,40 @@ SECURITY_SCHEMES = {
 }
 
 
-@dataclass
-class ProblemDocument:
-    """An RFC 9457 problem as careshare sends it; some problems add members (``errors``, ``limit`` ...)."""
+def problem_document(codes: Iterable[str]) -> type:
+    """The schema of an RFC 9457 problem as careshare sends it, its ``code`` one of ``codes``.
 
-    type: str
-    title: str
-    status: int
-    code: str
-    detail: str
-    instance: str | None = field(default=None)
-
-
-def _problem(description: str) -> ResponseSpec:
-    return ResponseSpec(
-        data_container=ProblemDocument, media_type=PROBLEM_JSON, generate_examples=False, description=description
+    Made per app, once its plugins are loaded, so the ``code`` enum is every code the app can
+    answer; some problems add members (``errors``, ``limit``, ``offset`` ...).
+    """
+    code = typing.Literal[tuple(sorted(codes))]  # type: ignore[valid-type]
+    return make_dataclass(
+        "ProblemDocument",
+        [
+            ("type", str),
+            ("title", str),
+            ("status", int),
+            ("code", code),
+            ("detail", str),
+            ("instance", str | None, None),
+        ],
     )
 
 
-PROBLEM_RESPONSES: dict[Any, ResponseSpec] = {
-    400: _problem("The request could not be read (bad JSON, a bad query parameter): a problem naming what to fix."),
-    "default": _problem(
-        "Any other refusal, as an RFC 9457 problem: branch on its stable `code` (see docs/api.md, Problems)."
-    ),
-}
+def problem_responses(document: type) -> dict[Any, ResponseSpec]:
+    """Every operation's ``400`` and ``default`` answers: the problem ``document``."""
+
+    def refusal(description: str) -> ResponseSpec:
+        return ResponseSpec(
+            data_container=document, media_type=PROBLEM_JSON, generate_examples=False, description=description
+        )
+
+    return {
+        400: refusal("The request could not be read (bad JSON, a bad query parameter): a problem naming what to fix."),
+        "default": refusal(
+            "Any other refusal, as an RFC 9457 problem: branch on its stable `code` (see docs/api.md, Problems)."
+        ),
+    }
 
 
 def document_problems(app: Litestar) -> None:
@@ -108,9 +121,10 @@ def document_problems(app: Litestar) -> None:
     Its path and query strings also say they hold no NUL: the host refuses one anywhere in the
     address (``refuse_unstorable_addresses``), but in ``?filename=``, which is cleaned instead.
     """
+    refusals = problem_responses(problem_document(problem_types()))
     for route in app.routes:
         for handler in getattr(route, "route_handlers", ()):
-            handler.responses = {**PROBLEM_RESPONSES, **(handler.responses or {})}
+            handler.responses = {**refusals, **(handler.responses or {})}
             handler.operation_class = _addressed(handler.operation_class)
 
 
