@@ -11,6 +11,7 @@ stateful testing (schemathesis).
 
 from __future__ import annotations
 
+import functools
 import types
 import typing
 from dataclasses import dataclass, make_dataclass
@@ -85,7 +86,12 @@ def problem_document(codes: Iterable[str]) -> type:
     Made per app, once its plugins are loaded, so the ``code`` enum is every code the app can
     answer; some problems add members (``errors``, ``limit``, ``offset`` ...).
     """
-    code = typing.Literal[tuple(sorted(codes))]  # type: ignore[valid-type]
+    return _problem_document(tuple(sorted(codes)))
+
+
+@functools.cache  # one class per set of codes: apps made with the same plugins share it
+def _problem_document(codes: tuple[str, ...]) -> type:
+    code = typing.Literal[codes]  # type: ignore[valid-type]
     return make_dataclass(
         "ProblemDocument",
         [
@@ -128,6 +134,7 @@ def document_problems(app: Litestar) -> None:
             handler.operation_class = _addressed(handler.operation_class)
 
 
+@functools.cache  # one subclass per operation class, not one per handler of every app made
 def _addressed(base: type[Operation]) -> type[Operation]:
     @dataclass
     class AddressedOperation(base):  # type: ignore[valid-type,misc]
