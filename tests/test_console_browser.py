@@ -74,7 +74,10 @@ def test_the_patient_signs_in_uploads_and_the_clinic_sees_it_new(
     pid = register_patient(page, base)
 
     # A phone, in Tokyo: the times the server writes in UTC are read in the phone's own zone.
-    patient_context = chromium.new_context(viewport={"width": 390, "height": 844}, timezone_id="Asia/Tokyo")
+    # (en-GB: a 24-hour clock, so the hour reads as the test computes it; en-US would say "01:00 PM".)
+    patient_context = chromium.new_context(
+        viewport={"width": 390, "height": 844}, timezone_id="Asia/Tokyo", locale="en-GB"
+    )
     phone = patient_context.new_page()
     phone.set_default_timeout(15_000)
     try:
