@@ -84,6 +84,7 @@ class CareshareInit(InitPlugin):
 
         cs = self.cs
         from careshare.host.console import console_setup
+        from careshare.host.console.session import CONSOLE_ON
 
         plugin_routes = list(itertools.chain.from_iterable(cs.plugins.hook.careshare_routes()))
         api = [
@@ -99,10 +100,12 @@ class CareshareInit(InitPlugin):
             ClinicUploadController,
             *plugin_routes,
         ]
-        console = console_setup(cs)  # its pages; its script reaches the API under /console/api (CareshareApp)
-        app_config.route_handlers.extend([healthz, swagger_asset, *api, *LINK_ROUTES, *console.routers])
-        app_config.template_config = console.templates
-        app_config.state.update({"console_nav": console.nav, "console_item_pages": console.item_pages})
+        app_config.route_handlers.extend([healthz, swagger_asset, *api, *LINK_ROUTES])
+        if cs.settings.get(CONSOLE_ON):
+            console = console_setup(cs)  # its pages; its script reaches the API under /console/api (CareshareApp)
+            app_config.route_handlers.extend(console.routers)
+            app_config.template_config = console.templates
+            app_config.state.update({"console_nav": console.nav, "console_item_pages": console.item_pages})
         app_config.dependencies.update(
             {"cs": Provide(lambda: cs, use_cache=True, sync_to_thread=False), "caller": Provide(principal)}
         )
@@ -145,11 +148,12 @@ class CareshareApp(Litestar):
     and an ``OPTIONS`` answer whose ``Allow`` lists every method of the path."""
 
     _allowed: dict[str, bytes] | None = None
+    #: ``console_api_scope`` when the console is served; without it, /console/api is no address.
+    _console_api: Callable[[Scope], Scope] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from careshare.host.console import console_api_scope
-
-        scope = console_api_scope(scope)
+        if self._console_api is not None:
+            scope = self._console_api(scope)
         if scope["type"] == "http" and scope["method"] == "OPTIONS":
             send = self._with_allow(scope, send)
         await super().__call__(scope, receive, send)
@@ -194,6 +198,11 @@ def create_app(settings: Settings | None = None, plugins: pluggy.PluginManager |
         logging_config=None,
     )
     app.state.careshare = cs
+    from careshare.host.console import console_api_scope
+    from careshare.host.console.session import CONSOLE_ON
+
+    if cs.settings.get(CONSOLE_ON):
+        app._console_api = console_api_scope
     from careshare.web.openapi import document_problems
 
     document_problems(app)  # refusals are RFC 9457 problems: the OpenAPI says so (host/openapi.py)

@@ -72,6 +72,9 @@ def make_settings(data_dir: Path, **env: str) -> Settings:
         # off unless a test sets them (tests/test_slow_clients.py); the upload caps stay as deployed.
         "CARESHARE_TOKEN_FAILURES_PER_MINUTE": "0",
         "CARESHARE_PATIENT_UPLOADS_PER_HOUR": "0",
+        # The API alone: a third fewer handlers to register per app. The console's tests turn it
+        # on (careshare.testing.console.copied_settings, the console_server fixture).
+        "CARESHARE_CONSOLE": "0",
     }
     values.update(env)
     return Settings.from_env(values)

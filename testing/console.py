@@ -108,7 +108,7 @@ def copied_settings(folder: Path, migrated_database: Path, **env: str) -> Settin
     """Settings on ``folder / "data"`` whose database starts as a copy of ``migrated_database``."""
     from careshare.testing import make_settings
 
-    settings = make_settings(folder / "data", CARESHARE_WORKERS="1", **env)
+    settings = make_settings(folder / "data", CARESHARE_WORKERS="1", **{"CARESHARE_CONSOLE": "1", **env})
     database = folder / "data" / "careshare.db"
     database.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(migrated_database, database)

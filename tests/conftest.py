@@ -131,7 +131,9 @@ def console_server(tmp_path: Path, migrated_database: Path) -> Iterator[str]:
     """A real server (uvicorn on 127.0.0.1) with the development sign-in on; yields its base URL."""
     from careshare.testing import running_server
 
-    settings = make_settings(tmp_path / "console-data", CARESHARE_DEV_LOGIN="1", CARESHARE_WORKERS="1")
+    settings = make_settings(
+        tmp_path / "console-data", CARESHARE_CONSOLE="1", CARESHARE_DEV_LOGIN="1", CARESHARE_WORKERS="1"
+    )
     database = Path(settings.database_url.split("///", 1)[1])
     database.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(migrated_database, database)

@@ -462,3 +462,21 @@ def test_a_date_alone_is_never_shifted_and_nothing_is_empty() -> None:
     assert str(when(None)) == str(when("")) == ""
     assert 'datetime="2030-03-04T23:59:59+00:00"' in str(when("2030-03-04T23:59:59+00:00"))
     assert str(when(end_of_day, "No/Such_Zone")).endswith("23:59 UTC</time>")  # an unknown zone reads as UTC
+
+
+def test_the_console_is_off_with_careshare_console_0(tmp_path: Path, migrated_database: Path) -> None:
+    """An API-only server: no page, no static file and no /console/api address answers."""
+    settings = copied_settings(tmp_path, migrated_database, CARESHARE_CONSOLE="0")
+    token = mint_token(settings.secret_key, role="clinician", org="org-a", sub="dr-a")
+    with TestClient(create_app(settings), base_url=BASE_URL) as client:
+        client.cookies.set(SESSION_COOKIE, token)
+        for path in (
+            "/console/login",
+            "/console/patients",
+            "/console/static/console.js",
+            "/console/api/v1/library/files",
+        ):
+            assert client.get(path).status_code == 404, path
+        assert client.get("/v1/library/files", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    with TestClient(create_app(copied_settings(tmp_path / "on", migrated_database)), base_url=BASE_URL) as client:
+        assert client.get("/console/login").status_code == 200  # on unless turned off

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from careshare.core.models import Principal
     from careshare.core.runtime import Careshare
 
-__all__ = ["CROSS_SITE_FORM", "DEV_LOGIN", "SESSION_COOKIE", "console_caller", "end_session", "start_session"]
+__all__ = ["CONSOLE_ON", "CROSS_SITE_FORM", "DEV_LOGIN", "SESSION_COOKIE", "console_caller", "end_session", "start_session"]
 
 SESSION_COOKIE = "careshare_session"
 #: A working day: the clinician signs in again the next morning (the token's own expiry still applies).
@@ -44,6 +44,14 @@ DEV_LOGIN: Setting[bool] = Setting(
     "CARESHARE_DEV_LOGIN",
     False,
     "1 shows a development sign-in form on the console's login page (any role, organisation and subject)",
+    _flag,
+    "1 or 0",
+)
+
+CONSOLE_ON: Setting[bool] = Setting(
+    "CARESHARE_CONSOLE",
+    True,
+    "0 serves the HTTP API alone: no web console (/console) on this server",
     _flag,
     "1 or 0",
 )
