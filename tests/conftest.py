@@ -24,6 +24,25 @@ if TYPE_CHECKING:
     from careshare.testing.clamd import Clamd
 
 
+#: Test files that take a worker longest (seconds of one worker, measured with --junitxml), run
+#: first: scripts/test gives each file to one worker, and a long file started last is the tail.
+LONGEST_FIRST = (
+    "test_api_files",
+    "test_schemathesis",
+    "test_corpus",
+    "test_contract_kit",
+    "test_checks",
+    "test_tus",
+    "test_file_requests",
+    "test_stateful",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).stem, len(rank)))  # stable: the rest as collected
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path / "data")
