@@ -27,9 +27,10 @@ if TYPE_CHECKING:
 #: Test files that take a worker longest (seconds of one worker, measured with --junitxml), run
 #: first: scripts/test gives each file to one worker, and a long file started last is the tail.
 LONGEST_FIRST = (
-    "test_api_files",
     "test_schemathesis",
+    "test_api_files",
     "test_corpus",
+    "test_api_access",
     "test_contract_kit",
     "test_checks",
     "test_tus",

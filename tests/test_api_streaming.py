@@ -23,6 +23,7 @@ import pytest
 
 from careshare.host import create_app
 from careshare.testing import bearer, make_settings, running_server
+from careshare.testing.api import assert_problem
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -90,14 +91,6 @@ MULTIPART = {"Content-Type": "multipart/form-data; boundary=careshare-test-bound
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM_JSON)
-    body = response.json()
-    assert body["code"] == code, body
-    return dict(body)
 
 
 def blob_files(settings: Settings, area: str) -> list[Path]:

@@ -23,6 +23,7 @@ from careshare.plugins.chat import MAX_FILES
 from careshare.plugins.chat.routes import CLINIC_MESSAGE_TITLE, PATIENT_MESSAGE_TITLE
 from careshare.plugins.chat.tables import chat_messages
 from careshare.testing import bearer, make_pdf, make_settings
+from careshare.testing.api import assert_problem
 from careshare.testing.strategies.images import encode, exif_bytes, quadrants
 
 if TYPE_CHECKING:
@@ -61,15 +62,6 @@ def pdf(label: str, pages: int = 1) -> bytes:
 def jpeg_with_gps(seed: int) -> bytes:
     """A photo carrying GPS metadata: its shareable copy differs from the original (metadata stripped)."""
     return encode([quadrants((64, 48), noise=8, seed=seed)], "JPEG", exif=exif_bytes(orientation=6, gps=True))
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM_JSON)
-    body = response.json()
-    assert body["code"] == code, body
-    assert "Traceback" not in response.text
-    return dict(body)
 
 
 async def register(client: AsyncTestClient[Any], headers: dict[str, str], external_id: str) -> str:

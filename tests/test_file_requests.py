@@ -28,6 +28,7 @@ from careshare.plugins.requests import careshare_migrations
 from careshare.plugins.requests.file_requests import REJECTED_TITLE, REQUEST_TITLE
 from careshare.plugins.requests.tables import file_request_answers, file_requests
 from careshare.testing import bearer, make_pdf, make_settings, running_server
+from careshare.testing.api import assert_problem
 from careshare.testing.strategies.dicom import build_dataset, to_bytes
 from careshare.testing.strategies.video import VideoSpec, make_video
 
@@ -68,14 +69,6 @@ SAMPLES = {"pdf": make_pdf, "image": png, "dicom": dicom, "video": video}
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM_JSON)
-    body = response.json()
-    assert body["code"] == code and body["status"] == status
-    return dict(body)
 
 
 def due(days: float = 7) -> str:

@@ -39,6 +39,7 @@ from careshare.core.policy import Policy
 from careshare.core.problems import Problem
 from careshare.plugins.filetypes import dicom
 from careshare.testing import bearer, corpus_dir, make_pdf
+from careshare.testing.api import assert_problem
 from careshare.testing.strategies.dicom import DicomFile, build_dataset, dicom_files, to_bytes
 
 if TYPE_CHECKING:
@@ -619,13 +620,6 @@ async def upload_dicom(client: AsyncTestClient[Any], headers: dict[str, str], pa
     )
     assert response.status_code == 201, response.text
     return response.json()
-
-
-def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["code"] == code, body
-    return dict(body)
 
 
 def render_file() -> bytes:

@@ -33,7 +33,7 @@ from careshare.core.links import DEFAULT_LINK_SECONDS, MAX_LINK_SECONDS, link_to
 from careshare.host import create_app
 from careshare.plugins.letters.mail import MAIL_MAX_ATTACHMENT_BYTES
 from careshare.testing import bearer, free_port, make_pdf, make_settings, running_server
-from careshare.testing.api import PROBLEM_JSON, sha256
+from careshare.testing.api import assert_problem, sha256
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -120,17 +120,6 @@ def shared_pdf(server: Served) -> dict[str, Any]:
 def outsider() -> httpx.Client:
     """Someone outside the app: no token, no cookies, just the URL."""
     return httpx.Client(timeout=60)
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    if response.request.method == "HEAD":
-        return {}
-    assert response.headers["content-type"].startswith(PROBLEM_JSON)
-    body = response.json()
-    assert body["code"] == code, body
-    assert "Traceback" not in response.text
-    return dict(body)
 
 
 def token_of(link: dict[str, Any]) -> str:

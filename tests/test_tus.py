@@ -38,6 +38,7 @@ from careshare.core.storage import BlobStore
 from careshare.core.tus import PARTS_ROOT, part_key, sweep
 from careshare.host import create_app
 from careshare.testing import bearer, make_pdf, make_settings, running_server
+from careshare.testing.api import assert_problem
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -83,15 +84,6 @@ def checksum(data: bytes) -> str:
 
 def metadata(**values: str) -> str:
     return ",".join(f"{key} {base64.b64encode(value.encode()).decode()}" for key, value in values.items())
-
-
-def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM_JSON)
-    assert response.headers["tus-resumable"] == "1.0.0"
-    body = response.json()
-    assert body["code"] == code, body
-    return dict(body)
 
 
 def row_count(settings: Settings, table: str) -> int:
