@@ -128,6 +128,9 @@ files = sa.Table(
     sa.Column("uploaded_by", sa.String(200), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("deleted_at", UTCDateTime),
+    sa.Column("deleted_by", sa.String(200)),
+    #: The file name folded (core.patients.fold): what a file search by name matches.
+    sa.Column("name_key", sa.String(4096)),
     # Files a patient sent stay "new" for the clinic until a clinician marks them seen.
     sa.Column("seen_at", UTCDateTime),
     sa.Column("seen_by", sa.String(200)),

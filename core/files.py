@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -21,6 +21,7 @@ from careshare.core.ids import new_id
 from careshare.core.jobs import MAX_ATTEMPTS, RetryLater, task
 from careshare.core.kinds import unsupported_detail
 from careshare.core.models import RenditionRecord, Source, StoredFile
+from careshare.core.patients import fold, like_pattern
 from careshare.core.problems import (
     FILE_UNPROCESSABLE,
     NOT_FOUND,
@@ -44,6 +45,7 @@ __all__ = [
     "CHECK_TASK",
     "FILE_STILL_CHECKING",
     "ORIGINAL",
+    "FileSearch",
     "accept",
     "answer_later",
     "check_file",
@@ -603,6 +605,7 @@ async def _insert_file(conn: AsyncConnection, stored: StoredFile) -> None:
             owner_type=stored.owner_type,
             patient_id=stored.patient_id,
             filename=stored.filename,
+            name_key=fold(stored.filename),
             kind=stored.kind,
             media_type=stored.media_type,
             size=stored.size,
@@ -683,28 +686,56 @@ async def get_file(conn: AsyncConnection, principal: Principal, file_id: str) ->
     return (await _with_renditions(conn, [row]))[0]
 
 
+@attrs.frozen
+class FileSearch:
+    """What a file list is narrowed to; every field left at its default narrows nothing.
+
+    ``name`` matches a part of the file name, ignoring case in every script (as patient search
+    does); ``since`` is inclusive and ``before`` exclusive, both compared with when the file arrived.
+    """
+
+    name: str = ""
+    kind: str | None = None
+    status: str | None = None
+    source: str | None = None
+    unseen: bool = False
+    since: datetime | None = None
+    before: datetime | None = None
+
+
 async def list_files(
     conn: AsyncConnection,
     principal: Principal,
     *,
     owner_type: Literal["patient", "library"],
     patient_id: str | None,
-    source: str | None = None,
-    unseen: bool = False,
+    search: FileSearch = FileSearch(),
     cursor: str | None = None,
     limit: int = 50,
 ) -> tuple[list[StoredFile], str | None]:
-    """A page of files, newest first, and the cursor of the next page (None at the end)."""
+    """A page of the files ``search`` matches, newest first, and the cursor of the next page (None at the end)."""
     query = sa.select(db.files).where(
         db.files.c.org_id == principal.org,
         db.files.c.owner_type == owner_type,
         db.files.c.patient_id.is_(None) if patient_id is None else db.files.c.patient_id == patient_id,
         db.files.c.deleted_at.is_(None),
     )
-    if source is not None:
-        query = query.where(db.files.c.source == source)
-    if unseen:
+    wanted = fold(search.name.strip())
+    if wanted:
+        query = query.where(db.files.c.name_key.like(like_pattern(wanted), escape="\\"))
+    for column, value in (
+        (db.files.c.kind, search.kind),
+        (db.files.c.status, search.status),
+        (db.files.c.source, search.source),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    if search.unseen:
         query = query.where(db.files.c.seen_at.is_(None))
+    if search.since is not None:
+        query = query.where(db.files.c.created_at >= search.since)
+    if search.before is not None:
+        query = query.where(db.files.c.created_at < search.before)
     rows, next_cursor = await db.newest_first(conn, query, db.files.c.id, cursor=cursor, limit=limit)
     return await _with_renditions(conn, rows), next_cursor
 

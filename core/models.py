@@ -182,9 +182,18 @@ def structure_body(data: Any, cls: type[T]) -> T:
     try:
         return converter.structure(data, cls)
     except ClassValidationError as exc:
-        raise BodyErrors(transform_error(exc, path="$")) from None
+        raise BodyErrors(_sentences(exc)) from None
     except (TypeError, ValueError) as exc:
         raise BodyErrors([f"$: {type(exc).__name__}"]) from None
+
+
+def _sentences(exc: ClassValidationError) -> list[str]:
+    """One sentence per problem: a validator's own ``"$.field: ..."`` message as it is, the rest as cattrs words them."""
+    own = [str(e) for e in exc.exceptions if type(e) is ValueError and str(e).startswith("$.")]
+    rest = [e for e in exc.exceptions if not (type(e) is ValueError and str(e).startswith("$."))]
+    if rest:
+        own += transform_error(ClassValidationError(exc.message, rest, exc.cl), path="$")
+    return own
 
 
 class BodyErrors(ValueError):

@@ -24,11 +24,13 @@ __all__ = [
     "find_patients",
     "fold",
     "get_patient",
+    "like_pattern",
     "list_organisations",
     "organisation_known",
     "register_organisation",
     "register_patient",
     "search_key",
+    "update_patient",
 ]
 
 
@@ -109,6 +111,11 @@ def fold(text: str) -> str:
     return unicodedata.normalize("NFKC", text).casefold()
 
 
+def like_pattern(text: str) -> str:
+    """A LIKE pattern (escape ``\\``) matching any value that holds ``text``; ``%`` and ``_`` match themselves."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 def search_key(name: str, external_id: str) -> str:
     """What a patient search matches: the folded name and external id."""
     return fold(name) + _KEY_SEPARATOR + fold(external_id)
@@ -136,8 +143,7 @@ async def find_patients(
     select = sa.select(db.patients).where(db.patients.c.org_id == principal.org)
     wanted = fold(query.strip())
     if wanted:
-        pattern = "%" + wanted.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        select = select.where(db.patients.c.search_key.like(pattern, escape="\\"))
+        select = select.where(db.patients.c.search_key.like(like_pattern(wanted), escape="\\"))
     rows, next_cursor = await db.newest_first(conn, select, db.patients.c.id, cursor=cursor, limit=limit)
     return [_patient(row) for row in rows], next_cursor
 
@@ -154,3 +160,38 @@ async def get_patient(conn: AsyncConnection, principal: Principal, patient_id: s
     if row is None:
         raise Problem(NOT_FOUND)
     return _patient(row)
+
+
+#: Tells :func:`update_patient` a field was left out of the change (``None`` clears the email).
+UNCHANGED: Any = object()
+
+
+async def update_patient(
+    conn: AsyncConnection, principal: Principal, patient_id: str, *, name: str = UNCHANGED, email: Any = UNCHANGED
+) -> Patient:
+    """Change a patient's name or email (``None`` removes it), audited as ``patient.updated``.
+
+    The audit says that the record changed, never what it said before or after (it is kept for
+    good, and erasure must leave no patient data in it). A change to what it already holds is no
+    change: nothing is written.
+    """
+    if not principal.is_clinician:
+        raise Problem(NOT_FOUND)
+    before = await get_patient(conn, principal, patient_id)
+    values: dict[str, Any] = {}
+    if name is not UNCHANGED and name != before.name:
+        values.update(name=name, search_key=search_key(name, before.external_id))
+    if email is not UNCHANGED and email != before.email:
+        values.update(email=email)
+    if not values:
+        return before
+    await conn.execute(sa.update(db.patients).where(db.patients.c.id == patient_id).values(**values))
+    await record_event(conn, principal, "patient.updated", patient_id=patient_id)
+    return Patient(
+        id=before.id,
+        org=before.org,
+        name=values.get("name", before.name),
+        external_id=before.external_id,
+        email=values.get("email", before.email),
+        created_at=before.created_at,
+    )

@@ -230,6 +230,7 @@ def host_bodies(ids: Mapping[str, str]) -> dict[tuple[str, str], dict[str, Any]]
     tus_paths = ("/v1/me/uploads/{uid}", "/v1/patients/{pid}/uploads/{uid}")
     return {
         ("POST", "/v1/patients"): {"json": {"name": "Matrix Patient", "external_id": f"matrix-{time.time_ns()}"}},
+        ("PATCH", "/v1/patients/{pid}"): {"json": {"name": "Matrix Patient"}},
         ("POST", "/v1/patients/{pid}/files"): UPLOAD,
         ("POST", "/v1/library/files"): UPLOAD,
         ("POST", "/v1/me/files"): UPLOAD,

@@ -13,7 +13,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 
 from careshare.core import notifications as inbox
-from careshare.core.files import get_file, list_files, mark_seen, refusal
+from careshare.core.files import FileSearch, get_file, list_files, mark_seen, refusal
 from careshare.core.models import Principal
 from careshare.core.patients import find_patients, get_patient, list_organisations, register_patient
 from careshare.core.problems import INVALID_TOKEN, Problem
@@ -176,7 +176,12 @@ async def profile(
     async with cs.reader.connect() as conn:
         who = await get_patient(conn, principal, pid)
         new, _ = await list_files(
-            conn, principal, owner_type="patient", patient_id=pid, source="patient", unseen=True, limit=PAGE
+            conn,
+            principal,
+            owner_type="patient",
+            patient_id=pid,
+            search=FileSearch(source="patient", unseen=True),
+            limit=PAGE,
         )
     return console_page("console/profile.html", title=who.name, patient=who, new_files=len(new))
 

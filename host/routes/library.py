@@ -8,8 +8,9 @@ from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery
 
-from careshare.core.files import accept, list_files
+from careshare.core.files import FileSearch, accept, list_files
 from careshare.web.guards import clinician
+from careshare.web.search import file_search
 from careshare.web.uploads import Upload, answer_upload, upload_route
 from careshare.web.views import PageLimit, file_json, page_json
 
@@ -36,16 +37,18 @@ class LibraryController(Controller):
         stored = await accept(cs, upload, principal=principal, owner_type="library", patient_id=None, source="clinic")
         return await answer_upload(request, cs, stored)
 
-    @get("/")
+    @get("/", dependencies={"search": Provide(file_search)})
     async def files(
         self,
         cs: NamedDependency[Careshare],
         principal: NamedDependency[Principal],
+        search: NamedDependency[FileSearch],
         cursor: FromQuery[str | None] = None,
         limit: PageLimit = 50,
     ) -> dict[str, Any]:
+        """The library, newest first; ``name``, ``kind``, ``status``, ``since`` and ``before`` narrow it."""
         async with cs.reader.connect() as conn:
             items, next_cursor = await list_files(
-                conn, principal, owner_type="library", patient_id=None, cursor=cursor, limit=limit
+                conn, principal, owner_type="library", patient_id=None, search=search, cursor=cursor, limit=limit
             )
         return page_json([file_json(f) for f in items], next_cursor)

@@ -8,7 +8,7 @@ from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery
 
-from careshare.core.files import accept, list_files
+from careshare.core.files import FileSearch, accept, list_files
 from careshare.core.patients import get_patient
 from careshare.web.guards import patient
 from careshare.web.uploads import Upload, answer_upload, upload_route
@@ -60,7 +60,7 @@ class MeController(Controller):
                 principal,
                 owner_type="patient",
                 patient_id=principal.patient,
-                source="patient",
+                search=FileSearch(source="patient"),
                 cursor=cursor,
                 limit=limit,
             )

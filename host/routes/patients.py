@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import TYPE_CHECKING, Annotated, Any
 
 import attrs
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, QueryParameter
 
-from careshare.core.files import accept, list_files
-from careshare.core.patients import get_patient, register_patient
+from careshare.core.files import FileSearch, accept, list_files
+from careshare.core.patients import UNCHANGED, find_patients, get_patient, register_patient, update_patient
 from careshare.web.guards import clinician
 from careshare.web.openapi import NON_BLANK, SPACE, documented, limits
+from careshare.web.search import file_search
 from careshare.web.uploads import Upload, answer_upload, upload_route
 from careshare.web.views import PageLimit, file_json, page_json, parse_body, patient_json
 
@@ -30,23 +32,43 @@ MAX_EXTERNAL_ID_CHARS = 200
 
 def _non_blank(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     if not value.strip():
-        raise ValueError(f"{attribute.name} must not be blank")
+        raise ValueError(f"$.{attribute.name}: must not be blank")
+
+
+def _at_most(chars: int) -> Any:
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+        if len(value) > chars:
+            raise ValueError(f"$.{attribute.name}: at most {chars} characters")
+
+    return check
 
 
 def _email(_instance: Any, _attribute: attrs.Attribute[Any], value: str | None) -> None:
     if value is not None and not _EMAIL.match(value):
-        raise ValueError("email is not an email address")
+        raise ValueError("$.email: not an email address (name@example.org)")
 
 
 @attrs.frozen
 class NewPatient:
     name: str = attrs.field(
-        validator=[attrs.validators.max_len(MAX_NAME_CHARS), _non_blank],
+        validator=[_at_most(MAX_NAME_CHARS), _non_blank],
         metadata=limits(maxLength=MAX_NAME_CHARS, pattern=NON_BLANK),
     )
     external_id: str = attrs.field(
-        validator=[attrs.validators.max_len(MAX_EXTERNAL_ID_CHARS), _non_blank],
+        validator=[_at_most(MAX_EXTERNAL_ID_CHARS), _non_blank],
         metadata=limits(maxLength=MAX_EXTERNAL_ID_CHARS, pattern=NON_BLANK),
+    )
+    email: str | None = attrs.field(default=None, validator=_email, metadata=limits(pattern=_EMAIL.pattern))
+
+
+@attrs.frozen
+class PatientChange:
+    """A change of name or email (JSON merge patch: a field left out stays, ``"email": null`` removes it)."""
+
+    name: str | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional([_at_most(MAX_NAME_CHARS), _non_blank]),
+        metadata=limits(maxLength=MAX_NAME_CHARS, pattern=NON_BLANK),
     )
     email: str | None = attrs.field(default=None, validator=_email, metadata=limits(pattern=_EMAIL.pattern))
 
@@ -78,6 +100,46 @@ class PatientController(Controller):
             )
         return patient_json(patient)
 
+    @get("/")
+    async def search(
+        self,
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        q: Annotated[
+            str, QueryParameter(max_length=MAX_NAME_CHARS, description="part of the name or external id, any case")
+        ] = "",
+        cursor: FromQuery[str | None] = None,
+        limit: PageLimit = 50,
+    ) -> dict[str, Any]:
+        """The organisation's patients, newest first: all, or those whose name or external id holds ``q``."""
+        async with cs.reader.connect() as conn:
+            found, next_cursor = await find_patients(conn, principal, query=q, cursor=cursor, limit=limit)
+        return page_json([patient_json(p) for p in found], next_cursor)
+
+    @patch("/{pid:str}", operation_class=documented(PatientChange, status=200))
+    async def change(
+        self,
+        request: Request[Any, Any, Any],
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        pid: FromPath[str],
+    ) -> dict[str, Any]:
+        """Change ``{"name"?, "email"?}``; ``"email": null`` removes the address (a null name changes nothing).
+
+        Audited as ``patient.updated``.
+        """
+        body = await parse_body(request, PatientChange)
+        given = json.loads(await request.body())
+        async with cs.engine.begin() as conn:
+            patient = await update_patient(
+                conn,
+                principal,
+                pid,
+                name=body.name.strip() if body.name is not None else UNCHANGED,
+                email=body.email if "email" in given else UNCHANGED,
+            )
+        return patient_json(patient)
+
     @get("/{pid:str}")
     async def show(
         self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], pid: FromPath[str]
@@ -99,17 +161,17 @@ class PatientController(Controller):
         stored = await accept(cs, upload, principal=principal, owner_type="patient", patient_id=pid, source="clinic")
         return await answer_upload(request, cs, stored)
 
-    @get("/{pid:str}/files")
+    @get("/{pid:str}/files", dependencies={"search": Provide(file_search)})
     async def files(
         self,
         cs: NamedDependency[Careshare],
         principal: NamedDependency[Principal],
         pid: FromPath[str],
+        search: NamedDependency[FileSearch],
         cursor: FromQuery[str | None] = None,
         limit: PageLimit = 50,
-        source: Annotated[str | None, QueryParameter(pattern="^(clinic|patient)$")] = None,
-        unseen: FromQuery[bool] = False,
     ) -> dict[str, Any]:
+        """The patient's files, newest first; ``name``, ``kind``, ``status``, ``source``, ``unseen``, ``since`` and ``before`` narrow it."""
         async with cs.reader.connect() as conn:
             await get_patient(conn, principal, pid)
             items, next_cursor = await list_files(
@@ -117,8 +179,7 @@ class PatientController(Controller):
                 principal,
                 owner_type="patient",
                 patient_id=pid,
-                source=source,
-                unseen=unseen,
+                search=search,
                 cursor=cursor,
                 limit=limit,
             )

@@ -1,0 +1,24 @@
+"""Clinician notifications: the clinic's inbox of what patients sent.
+
+Revision ID: 0009_core
+Revises: 0008_core
+Create Date: 2026-12-04 05:00:00.000000
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa  # noqa: F401
+from alembic import op  # noqa: F401
+
+revision = "0009_core"
+down_revision = "0008_core"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
