@@ -281,6 +281,36 @@ def audit_export(
 
 
 @app.command()
+def erase(
+    patient_id: Annotated[str, typer.Argument(help="The patient's id (as the API gives it)")],
+    org: Annotated[str, typer.Option(help="The patient's organisation")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be erased; change nothing.")] = False,
+) -> None:
+    """Erase a patient on request: every row and blob of theirs; the audit keeps a tombstone.
+
+    Refused while CARESHARE_RETENTION_DAYS have not passed since the patient's last record.
+    """
+    from careshare.core.erasure import erase_patient
+    from careshare.core.models import Principal
+    from careshare.core.problems import Problem
+    from careshare.core.settings import Settings
+
+    operator = Principal(subject="careshare-cli", role="clinician", org=org)
+    try:
+        done = _with_runtime(Settings.from_env(), lambda cs: erase_patient(cs, operator, patient_id, dry_run=dry_run))
+    except Problem as exc:
+        err.print(f"[red]{exc.detail}[/red]")
+        raise typer.Exit(1) from None
+    table = Table("table", "rows", title="would be erased" if dry_run else "erased")
+    for name, count in sorted(done.rows.items()):
+        table.add_row(name, str(count))
+    table.add_row("blob objects", str(done.blobs))
+    err.print(table)
+    if dry_run:
+        err.print("dry run: nothing was changed")
+
+
+@app.command()
 def plugins() -> None:
     """List each plugin with the hooks it implements."""
     from careshare.core.plugins import get_plugin_manager, plugin_hooks

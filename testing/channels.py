@@ -231,6 +231,8 @@ def host_bodies(ids: Mapping[str, str]) -> dict[tuple[str, str], dict[str, Any]]
     return {
         ("POST", "/v1/patients"): {"json": {"name": "Matrix Patient", "external_id": f"matrix-{time.time_ns()}"}},
         ("PATCH", "/v1/patients/{pid}"): {"json": {"name": "Matrix Patient"}},
+        # A dry run: the matrix's patient must outlive the check of this route.
+        ("POST", "/v1/patients/{pid}/erase"): {"json": {"external_id": "contract-1", "dry_run": True}},
         ("POST", "/v1/patients/{pid}/files"): UPLOAD,
         ("POST", "/v1/library/files"): UPLOAD,
         ("POST", "/v1/me/files"): UPLOAD,

@@ -100,6 +100,7 @@ SERVER_RULES = {
     "POST /v1/patients/{pid}/medications": "the schedule's end is not before its start",
     "POST /v1/letters/{lid}/send": '"email": true needs the server to have SMTP (email-not-configured)',
     "POST /v1/me/file-requests/{rid}/files": "the file is of a kind the request asks for (kind-not-requested)",
+    "POST /v1/patients/{pid}/erase": "external_id is the patient's own, exactly (erasure-not-confirmed)",
     "GET /v1/patients/{pid}/files": "kind is a kind the loaded plugins know; before comes after since",
     "GET /v1/library/files": "kind is a kind the loaded plugins know; before comes after since",
 }

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery
 
 from careshare.core.audit import record_event
+from careshare.core.erasure import delete_file
 from careshare.core.files import get_file, mark_seen
 from careshare.core.problems import FORBIDDEN_ROLE, NOT_FOUND, Problem
 from careshare.web.content import blob_response, content_route, download_name
@@ -43,6 +44,15 @@ class FileController(Controller):
             raise Problem(FORBIDDEN_ROLE, "Only clinicians mark files as seen.")
         async with cs.engine.begin() as conn:
             return file_json(await mark_seen(conn, principal, fid))
+
+    @delete("/{fid:str}", status_code=204)
+    async def remove(
+        self, cs: NamedDependency[Careshare], principal: NamedDependency[Principal], fid: FromPath[str]
+    ) -> None:
+        """Clinicians: delete a file from the patient's files or the library; what was already shared stays."""
+        if not principal.is_clinician:
+            raise Problem(FORBIDDEN_ROLE, "Only clinicians delete files.")
+        await delete_file(cs, principal, fid)
 
     @content_route("/{fid:str}/content")
     async def content(

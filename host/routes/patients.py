@@ -11,8 +11,10 @@ from litestar import Controller, Request, Response, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, QueryParameter
 
+from careshare.core.erasure import ERASURE_NOT_CONFIRMED, erase_patient
 from careshare.core.files import FileSearch, accept, list_files
 from careshare.core.patients import UNCHANGED, find_patients, get_patient, register_patient, update_patient
+from careshare.core.problems import Problem
 from careshare.web.guards import clinician
 from careshare.web.openapi import NON_BLANK, SPACE, documented, limits
 from careshare.web.search import file_search
@@ -71,6 +73,14 @@ class PatientChange:
         metadata=limits(maxLength=MAX_NAME_CHARS, pattern=NON_BLANK),
     )
     email: str | None = attrs.field(default=None, validator=_email, metadata=limits(pattern=_EMAIL.pattern))
+
+
+@attrs.frozen
+class Erase:
+    """What an erasure asks: the patient's external id again, as a check the right patient was picked."""
+
+    external_id: str = attrs.field(metadata=limits(maxLength=MAX_EXTERNAL_ID_CHARS, pattern=NON_BLANK))
+    dry_run: bool = False
 
 
 class PatientController(Controller):
@@ -139,6 +149,22 @@ class PatientController(Controller):
                 email=body.email if "email" in given else UNCHANGED,
             )
         return patient_json(patient)
+
+    @post("/{pid:str}/erase", status_code=200, operation_class=documented(Erase, status=200))
+    async def erase(
+        self,
+        request: Request[Any, Any, Any],
+        cs: NamedDependency[Careshare],
+        principal: NamedDependency[Principal],
+        pid: FromPath[str],
+    ) -> dict[str, Any]:
+        """Erase the patient ``{"external_id", "dry_run"?}``: every row and blob of theirs; the audit keeps a tombstone."""
+        body = await parse_body(request, Erase)
+        async with cs.reader.connect() as conn:
+            patient = await get_patient(conn, principal, pid)
+        if body.external_id.strip() != patient.external_id:
+            raise Problem(ERASURE_NOT_CONFIRMED)
+        return (await erase_patient(cs, principal, pid, dry_run=body.dry_run)).to_json()
 
     @get("/{pid:str}")
     async def show(

@@ -1,0 +1,366 @@
+"""Deleting files and erasing patients through the HTTP API, on SQLite and PostgreSQL, with a real blob store.
+
+After an erasure every table is read whole: none of the patient's words (name, external id, email,
+clinical text, file names) and none of their ids remain outside the audit, whose events keep only
+ids and the staff who acted. The blob store keeps no object of the patient's own bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import threading
+import uuid
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from litestar.testing import AsyncTestClient
+from typer.testing import CliRunner
+
+from careshare.core import db
+from careshare.core.erasure import ERASED_ACTOR
+from careshare.host import create_app
+from careshare.host.cli import app as cli
+from careshare.testing import bearer, make_pdf, make_settings, running_server
+from careshare.testing.api import assert_problem, count_rows, stored_objects
+from careshare.testing.api import post_file as upload
+from careshare.testing.targets import World
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from careshare.core.settings import Settings
+    from careshare.testing.targets import Adapter
+
+NAME = "Zelda Quillfeather"
+EXTERNAL_ID = "ERASE-MRN-7788"
+EMAIL = "zelda.quillfeather@example.org"
+CLINICAL = "Quillfeather clinical text 41c9"
+FILE_NAME = "quillfeather-scan.pdf"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_settings(request: pytest.FixtureRequest, tmp_path: Path, migrated_database: Path) -> Settings:
+    if request.param == "sqlite":
+        database = tmp_path / "data" / "careshare.db"
+        database.parent.mkdir(parents=True)
+        shutil.copyfile(migrated_database, database)
+        return make_settings(tmp_path / "data")
+    url = request.getfixturevalue("postgres").create_database(f"erase_{uuid.uuid4().hex}")
+    return make_settings(tmp_path / "data", CARESHARE_DATABASE_URL=url)
+
+
+@pytest.fixture
+async def api(any_settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
+    async with AsyncTestClient(app=create_app(any_settings)) as test_client:
+        yield test_client
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def _register(api: AsyncTestClient[Any], dr: dict[str, str], name: str, mrn: str, email: str) -> str:
+    response = await api.post("/v1/patients", json={"name": name, "external_id": mrn, "email": email}, headers=dr)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+async def _table_text(api: AsyncTestClient[Any]) -> dict[str, str]:
+    """Every loaded table's rows as one string per table (over an engine of the test's own loop)."""
+    engine = db.create_engine(api.app.state.careshare.settings.database_url)
+    found = {}
+    try:
+        async with engine.connect() as conn:
+            for table in db.metadata.sorted_tables:
+                rows = (await conn.execute(sa.select(table))).all()
+                found[table.name] = "\n".join(repr(tuple(row)) for row in rows)
+    finally:
+        await engine.dispose()
+    return found
+
+
+async def _row_counts(api: AsyncTestClient[Any]) -> dict[str, int]:
+    engine = db.create_engine(api.app.state.careshare.settings.database_url)
+    try:
+        async with engine.connect() as conn:
+            return {
+                table.name: int((await conn.execute(sa.select(sa.func.count()).select_from(table))).scalar_one())
+                for table in db.metadata.sorted_tables
+            }
+    finally:
+        await engine.dispose()
+
+
+async def _share_everywhere(world: World, adapters: dict[str, Adapter]) -> list[str]:
+    """One item of every channel that shares, each carrying a file, shared with the world's patient."""
+    listed = (await world.client.get("/v1/targets", headers=world.clinician)).json()["items"]
+    rules = {t["name"]: t for t in listed}
+    items = []
+    for target, adapter in sorted(adapters.items()):
+        if not adapter.shares:
+            continue
+        source = "patient" if "patient" in rules.get(target, {}).get("sources", ()) else "library"
+        files = [await world.sample("pdf", source)]
+        item = await adapter.new_item(world, rules.get(target, {}))
+        if not adapter.item_per_request:
+            response = await adapter.attach(world, item, files)
+            assert response.status_code in (200, 201), response.text
+        items.append(await adapter.share(world, item, files))
+    return items
+
+
+async def test_erasure_leaves_no_word_or_byte_of_the_patient(
+    api: AsyncTestClient[Any], any_settings: Settings, careshare_adapters: dict[str, Adapter]
+) -> None:
+    dr = bearer(any_settings, "clinician", "org-a", sub="dr-a")
+    pid = await _register(api, dr, NAME, EXTERNAL_ID, EMAIL)
+    other = await _register(api, dr, "Other Person", "KEEP-1", "other@example.org")
+    me = bearer(any_settings, "patient", "org-a", patient=pid)
+    world = World(api, dr, me, pid, other, patient_name=NAME, clinical_text=CLINICAL)
+    # The patient's own bytes: a scan the clinic uploaded, a file the patient sent, a reply, a half-sent upload.
+    scan = make_pdf(text="quillfeather scan")
+    scan_id = (await upload(api, dr, pid, scan, FILE_NAME)).json()["id"]
+    sent = make_pdf(text="quillfeather own")
+    assert (
+        await api.post("/v1/me/files", params={"filename": "my-" + FILE_NAME}, content=sent, headers=me)
+    ).status_code == 201
+    reply = make_pdf(text="quillfeather reply")
+    answered = await api.post(
+        "/v1/me/messages", data={"body": CLINICAL + " reply"}, files={"file": ("r.pdf", reply)}, headers=me
+    )
+    assert answered.status_code == 201, answered.text
+    tus = await api.post(
+        "/v1/me/uploads",
+        headers={**me, "Tus-Resumable": "1.0.0", "Upload-Length": "100", "Upload-Metadata": "filename cXVpbGw="},
+    )
+    assert tus.status_code == 201, tus.text
+    patched = await api.patch(
+        tus.headers["location"],
+        content=b"x" * 40,
+        headers={
+            **me,
+            "Tus-Resumable": "1.0.0",
+            "Upload-Offset": "0",
+            "Content-Type": "application/offset+octet-stream",
+        },
+    )
+    assert patched.status_code == 204, patched.text
+    link = await api.post(f"/v1/files/{scan_id}/links", json={}, headers=dr)
+    assert link.status_code == 201, link.text
+    items = await _share_everywhere(world, careshare_adapters)
+    assert len(items) >= 4  # chat, letters, appointments, medication ... each shared one
+    archive = (await api.get("/v1/me/archive", headers=me)).json()
+    attachment_ids = [a["id"] for entries in archive["channels"].values() for e in entries for a in e["attachments"]]
+    assert attachment_ids
+    # The other patient's file, and a library file the patient's items carry, must outlive the erasure.
+    kept = make_pdf(text="kept for the other patient")
+    kept_id = (await upload(api, dr, other, kept, "other.pdf")).json()["id"]
+    library = {
+        (await api.get(f"/v1/files/{sample.file_id}", headers=dr)).json()["sha256"]
+        for (_kind, source), sample in world.samples.items()
+        if source == "library"
+    }
+    before = await _row_counts(api)
+
+    # A dry run says what would go and changes nothing.
+    dry = await api.post(f"/v1/patients/{pid}/erase", json={"external_id": EXTERNAL_ID, "dry_run": True}, headers=dr)
+    assert dry.status_code == 200, dry.text
+    assert dry.json()["dry_run"] is True
+    assert await _row_counts(api) == before
+    # The wrong external id confirms nothing.
+    assert_problem(
+        await api.post(f"/v1/patients/{pid}/erase", json={"external_id": "KEEP-1"}, headers=dr),
+        422,
+        "erasure-not-confirmed",
+    )
+
+    done = await api.post(f"/v1/patients/{pid}/erase", json={"external_id": EXTERNAL_ID}, headers=dr)
+    assert done.status_code == 200, done.text
+    assert done.json()["rows"] == dry.json()["rows"]
+    assert done.json()["blobs"] == dry.json()["blobs"] >= 3
+    after = await _row_counts(api)
+    assert {name: before[name] - after[name] for name in before if before[name] != after[name]} == {
+        **{name: count for name, count in done.json()["rows"].items()},
+        "audit_events": -1,  # the tombstone
+        "blobs": done.json()["blobs"],
+    }
+
+    # No word and no id of the patient is left in any table but the audit, which keeps ids only.
+    text = await _table_text(api)
+    for table, rows in text.items():
+        for secret in (NAME, EXTERNAL_ID, EMAIL, CLINICAL, FILE_NAME, "quill"):
+            assert secret.lower() not in rows.lower(), (table, secret)
+        if table != "audit_events":
+            assert pid not in rows, table
+    assert f"'{ERASED_ACTOR}'" in text["audit_events"]
+    assert f"patient:{pid}" not in text["audit_events"]  # the patient's own sign-in is gone from the audit
+    # No object of the patient's own bytes is left in the store; what others use stays.
+    remaining = {_sha(p.read_bytes()) for p in stored_objects(any_settings)["sha256"]}
+    assert not {_sha(scan), _sha(sent), _sha(reply)} & remaining
+    assert _sha(kept) in remaining
+    assert library <= remaining  # the library files the patient's items carried serve other patients
+    assert not stored_objects(any_settings)["other"]  # the half-sent upload's parts went too
+
+    # Every address of the patient answers 404; the other patient's file is untouched.
+    assert_problem(await api.get(f"/v1/patients/{pid}", headers=dr), 404, "not-found")
+    assert_problem(await api.get("/v1/me", headers=me), 404, "not-found")
+    for aid in attachment_ids:
+        assert_problem(await api.get(f"/v1/attachments/{aid}/content", headers=dr), 404, "not-found")
+    assert_problem(await api.get(f"/v1/files/{scan_id}", headers=dr), 404, "not-found")
+    assert (await api.get(f"/v1/files/{kept_id}/content", headers=dr)).content == kept
+    audit = (await api.get(f"/v1/patients/{other}/audit", headers=dr)).json()["items"]
+    assert audit  # the other patient's audit trail is theirs still
+    again = await api.post(f"/v1/patients/{pid}/erase", json={"external_id": EXTERNAL_ID}, headers=dr)
+    assert_problem(again, 404, "not-found")
+
+
+async def test_erasure_is_refused_while_the_clinic_must_keep_the_records(
+    tmp_path: Path, migrated_database: Path
+) -> None:
+    settings = make_settings(tmp_path / "data", CARESHARE_RETENTION_DAYS="3650")
+    database = tmp_path / "data" / "careshare.db"
+    shutil.copyfile(migrated_database, database)
+    dr = bearer(settings, "clinician", "org-a", sub="dr-a")
+    async with AsyncTestClient(app=create_app(settings)) as api:
+        pid = await _register(api, dr, NAME, EXTERNAL_ID, EMAIL)
+        refused = await api.post(f"/v1/patients/{pid}/erase", json={"external_id": EXTERNAL_ID}, headers=dr)
+        problem = assert_problem(refused, 409, "erasure-retained")
+        assert "3650 days" in problem["detail"]
+        assert problem["retained_until"][:4] >= "2036"  # ten years after today's record
+        assert NAME not in refused.text and EXTERNAL_ID not in refused.text
+        assert (await api.get(f"/v1/patients/{pid}", headers=dr)).status_code == 200
+
+
+def test_erase_command_counts_in_a_dry_run_then_erases(tmp_path: Path, migrated_database: Path) -> None:
+    settings = make_settings(tmp_path / "data")
+    shutil.copyfile(migrated_database, tmp_path / "data" / "careshare.db")
+    dr = bearer(settings, "clinician", "org-a", sub="dr-a")
+
+    async def made() -> str:
+        async with AsyncTestClient(app=create_app(settings)) as api:
+            pid = await _register(api, dr, NAME, EXTERNAL_ID, EMAIL)
+            assert (await upload(api, dr, pid, make_pdf(text="cli"), FILE_NAME)).status_code == 201
+            return pid
+
+    pid = asyncio.run(made())
+    env = {**settings.environ, "CARESHARE_DATA_DIR": str(settings.data_dir)}
+    runner = CliRunner()
+    dry = runner.invoke(cli, ["erase", pid, "--org", "org-a", "--dry-run"], env=env)
+    assert dry.exit_code == 0, dry.output
+    assert "dry run: nothing was changed" in dry.output
+    assert "files" in dry.output and "patients" in dry.output
+    done = runner.invoke(cli, ["erase", pid, "--org", "org-a"], env=env)
+    assert done.exit_code == 0, done.output
+    assert "erased" in done.output
+    gone = runner.invoke(cli, ["erase", pid, "--org", "org-a"], env=env)
+    assert gone.exit_code == 1
+    assert "Nothing was found" in gone.output
+
+
+# -- deleting a file --------------------------------------------------------------------------------
+
+
+async def test_deleting_an_unshared_file_removes_its_rows_and_bytes(
+    client: AsyncTestClient[Any], clinician: dict[str, str], patient_id: str, settings: Settings
+) -> None:
+    body = make_pdf(text="to be deleted")
+    fid = (await upload(client, clinician, patient_id, body, "wrong-patient.pdf")).json()["id"]
+    link = (await client.post(f"/v1/files/{fid}/links", json={}, headers=clinician)).json()
+    me = bearer(settings, "patient", "org-a", patient=patient_id)
+    assert_problem(await client.delete(f"/v1/files/{fid}", headers=me), 403, "forbidden")
+    other = bearer(settings, "clinician", "org-b", sub="dr-b")
+    assert_problem(await client.delete(f"/v1/files/{fid}", headers=other), 404, "not-found")
+    deleted = await client.delete(f"/v1/files/{fid}", headers=clinician)
+    assert deleted.status_code == 204, deleted.text
+    assert_problem(await client.get(f"/v1/files/{fid}", headers=clinician), 404, "not-found")
+    assert (await client.get(f"/v1/patients/{patient_id}/files", headers=clinician)).json()["items"] == []
+    assert (await client.get(urlsplit(link["url"]).path)).status_code == 404
+    assert _sha(body) not in {_sha(p.read_bytes()) for p in stored_objects(settings)["sha256"]}
+    assert await count_rows(client, db.files) == 0
+    assert await count_rows(client, db.blobs) == 0
+    audit = (await client.get(f"/v1/patients/{patient_id}/audit", headers=clinician)).json()["items"]
+    assert audit[0]["action"] == "file.deleted"
+    assert_problem(await client.delete(f"/v1/files/{fid}", headers=clinician), 404, "not-found")
+
+
+async def test_deleting_a_shared_file_keeps_what_the_patient_was_sent(
+    client: AsyncTestClient[Any], clinician: dict[str, str], patient_id: str, settings: Settings
+) -> None:
+    body = make_pdf(text="sent in chat")
+    fid = (await upload(client, clinician, patient_id, body, "sent.pdf")).json()["id"]
+    message = await client.post(
+        f"/v1/patients/{patient_id}/messages", json={"body": "see attached", "file_ids": [fid]}, headers=clinician
+    )
+    assert message.status_code == 201, message.text
+    [attachment] = message.json()["attachments"]
+    assert (await client.delete(f"/v1/files/{fid}", headers=clinician)).status_code == 204
+    assert_problem(await client.get(f"/v1/files/{fid}", headers=clinician), 404, "not-found")
+    assert (await client.get(f"/v1/patients/{patient_id}/files", headers=clinician)).json()["items"] == []
+    me = bearer(settings, "patient", "org-a", patient=patient_id)
+    kept = await client.get(f"/v1/attachments/{attachment['id']}/content", headers=me)
+    assert kept.status_code == 200
+    assert _sha(kept.content) == attachment["sha256"]
+    # It cannot be attached again: the file is gone from the patient's files.
+    again = await client.post(
+        f"/v1/patients/{patient_id}/messages", json={"body": "again", "file_ids": [fid]}, headers=clinician
+    )
+    assert again.status_code in (404, 422), again.text
+
+
+async def test_a_file_still_being_checked_is_not_deleted(
+    client: AsyncTestClient[Any], clinician: dict[str, str], patient_id: str
+) -> None:
+    fid = (await upload(client, clinician, patient_id, make_pdf(), "checking.pdf")).json()["id"]
+    async with client.app.state.careshare.engine.begin() as conn:  # as a check in another worker would leave it
+        await conn.execute(sa.update(db.files).where(db.files.c.id == fid).values(status="processing"))
+    assert_problem(await client.delete(f"/v1/files/{fid}", headers=clinician), 409, "file-still-processing")
+    assert await count_rows(client, db.files) == 1
+
+
+# -- racing a download ------------------------------------------------------------------------------
+
+
+def test_erasure_racing_a_download(tmp_path: Path, migrated_database: Path) -> None:
+    """A download streaming when the patient is erased: it ends whole or cut, never wrong; the next one is 404."""
+    settings = make_settings(tmp_path / "data")
+    shutil.copyfile(migrated_database, tmp_path / "data" / "careshare.db")
+    dr = bearer(settings, "clinician", "org-a", sub="dr-a")
+    body = make_pdf(pages=400, text="large enough to stream in many chunks")
+    with running_server(create_app(settings)) as base, httpx.Client(base_url=base, timeout=60) as http:
+        pid = http.post("/v1/patients", json={"name": NAME, "external_id": EXTERNAL_ID}, headers=dr).json()["id"]
+        fid = http.post(f"/v1/patients/{pid}/files", params={"filename": FILE_NAME}, content=body, headers=dr).json()[
+            "id"
+        ]
+        received = bytearray()
+        started, outcome = threading.Event(), {}
+
+        def download() -> None:
+            try:
+                with http.stream("GET", f"/v1/files/{fid}/content", headers=dr) as response:
+                    outcome["status"] = response.status_code
+                    for chunk in response.iter_bytes(4096):
+                        received.extend(chunk)
+                        started.set()
+                        threading.Event().wait(0.002)
+            except httpx.HTTPError as exc:  # cut off: allowed, as long as what came is a prefix
+                outcome["error"] = type(exc).__name__
+            finally:
+                started.set()
+
+        reader = threading.Thread(target=download)
+        reader.start()
+        assert started.wait(30)
+        erased = http.post(f"/v1/patients/{pid}/erase", json={"external_id": EXTERNAL_ID}, headers=dr)
+        assert erased.status_code == 200, erased.text
+        reader.join(60)
+        assert outcome["status"] == 200
+        assert body.startswith(bytes(received))  # whole, or a prefix: never other bytes
+        after = http.get(f"/v1/files/{fid}/content", headers=dr)
+        assert after.status_code == 404
+        assert _sha(body) not in {_sha(p.read_bytes()) for p in stored_objects(settings)["sha256"]}
