@@ -334,3 +334,44 @@ async def test_a_tus_upload_ends_in_a_file_stored_in_the_bucket(
     download = await client.get(f"/v1/files/{file['id']}/content", headers=patient)
     assert download.status_code == 200
     assert download.content == body
+
+
+async def test_erasure_leaves_no_object_of_the_patient_in_the_bucket(
+    client: AsyncTestClient[Any], clinician: dict[str, str], patient_id: str, s3_env: MotoS3, prefix: str
+) -> None:
+    """Every object of the patient's own bytes (originals and renditions) goes; another patient's stays."""
+    own = make_pdf(pages=2, text="erased from the bucket")
+    file = await settled(
+        client,
+        await client.post(
+            f"/v1/patients/{patient_id}/files", params={"filename": "x.pdf"}, content=own, headers={**clinician, **WAIT}
+        ),
+        clinician,
+    )
+    message = await client.post(
+        f"/v1/patients/{patient_id}/messages", json={"body": "see", "file_ids": [file["id"]]}, headers=clinician
+    )
+    assert message.status_code == 201, message.text
+    other = await client.post("/v1/patients", json={"name": "Kept", "external_id": "KEPT-1"}, headers=clinician)
+    kept = make_pdf(text="another patient's")
+    kept_file = await settled(
+        client,
+        await client.post(
+            f"/v1/patients/{other.json()['id']}/files",
+            params={"filename": "k.pdf"},
+            content=kept,
+            headers={**clinician, **WAIT},
+        ),
+        clinician,
+    )
+    # Blank pages make the same thumbnail: an object the other patient's file uses is theirs as well.
+    others = {content_key(r["sha256"]) for r in kept_file["renditions"]}
+    patients_objects = ({content_key(r["sha256"]) for r in file["renditions"]} | {content_key(sha256(own))}) - others
+    assert patients_objects <= set(s3_env.keys(prefix))
+    erased = await client.post(f"/v1/patients/{patient_id}/erase", json={"external_id": "MRN-1"}, headers=clinician)
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["blobs"] == len(patients_objects)
+    remaining = set(s3_env.keys(prefix))
+    assert not patients_objects & remaining
+    assert others <= remaining
+    assert leftovers(s3_env, prefix) == []
