@@ -13,9 +13,16 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 
 from careshare.core import notifications as inbox
+from careshare.core.erasure import ERASURE_NOT_CONFIRMED, delete_file, erase_patient
 from careshare.core.files import FileSearch, get_file, list_files, mark_seen, refusal
 from careshare.core.models import Principal
-from careshare.core.patients import find_patients, get_patient, list_organisations, register_patient
+from careshare.core.patients import (
+    find_patients,
+    get_patient,
+    list_organisations,
+    register_patient,
+    update_patient,
+)
 from careshare.core.problems import INVALID_TOKEN, Problem
 from careshare.host.auth import known_organisation, mint_token, verify_token
 from careshare.host.console.session import CROSS_SITE_FORM, DEV_LOGIN, end_session, same_origin, start_session
@@ -186,6 +193,44 @@ async def profile(
     return console_page("console/profile.html", title=who.name, patient=who, new_files=len(new))
 
 
+@post("/patients/{pid:str}/edit", status_code=303, dependencies={"principal": Provide(clinician)})
+async def edit_patient(
+    request: Request[Any, Any, Any],
+    cs: NamedDependency[Careshare],
+    principal: NamedDependency[Principal],
+    pid: FromPath[str],
+) -> Redirect:
+    """The profile's form: a new name or email (an empty email removes it); audited as the API's change is."""
+    fields = await form_data(request)
+    name, email = form_text(fields, "name"), form_text(fields, "email")
+    errors = [
+        *(["$.name: give the patient's name"] if not name else []),
+        *(["$.email: an email address has an @ and a domain"] if email and "@" not in email[1:-1] else []),
+    ]
+    if errors:
+        raise invalid(*errors)
+    async with cs.engine.begin() as conn:
+        await update_patient(conn, principal, pid, name=name, email=email or None)
+    return see_other(f"/patients/{pid}", "Patient details saved.")
+
+
+@post("/patients/{pid:str}/erase", status_code=303, dependencies={"principal": Provide(clinician)})
+async def erase(
+    request: Request[Any, Any, Any],
+    cs: NamedDependency[Careshare],
+    principal: NamedDependency[Principal],
+    pid: FromPath[str],
+) -> Redirect:
+    """Erase on request, once the clinic number is typed again (as the API's erase asks)."""
+    typed = form_text(await form_data(request), "external_id")
+    async with cs.reader.connect() as conn:
+        who = await get_patient(conn, principal, pid)
+    if typed != who.external_id:
+        raise Problem(ERASURE_NOT_CONFIRMED, "Type the patient's clinic number exactly to confirm the erasure.")
+    await erase_patient(cs, principal, pid)
+    return see_other("/patients", "Patient erased.")
+
+
 @get("/patients/{pid:str}/files", dependencies={"principal": Provide(clinician)})
 async def patient_files(
     cs: NamedDependency[Careshare],
@@ -214,6 +259,15 @@ async def seen(cs: NamedDependency[Careshare], principal: NamedDependency[Princi
     async with cs.engine.begin() as conn:
         stored = await mark_seen(conn, principal, fid)
     return see_other(f"/patients/{stored.patient_id}/files", "Marked as seen.")
+
+
+@post("/files/{fid:str}/delete", status_code=303, dependencies={"principal": Provide(clinician)})
+async def delete(cs: NamedDependency[Careshare], principal: NamedDependency[Principal], fid: FromPath[str]) -> Redirect:
+    async with cs.reader.connect() as conn:
+        stored = await get_file(conn, principal, fid)
+    await delete_file(cs, principal, fid)
+    back = f"/patients/{stored.patient_id}/files" if stored.patient_id else "/library"
+    return see_other(back, "File deleted. What was already shared with the patient stays.")
 
 
 @get("/files/{fid:str}", dependencies={"principal": Provide(signed_in)})
@@ -287,8 +341,11 @@ CORE_PAGES = [
     new_patient,
     register,
     profile,
+    edit_patient,
+    erase,
     patient_files,
     seen,
+    delete,
     file_page,
     library,
     my_inbox,

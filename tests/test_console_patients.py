@@ -1,0 +1,64 @@
+"""The console's everyday patient work: edit details, delete a file, erase a patient on request."""
+
+from __future__ import annotations
+
+from careshare.testing import make_pdf
+from careshare.testing.console import ConsoleClient, notice_text, register
+
+
+def test_the_profile_edits_name_and_email(clinic: ConsoleClient) -> None:
+    pid = register(clinic, "Ann Smith", "MRN-1", email="ann@example.org")
+    profile = clinic.page(f"/console/patients/{pid}").text
+    assert 'value="Ann Smith"' in profile and 'value="ann@example.org"' in profile
+    saved = clinic.form(
+        f"/console/patients/{pid}/edit",
+        {"name": "Ann Jones", "email": ""},
+        sent_from=f"/console/patients/{pid}",
+        follow=True,
+    )
+    assert notice_text(saved.text) == ("ok", "", "Patient details saved.")
+    assert "Ann Jones" in saved.text and "none given" in saved.text
+    shown = clinic.client.get(f"/console/api/v1/patients/{pid}").json()
+    assert (shown["name"], shown["email"]) == ("Ann Jones", None)
+    refused = clinic.form(
+        f"/console/patients/{pid}/edit",
+        {"name": " ", "email": "nope"},
+        sent_from=f"/console/patients/{pid}",
+        follow=True,
+    )
+    kind, code, text = notice_text(refused.text) or ("", "", "")
+    assert (kind, code) == ("error", "invalid-request")
+    assert "name: give the patient's name" in text and "email: an email address" in text
+    assert clinic.client.get(f"/console/api/v1/patients/{pid}").json()["name"] == "Ann Jones"
+
+
+def test_a_file_is_deleted_from_its_page(clinic: ConsoleClient) -> None:
+    pid = register(clinic)
+    sent = clinic.upload(f"/console/api/v1/patients/{pid}/files", "wrong.pdf", make_pdf(text="wrong patient"))
+    assert sent.status_code == 201, sent.text
+    fid = sent.json()["id"]
+    page = clinic.page(f"/console/files/{fid}").text
+    assert f'action="/console/files/{fid}/delete"' in page
+    done = clinic.form(f"/console/files/{fid}/delete", {}, sent_from=f"/console/files/{fid}", follow=True)
+    assert done.url.path == f"/console/patients/{pid}/files"
+    assert notice_text(done.text) == ("ok", "", "File deleted. What was already shared with the patient stays.")
+    assert "wrong.pdf" not in done.text
+    assert clinic.page(f"/console/files/{fid}").status_code == 404
+
+
+def test_erasure_asks_for_the_clinic_number_then_erases(clinic: ConsoleClient) -> None:
+    pid = register(clinic, "Ann Smith", "MRN-9")
+    wrong = clinic.form(
+        f"/console/patients/{pid}/erase", {"external_id": "MRN-8"}, sent_from=f"/console/patients/{pid}", follow=True
+    )
+    kind, code, text = notice_text(wrong.text) or ("", "", "")
+    assert (kind, code) == ("error", "erasure-not-confirmed")
+    assert "clinic number exactly" in text
+    assert clinic.client.get(f"/console/api/v1/patients/{pid}").status_code == 200
+    done = clinic.form(
+        f"/console/patients/{pid}/erase", {"external_id": "MRN-9"}, sent_from=f"/console/patients/{pid}", follow=True
+    )
+    assert done.url.path == "/console/patients"
+    assert notice_text(done.text) == ("ok", "", "Patient erased.")
+    assert "Ann Smith" not in done.text
+    assert clinic.page(f"/console/patients/{pid}").status_code == 404
