@@ -26,6 +26,7 @@ __all__ = [
     "create_engine",
     "deliveries",
     "files",
+    "idempotency_keys",
     "insert_ignore",
     "jobs",
     "links",
@@ -163,6 +164,10 @@ attachments = sa.Table(
     sa.Column("filename", sa.String(1024), nullable=False),
     sa.Column("position", sa.Integer, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # One attachment withdrawn from the patient (core.sharing.revoke); the item and its other files stay.
+    sa.Column("revoked_at", UTCDateTime),
+    sa.Column("revoked_by", sa.String(200)),
+    sa.Column("revoke_reason", sa.String(500)),
     sa.Index("ix_attachments_item", "target", "item_id"),
 )
 
@@ -219,6 +224,10 @@ shares = sa.Table(
     sa.Column("title", sa.String(200), nullable=False),
     sa.Column("shared_by", sa.String(200), nullable=False),
     sa.Column("shared_at", UTCDateTime, nullable=False),
+    # Withdrawn from the patient (core.sharing.revoke): who, when and why; the row stays for the clinic.
+    sa.Column("revoked_at", UTCDateTime),
+    sa.Column("revoked_by", sa.String(200)),
+    sa.Column("revoke_reason", sa.String(500)),
     sa.UniqueConstraint("target", "item_id", "patient_id", name="uq_shares_item_patient"),
     sa.Index("ix_shares_patient", "org_id", "patient_id", "id"),
 )
@@ -250,6 +259,11 @@ notifications = sa.Table(
     sa.Column("item_id", ID),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("read_at", UTCDateTime),
+    # Who it is for (core.notifications): the patient, or their organisation's clinicians (one shared
+    # clinic inbox; read_at is then the organisation's and read_by the clinician who read it first).
+    sa.Column("audience", sa.String(16), nullable=False, server_default="patient"),
+    sa.Column("read_by", sa.String(200)),
+    sa.Index("ix_notifications_audience", "org_id", "audience", "id"),
 )
 
 
@@ -356,4 +370,31 @@ links = sa.Table(
     sa.Index("ix_links_org_file", "org_id", "file_id", "id"),
     sa.Index("ix_links_attachment", "attachment_id"),
     sa.Index("ix_links_item", "target", "item_id"),
+)
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    # One Idempotency-Key of one caller (careshare.core.idempotency): claimed while its request runs, then its answer.
+    sa.Column("org_id", sa.String(200), primary_key=True),
+    sa.Column("role", sa.String(16), primary_key=True),
+    sa.Column("subject", sa.String(200), primary_key=True),
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),  # in_flight | done
+    sa.Column("token", ID, nullable=False),  # the claim's own id: only its request completes or releases it
+    sa.Column("fingerprint", SHA256, nullable=False),  # method, path and query
+    sa.Column("body_sha256", SHA256),  # the request body's, once it has arrived
+    sa.Column("status", sa.Integer),
+    sa.Column("headers", sa.JSON),
+    sa.Column("body", sa.LargeBinary),
+    # The patient the answer is about and the id it made, when known: erasing the patient removes
+    # the row, as it removes the rows of the items it erases (careshare.core.erasure).
+    sa.Column("patient_id", ID),
+    sa.Column("item_id", ID),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    # In flight: the lease's end (renewed while the request runs); done: when the answer is forgotten.
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Index("ix_idempotency_keys_expires", "expires_at"),
+    sa.Index("ix_idempotency_keys_patient", "patient_id"),
+    sa.Index("ix_idempotency_keys_item", "item_id"),
 )

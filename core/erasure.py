@@ -90,8 +90,9 @@ FILE_STILL_PROCESSING = ProblemType(
     "File still being checked",
     "The file is still being checked. Delete it once its status is ready or rejected.",
 )
-#: Tables erasure never deletes from: the audit is scrubbed instead; blobs go by reference count.
-_KEPT = frozenset({"audit_events", "blobs", "organisations", "alembic_version"})
+#: Tables erasure never deletes from by the schema's rules: the audit is scrubbed instead; blobs go
+#: by reference count; stored idempotent answers by what they hold (:func:`_stored_answers`).
+_KEPT = frozenset({"audit_events", "blobs", "organisations", "alembic_version", "idempotency_keys"})
 _CHUNK = 500
 
 
@@ -227,7 +228,10 @@ async def erase_patient(cs: Careshare, principal: Principal, patient_id: str, *,
             for row in doomed.get(column.table.name, {}).values()
             if (value := row._mapping[column]) is not None
         }
-        rows = {name: len(found) for name, found in doomed.items()}
+        answers = await _stored_answers(conn, principal.org, patient_id)
+        rows = {name: len(found) for name, found in doomed.items()} | (
+            {"idempotency_keys": len(answers)} if answers else {}
+        )
         uploads = [row.id for row in doomed.get("uploads", {}).values()]
         files = [row.id for row in doomed.get("files", {}).values()]
         if dry_run:
@@ -240,6 +244,7 @@ async def erase_patient(cs: Careshare, principal: Principal, patient_id: str, *,
         unused = await _unreferenced(conn, hashes)
         for chunk in _chunks(unused):
             await conn.execute(sa.delete(db.blobs).where(db.blobs.c.sha256.in_(chunk)))
+        await _forget_answers(conn, principal.org, answers)
         await conn.execute(
             sa.update(db.audit_events)
             .where(db.audit_events.c.patient_id == patient_id, db.audit_events.c.actor_role == "patient")
@@ -254,6 +259,30 @@ async def erase_patient(cs: Careshare, principal: Principal, patient_id: str, *,
         await cs.store.delete_prefix(parts_prefix(upload_id))
     logger.info("patient erased patient=%s rows=%d blobs=%d", patient_id, sum(rows.values()), len(unused))
     return Erasure(patient_id=patient_id, rows=rows, blobs=len(unused), dry_run=False)
+
+
+async def _stored_answers(conn: AsyncConnection, org: str, patient_id: str) -> list[Any]:
+    """Keys of stored Idempotency-Key answers that name the patient (a registration, a message ...).
+
+    An answer about a patient carries their id (every resource of theirs does); keys last a day,
+    so this reads at most a day's answers of the organisation.
+    """
+    table = db.idempotency_keys
+    needle = patient_id.encode()
+    rows = await conn.execute(
+        sa.select(table.c.role, table.c.subject, table.c.key, table.c.body).where(table.c.org_id == org)
+    )
+    return [row for row in rows.all() if row.body is not None and needle in bytes(row.body)]
+
+
+async def _forget_answers(conn: AsyncConnection, org: str, answers: list[Any]) -> None:
+    table = db.idempotency_keys
+    for row in answers:
+        await conn.execute(
+            sa.delete(table).where(
+                table.c.org_id == org, table.c.role == row.role, table.c.subject == row.subject, table.c.key == row.key
+            )
+        )
 
 
 async def _delete(conn: AsyncConnection, doomed: dict[str, dict[tuple[Any, ...], Any]]) -> None:

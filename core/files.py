@@ -71,6 +71,8 @@ ORIGINAL = "original"
 CHECK_TASK = "careshare.check-file"
 #: In a processing file's check record: its uploader got ``202`` and hears of the outcome later.
 NOTIFY_WHEN_DONE = "notify_when_done"
+#: In a processing file's check record: a patient's own upload, the clinic hears of it once it is ready.
+NOTIFY_CLINIC = "notify_clinic"
 FILE_STILL_CHECKING = ProblemType(
     "file-still-checking",
     409,
@@ -89,8 +91,13 @@ async def accept(
     patient_id: str | None,
     source: Literal["clinic", "patient"],
     filename: str | None = None,
+    notify_clinic: bool = True,
 ) -> StoredFile:
     """Take an upload until its bytes are durable: a ``processing`` file whose check is queued.
+
+    A patient's file (``source`` ``patient``) tells the clinic (a ``patient.upload`` notification)
+    once its check has passed; a refused file tells no one. ``notify_clinic=False`` is for flows
+    whose own event tells the clinic (a message's files, a file-request answer).
 
     The bytes decide the type: the client's name and Content-Type are never trusted, and a file no
     plugin recognises is refused here (``unsupported-file-type``), leaving nothing behind. Without
@@ -118,7 +125,11 @@ async def accept(
             status="processing",
             source=source,
             metadata={},
-            check={"state": "queued", "reason": None},
+            check={
+                "state": "queued",
+                "reason": None,
+                **({NOTIFY_CLINIC: True} if notify_clinic and source == "patient" and patient_id else {}),
+            },
             renditions=(),
             uploaded_by=principal.subject,
             created_at=now,
@@ -158,8 +169,16 @@ async def ingest(
     after ``wait`` seconds (default: the longest wait the settings allow) raises
     ``file-still-checking``; the file stays in the owner's files and finishes on its own.
     """
+    # The flow that uses the file tells the clinic of its own event (the message, the answer).
     stored = await accept(
-        cs, chunks, principal=principal, owner_type=owner_type, patient_id=patient_id, source=source, filename=filename
+        cs,
+        chunks,
+        principal=principal,
+        owner_type=owner_type,
+        patient_id=patient_id,
+        source=source,
+        filename=filename,
+        notify_clinic=False,
     )
     done = await wait_for_check(cs, stored.id, cs.settings.max_wait_seconds if wait is None else wait)
     if done.status == "processing":
@@ -439,6 +458,19 @@ async def _settle(
             )
         if notify:
             await _notify_uploader(conn, cs, stored, "file.ready" if ready is not None else "file.rejected")
+        if ready is not None and stored.check.get(NOTIFY_CLINIC) and stored.patient_id is not None:
+            from careshare.core.notifications import notify_clinic
+
+            await notify_clinic(
+                conn,
+                cs.plugins,
+                org=stored.org,
+                patient_id=stored.patient_id,
+                kind="patient.upload",
+                target=None,
+                item_id=stored.id,
+                dedupe_key=f"patient.upload:{stored.id}",
+            )
     if rejected is not None:
         # After the commit: the row says rejected, so nothing refused is kept (a crash here leaves
         # a held copy that no processing file owns, for the sweep).

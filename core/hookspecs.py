@@ -14,6 +14,8 @@ from careshare import hookspec
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
     from careshare.core.kinds import Kind
     from careshare.core.models import Identification, Patient, Processed, Source, StoredFile
     from careshare.core.notifications import Notification
@@ -41,6 +43,7 @@ __all__ = [
     "careshare_settings",
     "careshare_shared",
     "careshare_targets",
+    "careshare_withdrawn_with",
 ]
 
 
@@ -80,6 +83,22 @@ def careshare_shared(event: Shared) -> None:
     Called inside the sharing transaction, so a plugin can write notifications atomically with it.
 
     :param event: what was shared, with whom, from which item.
+    """
+
+
+@hookspec
+def careshare_withdrawn_with(conn: AsyncConnection, target: str, item_id: str) -> list[tuple[str, str]]:
+    """The items that leave the patient together with one a clinician withdraws (``.../revoke``).
+
+    For a channel whose one item reaches the patient as several shares (a consent request and a
+    copy of each of its packs): withdrawing the request withdraws the copies too, with the same
+    reason, audited, without a notice of their own. Called inside the revoking transaction, once,
+    when the item is first withdrawn.
+
+    :param conn: the revoking transaction's connection.
+    :param target: the withdrawn item's target (``consent-request``).
+    :param item_id: the withdrawn item's id.
+    :return: ``(target, item id)`` pairs of the organisation's shared items; empty when none go with it; may be an awaitable.
     """
 
 

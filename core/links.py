@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import logging
 from datetime import timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import sqlalchemy as sa
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from careshare.core.settings import Settings
 
 __all__ = [
+    "ATTACHMENT_WITHDRAWN",
     "DEFAULT_LINK_SECONDS",
     "LINK_EXPIRED",
     "LINK_REVOKED",
@@ -73,7 +74,14 @@ LINK_REVOKED = ProblemType(
     "Link withdrawn",
     "The care team withdrew this download link. Ask them for a new one if you still need the file.",
 )
+ATTACHMENT_WITHDRAWN = ProblemType(
+    "attachment-withdrawn",
+    409,
+    "File withdrawn from the patient",
+    "This file, or the item carrying it, was withdrawn from the patient, so a link to it would not open.",
+)
 GONE_DETAIL = "What this link opened is no longer available. Ask the care team that sent it."
+WITHDRAWN_DETAIL = "The care team withdrew the file this link opened. Ask them if you still need it."
 
 
 @attrs.frozen
@@ -257,6 +265,8 @@ async def attachment_link(
     ).first()
     if row is None:
         raise Problem(NOT_FOUND)
+    if await _withdrawn(conn, row):
+        raise Problem(ATTACHMENT_WITHDRAWN)
     patient_id = (await conn.execute(sa.select(db.files.c.patient_id).where(db.files.c.id == row.file_id))).scalar()
     return await _insert(
         conn,
@@ -327,8 +337,10 @@ async def open_link(conn: AsyncConnection, secret: str, token: str, *, now: date
     """Follow a link, in the caller's transaction: what to serve, or the refusal; every outcome of a real link is audited.
 
     A token the server did not sign is ``not-found`` (and unaudited: it names no organisation).
-    Expired and revoked links are refused with ``link-expired`` / ``link-revoked``; a link whose
-    file or attachment is gone is ``not-found``. The caller commits even when this raises: the audit row stays.
+    Expired and revoked links are refused with ``link-expired`` / ``link-revoked``, and so is a
+    link to an attachment withdrawn from its patient (or of an item withdrawn, ``core.sharing.revoke``:
+    ``link.refused.withdrawn``); a link whose file or attachment is gone is ``not-found``. The
+    caller commits even when this raises: the audit row stays.
     """
     now = now or db.utcnow()
     link_id = _verified_id(secret, token)
@@ -341,6 +353,9 @@ async def open_link(conn: AsyncConnection, secret: str, token: str, *, now: date
     if state != "active":
         await _audit(conn, link, follower, f"link.refused.{state}")
         raise Problem(LINK_REVOKED if state == "revoked" else LINK_EXPIRED)
+    if await _withdrawn(conn, link):
+        await _audit(conn, link, follower, "link.refused.withdrawn")
+        raise Problem(LINK_REVOKED, WITHDRAWN_DETAIL)
     served = await _what_it_opens(conn, link)
     if served is None:
         await _audit(conn, link, follower, "link.refused.gone")
@@ -350,6 +365,21 @@ async def open_link(conn: AsyncConnection, secret: str, token: str, *, now: date
     )
     await _audit(conn, link, follower, "link.read")
     return served
+
+
+async def _withdrawn(conn: AsyncConnection, opens: Link | sa.Row[Any]) -> bool:
+    """Whether the attachment a link opens (or an attachment row), or the item carrying it, was withdrawn."""
+    attachment_id = opens.attachment_id if isinstance(opens, Link) else opens.id
+    if attachment_id is None:
+        return False
+    attachment = sa.select(db.attachments.c.id).where(
+        db.attachments.c.id == attachment_id, db.attachments.c.revoked_at.is_not(None)
+    )
+    item = sa.select(db.shares.c.id).where(
+        db.shares.c.target == opens.target, db.shares.c.item_id == opens.item_id, db.shares.c.revoked_at.is_not(None)
+    )
+    found = (await conn.execute(sa.select(sa.or_(sa.exists(attachment), sa.exists(item))))).scalar()
+    return bool(found)
 
 
 async def _what_it_opens(conn: AsyncConnection, link: Link) -> LinkTarget | None:

@@ -4,6 +4,11 @@ Every ``careshare_deliver`` plugin gets its own delivery row per notification, r
 exponential backoff until it answers True (delivered) or None (not for it), or until the attempts
 run out (``failed``, with the error's type). Receivers de-duplicate by ``dedupe_key``.
 
+A notification's ``audience`` says who it is for: ``patient`` (the patient's inbox, their phone)
+or ``clinic`` (the organisation's clinicians: one shared inbox, :func:`clinic_inbox`, telling them
+what a patient sent; read once for the whole organisation). A clinic notification names the kind
+of event, the patient's id and the item, never its text, a file name or the patient's name.
+
 A round claims its due rows before calling any plugin (compare-and-set on ``attempts``, and
 ``next_attempt_at`` pushed ``CLAIM_SECONDS`` ahead), so concurrent rounds, in one process or
 several, do not try the same delivery twice; a worker that dies mid-call leaves its rows to be
@@ -31,15 +36,22 @@ if TYPE_CHECKING:
     from careshare.core.runtime import Careshare
 
 __all__ = [
+    "AUDIENCES",
+    "CLINIC",
+    "CLINIC_KINDS",
+    "PATIENT",
     "Delivery",
     "Notification",
     "backoff",
+    "clinic_inbox",
     "deliver_due",
     "deliveries_of",
     "delivery_channels",
     "enqueue",
     "inbox",
+    "mark_clinic_read",
     "mark_read",
+    "notify_clinic",
     "run_delivery_loop",
 ]
 
@@ -55,10 +67,20 @@ CLAIM_SECONDS = 300.0
 #: Plugin calls in flight at once per round (each runs in a worker thread).
 CONCURRENT_DELIVERIES = 8
 
+PATIENT = "patient"
+CLINIC = "clinic"
+AUDIENCES = (PATIENT, CLINIC)
+#: What the clinic hears of, each with the neutral title its inbox and webhooks carry (no patient data).
+CLINIC_KINDS = {
+    "patient.message": "A patient sent a message",
+    "patient.upload": "A patient sent a file",
+    "file-request.answered": "A patient answered a file request",
+}
+
 
 @attrs.frozen
 class Notification:
-    """What a patient is told: never file contents, never clinical text beyond a title."""
+    """What a patient (or, ``audience="clinic"``, the clinic) is told: never file contents, never clinical text beyond a title."""
 
     id: str
     org: str
@@ -70,6 +92,10 @@ class Notification:
     dedupe_key: str
     created_at: datetime
     read_at: datetime | None = None
+    #: ``patient``: for the patient; ``clinic``: for every clinician of ``org`` (about ``patient_id``).
+    audience: str = PATIENT
+    #: Clinic notifications: the clinician who marked it read (read is the organisation's).
+    read_by: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -84,6 +110,10 @@ class Notification:
             "read_at": self.read_at.isoformat() if self.read_at else None,
         }
 
+    def clinic_json(self) -> dict[str, object]:
+        """The clinic inbox's view: the patient's view plus whom it concerns and who read it."""
+        return {**self.to_json(), "audience": self.audience, "patient_id": self.patient_id, "read_by": self.read_by}
+
 
 def _from_row(row: sa.Row[object]) -> Notification:
     return Notification(
@@ -97,6 +127,8 @@ def _from_row(row: sa.Row[object]) -> Notification:
         dedupe_key=row.dedupe_key,  # type: ignore[attr-defined]
         created_at=row.created_at,  # type: ignore[attr-defined]
         read_at=row.read_at,  # type: ignore[attr-defined]
+        audience=row.audience,  # type: ignore[attr-defined]
+        read_by=row.read_by,  # type: ignore[attr-defined]
     )
 
 
@@ -138,8 +170,10 @@ async def enqueue(
     target: str | None,
     item_id: str | None,
     dedupe_key: str,
+    audience: str = PATIENT,
 ) -> Notification:
     """Write a notification and its pending deliveries in the caller's transaction (idempotent by key)."""
+    assert audience in AUDIENCES
     existing = (
         await conn.execute(sa.select(db.notifications).where(db.notifications.c.dedupe_key == dedupe_key))
     ).first()
@@ -155,6 +189,7 @@ async def enqueue(
         item_id=item_id,
         dedupe_key=dedupe_key,
         created_at=db.utcnow(),
+        audience=audience,
     )
     await conn.execute(
         db.notifications.insert().values(
@@ -167,6 +202,7 @@ async def enqueue(
             target=target,
             item_id=item_id,
             created_at=notification.created_at,
+            audience=audience,
         )
     )
     channels = delivery_channels(pm)
@@ -190,8 +226,18 @@ async def enqueue(
 async def inbox(
     conn: AsyncConnection, org: str, patient_id: str, *, cursor: str | None, limit: int, unread_only: bool = False
 ) -> tuple[list[Notification], str | None]:
+    # What was withdrawn (core.sharing.revoke) leaves the inbox; the notice of the withdrawal stays.
+    withdrawn = sa.exists().where(
+        db.shares.c.target == db.notifications.c.target,
+        db.shares.c.item_id == db.notifications.c.item_id,
+        db.shares.c.patient_id == db.notifications.c.patient_id,
+        db.shares.c.revoked_at.is_not(None),
+    )
     query = sa.select(db.notifications).where(
-        db.notifications.c.org_id == org, db.notifications.c.patient_id == patient_id
+        db.notifications.c.org_id == org,
+        db.notifications.c.patient_id == patient_id,
+        db.notifications.c.audience == PATIENT,
+        sa.or_(db.notifications.c.kind == "item.withdrawn", ~withdrawn),
     )
     if unread_only:
         query = query.where(db.notifications.c.read_at.is_(None))
@@ -206,6 +252,7 @@ async def mark_read(conn: AsyncConnection, org: str, patient_id: str, notificati
                 db.notifications.c.id == notification_id,
                 db.notifications.c.org_id == org,
                 db.notifications.c.patient_id == patient_id,
+                db.notifications.c.audience == PATIENT,
             )
         )
     ).first()
@@ -218,6 +265,65 @@ async def mark_read(conn: AsyncConnection, org: str, patient_id: str, notificati
         )
         return attrs.evolve(_from_row(row), read_at=now)
     return _from_row(row)
+
+
+async def notify_clinic(
+    conn: AsyncConnection,
+    pm: pluggy.PluginManager,
+    *,
+    org: str,
+    patient_id: str,
+    kind: str,
+    target: str | None,
+    item_id: str,
+    dedupe_key: str,
+) -> Notification:
+    """Tell ``org``'s clinicians that the patient sent something, in the caller's transaction.
+
+    One notification per event (``dedupe_key``): a message with five files is one ``patient.message``;
+    the same event written twice (a retried job, a replayed request) is still one.
+    """
+    return await enqueue(
+        conn,
+        pm,
+        org=org,
+        patient_id=patient_id,
+        kind=kind,
+        title=CLINIC_KINDS[kind],
+        target=target,
+        item_id=item_id,
+        dedupe_key=f"clinic:{dedupe_key}",
+        audience=CLINIC,
+    )
+
+
+async def clinic_inbox(
+    conn: AsyncConnection, org: str, *, cursor: str | None, limit: int, unread_only: bool = False
+) -> tuple[list[Notification], str | None]:
+    """The organisation's clinic notifications, newest first (one inbox shared by its clinicians)."""
+    query = sa.select(db.notifications).where(db.notifications.c.org_id == org, db.notifications.c.audience == CLINIC)
+    if unread_only:
+        query = query.where(db.notifications.c.read_at.is_(None))
+    rows, next_cursor = await db.newest_first(conn, query, db.notifications.c.id, cursor=cursor, limit=limit)
+    return [_from_row(row) for row in rows], next_cursor
+
+
+async def mark_clinic_read(
+    conn: AsyncConnection, org: str, clinician: str, notification_id: str
+) -> Notification | None:
+    """Mark a clinic notification read for the whole organisation (idempotent: the first reader stays)."""
+    where = (
+        db.notifications.c.id == notification_id,
+        db.notifications.c.org_id == org,
+        db.notifications.c.audience == CLINIC,
+    )
+    await conn.execute(
+        sa.update(db.notifications)
+        .where(*where, db.notifications.c.read_at.is_(None))
+        .values(read_at=db.utcnow(), read_by=clinician)
+    )
+    row = (await conn.execute(sa.select(db.notifications).where(*where))).first()
+    return None if row is None else _from_row(row)
 
 
 def backoff(attempts: int) -> float:

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from obstore.exceptions import NotFoundError
 
 from careshare.core import db
+from careshare.core.idempotency import sweep_keys
 from careshare.core.storage import DOWNLOAD_PREFIX, STAGING_ROOT
 
 if TYPE_CHECKING:
@@ -56,10 +57,12 @@ class Swept:
     held: int = 0
     blobs: int = 0
     partial: int = 0
+    #: Expired Idempotency-Keys (answers past their day, claims whose process died): rows, not bytes.
+    keys: int = 0
 
     @property
     def total(self) -> int:
-        return self.staging + self.work + self.held + self.blobs + self.partial
+        return self.staging + self.work + self.held + self.blobs + self.partial + self.keys
 
 
 async def sweep_leftovers(cs: Careshare, *, older_than: float | None = None) -> Swept:
@@ -73,15 +76,17 @@ async def sweep_leftovers(cs: Careshare, *, older_than: float | None = None) -> 
         held=await _sweep_unowned(store, HELD_ROOT, cutoff, lambda keys: _processing(cs, keys)),
         blobs=await _sweep_unowned(store, BLOBS_ROOT, cutoff, lambda keys: _recorded(cs, keys)),
         partial=await _sweep_partials(store, cutoff),
+        keys=await sweep_keys(cs.engine),  # by their own expiry, not the age guard
     )
     if swept.total:
         logger.info(
-            "swept leftovers staging=%d work=%d held=%d blobs=%d partial=%d",
+            "swept leftovers staging=%d work=%d held=%d blobs=%d partial=%d keys=%d",
             swept.staging,
             swept.work,
             swept.held,
             swept.blobs,
             swept.partial,
+            swept.keys,
         )
     return swept
 

@@ -68,7 +68,9 @@ class CareshareInit(InitPlugin):
         self.cs = cs
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        from careshare.core.idempotency import IDEMPOTENCY_WAIT
         from careshare.host.auth import principal
+        from careshare.host.idempotency import idempotency_middleware
         from careshare.host.limits import client_limits
         from careshare.host.logging import access_log_middleware
         from careshare.host.problems import exception_handlers, refuse_unstorable_addresses
@@ -77,6 +79,7 @@ class CareshareInit(InitPlugin):
         from careshare.host.routes.library import LibraryController
         from careshare.host.routes.links import ROUTES as LINK_ROUTES
         from careshare.host.routes.me import MeController
+        from careshare.host.routes.notifications import ClinicNotificationController
         from careshare.host.routes.patients import PatientController
         from careshare.host.routes.render import RenderController
         from careshare.host.routes.sharing import AttachmentController, AuditController, InboxController
@@ -94,6 +97,7 @@ class CareshareInit(InitPlugin):
             RenderController,
             AttachmentController,
             InboxController,
+            ClinicNotificationController,
             AuditController,
             MeController,
             PatientUploadController,
@@ -113,6 +117,8 @@ class CareshareInit(InitPlugin):
         app_config.middleware.insert(0, access_log_middleware)
         app_config.middleware.insert(1, refuse_unstorable_addresses)
         app_config.middleware.insert(2, client_limits)  # body timeouts, upload caps (host/limits.py)
+        app_config.middleware.insert(3, idempotency_middleware)  # Idempotency-Key on POSTs (host/idempotency.py)
+        cs.settings.get(IDEMPOTENCY_WAIT)  # a wrong value stops the server at start-up, not at a retry
         app_config.signature_namespace.update({"Careshare": Careshare, "Principal": Principal})
 
         @asynccontextmanager

@@ -239,6 +239,8 @@ def host_bodies(ids: Mapping[str, str]) -> dict[tuple[str, str], dict[str, Any]]
         ("POST", "/v1/files/{fid}/render"): {"json": {}},
         ("POST", "/v1/files/{fid}/links"): {"json": {}},
         ("POST", "/v1/attachments/{aid}/links"): {"json": {}},
+        ("POST", "/v1/attachments/{aid}/revoke"): {"json": {"reason": "Authz matrix"}},
+        ("POST", "/v1/shares/{target}/{item_id}/revoke"): {"json": {"reason": "Authz matrix"}},
         ("POST", "/v1/me/uploads"): {"headers": {**TUS, "Upload-Length": "10"}},
         ("POST", "/v1/patients/{pid}/uploads"): {"headers": {**TUS, "Upload-Length": "10"}},
         **{(method, path): {"headers": TUS} for path in tus_paths for method in ("HEAD", "GET", "DELETE")},
@@ -342,7 +344,8 @@ HOST = Contract(
     ),
     public_prefixes=("/schema",),
     # A link's address carries its own credential; the schema's file names are no seeded object.
-    not_secret=frozenset({"/v1/links/{token}", "/schema/{path}", ASSETS + "/{name}"}),
+    # A target's name (``/v1/shares/{target}``) is the channel's, public in ``GET /v1/targets``.
+    not_secret=frozenset({"/v1/links/{token}", "/schema/{path}", ASSETS + "/{name}", "/v1/shares/{target}"}),
 )
 CHAT = Contract(adapters=[ChatMessage()], seed=_seeder(seed_chat), bodies=chat_bodies)
 LETTERS = Contract(

@@ -207,13 +207,26 @@ async def seed_consents(s: Seeding) -> dict[str, str]:
 
 
 async def seed_shared(s: Seeding, ids: dict[str, str]) -> dict[str, str]:
-    """After the channels: the patient's first notification and attachment, links to them, unfinished uploads."""
+    """After the channels: the patient's and the clinic's first notification, an attachment, links to them, unfinished uploads.
+
+    And a shared item to revoke (``/v1/shares/{target}/{item_id}``): a chat message where chat is
+    loaded (no route reads one message), else the oldest share no seeded route names.
+    """
     found: dict[str, str] = {}
+    archive = await _json(await s.client.get("/v1/me/archive", headers=s.me), 200)
+    shared = [e for entries in archive["channels"].values() for e in entries if e["item_id"] not in ids.values()]
+    assert shared, "nothing shared with the patient is free to revoke: /v1/shares/{target}/{item_id} goes unchecked"
+    revocable = next((e for e in shared if e["target"] == "chat-message"), shared[-1])
+    found["/v1/shares/{target}"] = revocable["target"]
+    found["/v1/shares/{target}/{item_id}"] = revocable["item_id"]
     inbox = await _json(await s.client.get("/v1/me/notifications", headers=s.me), 200)
     assert inbox["items"], "no channel shared anything with the patient: the host's notification routes go unchecked"
     found["/v1/me/notifications/{nid}"] = inbox["items"][0]["id"]
+    # The clinic's inbox: the patient's own upload (seed_files) told the clinic.
+    clinic_inbox = await _json(await s.client.get("/v1/notifications", headers=s.clinician), 200)
+    assert clinic_inbox["items"], "no patient event told the clinic: the clinic's notification routes go unchecked"
+    found["/v1/notifications/{nid}"] = clinic_inbox["items"][0]["id"]
     if "/v1/attachments/{aid}" not in ids:
-        archive = await _json(await s.client.get("/v1/me/archive", headers=s.me), 200)
         attachments = [a for entries in archive["channels"].values() for e in entries for a in e["attachments"]]
         assert attachments, "nothing shared with the patient carries a file: /v1/attachments/{aid} goes unchecked"
         found["/v1/attachments/{aid}"] = attachments[0]["id"]

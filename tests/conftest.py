@@ -8,6 +8,7 @@ suite's shorter names, on the same migrated database.
 from __future__ import annotations
 
 import shutil
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +86,25 @@ async def patient_id(client: AsyncTestClient[Any], clinician: dict[str, str]) ->
 def patient(settings: Settings, patient_id: str) -> dict[str, str]:
     """Headers of the patient ``patient_id`` of ``org-a``."""
     return bearer(settings, "patient", "org-a", patient=patient_id)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_settings(request: pytest.FixtureRequest, tmp_path: Path, migrated_database: Path) -> Settings:
+    """Settings on a migrated SQLite copy, then on a fresh database of the session's PostgreSQL cluster."""
+    if request.param == "sqlite":
+        database = tmp_path / "data" / "careshare.db"
+        database.parent.mkdir(parents=True)
+        shutil.copyfile(migrated_database, database)
+        return make_settings(tmp_path / "data")
+    url = request.getfixturevalue("postgres").create_database(f"db_{uuid.uuid4().hex}")
+    return make_settings(tmp_path / "data", CARESHARE_DATABASE_URL=url)
+
+
+@pytest.fixture
+async def api(any_settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
+    """The app on ``any_settings``: each test that takes it runs on SQLite and on PostgreSQL."""
+    async with AsyncTestClient(app=create_app(any_settings)) as test_client:
+        yield test_client
 
 
 @pytest.fixture(scope="session")

@@ -11,12 +11,10 @@ import asyncio
 import hashlib
 import shutil
 import threading
-import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
-import pytest
 import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
 from typer.testing import CliRunner
@@ -31,7 +29,6 @@ from careshare.testing.api import post_file as upload
 from careshare.testing.targets import World
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from careshare.core.settings import Settings
@@ -44,29 +41,17 @@ CLINICAL = "Quillfeather clinical text 41c9"
 FILE_NAME = "quillfeather-scan.pdf"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_settings(request: pytest.FixtureRequest, tmp_path: Path, migrated_database: Path) -> Settings:
-    if request.param == "sqlite":
-        database = tmp_path / "data" / "careshare.db"
-        database.parent.mkdir(parents=True)
-        shutil.copyfile(migrated_database, database)
-        return make_settings(tmp_path / "data")
-    url = request.getfixturevalue("postgres").create_database(f"erase_{uuid.uuid4().hex}")
-    return make_settings(tmp_path / "data", CARESHARE_DATABASE_URL=url)
-
-
-@pytest.fixture
-async def api(any_settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
-    async with AsyncTestClient(app=create_app(any_settings)) as test_client:
-        yield test_client
-
-
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
 async def _register(api: AsyncTestClient[Any], dr: dict[str, str], name: str, mrn: str, email: str) -> str:
-    response = await api.post("/v1/patients", json={"name": name, "external_id": mrn, "email": email}, headers=dr)
+    # With an Idempotency-Key: the stored answer (which holds the name) must go with the patient.
+    response = await api.post(
+        "/v1/patients",
+        json={"name": name, "external_id": mrn, "email": email},
+        headers={**dr, "Idempotency-Key": f"register-{mrn}"},
+    )
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -11,38 +10,18 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from litestar.testing import AsyncTestClient
 
 from careshare.core.patients import fold
-from careshare.host import create_app
-from careshare.testing import bearer, make_pdf, make_settings
+from careshare.testing import bearer, make_pdf
 from careshare.testing.api import assert_problem, register
 from careshare.testing.api import post_file as upload
 from careshare.testing.api import upload as library_upload
 from careshare.testing.strategies.images import encode, quadrants
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-    from pathlib import Path
+    from litestar.testing import AsyncTestClient
 
     from careshare.core.settings import Settings
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_settings(request: pytest.FixtureRequest, tmp_path: Path, migrated_database: Path) -> Settings:
-    if request.param == "sqlite":
-        database = tmp_path / "data" / "careshare.db"
-        database.parent.mkdir(parents=True)
-        shutil.copyfile(migrated_database, database)
-        return make_settings(tmp_path / "data")
-    url = request.getfixturevalue("postgres").create_database(f"search_{request.node.name[-40:]}".lower())
-    return make_settings(tmp_path / "data", CARESHARE_DATABASE_URL=url)
-
-
-@pytest.fixture
-async def api(any_settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
-    async with AsyncTestClient(app=create_app(any_settings)) as test_client:
-        yield test_client
 
 
 @pytest.fixture
@@ -187,15 +166,19 @@ async def test_patient_search_finds_exactly_the_names_that_hold_the_query(
 ) -> None:
     # Patients of earlier examples stay in the organisation: only this example's are compared.
     dr = bearer(settings, "clinician", "org-a", sub="dr")
+    # The search also reads the external id, so the expectation does too (a "1" query finds "E-1-...").
     made = {}
     for name in names:
         if name.strip():
-            made[await _new(client, dr, name, f"E-{len(made)}-{uuid.uuid4().hex}")] = name
+            external_id = f"E-{len(made)}-{uuid.uuid4().hex}"
+            made[await _new(client, dr, name, external_id)] = (name, external_id)
     response = await client.get("/v1/patients", params={"q": query, "limit": 200}, headers=dr)
     assert response.status_code == 200, response.text
     found = {p["id"] for p in response.json()["items"]}
     wanted = fold(query.strip())
-    assert found & set(made) == {pid for pid, name in made.items() if wanted in fold(name.strip())}
+    assert found & set(made) == {
+        pid for pid, (name, external_id) in made.items() if wanted in fold(name.strip()) or wanted in fold(external_id)
+    }
 
 
 # -- file search ------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from litestar.openapi.spec import (
     SecurityScheme,
 )
 
+from careshare.core import idempotency
 from careshare.core.problems import problem_types
 from careshare.core.tus import MAX_METADATA_CHARS
 
@@ -45,6 +46,7 @@ __all__ = [
     "BEARER",
     "CONTENT_PARAMETERS",
     "CONTENT_RESPONSES",
+    "IDEMPOTENCY_KEY",
     "NON_BLANK",
     "SECURITY_SCHEMES",
     "SPACE",
@@ -131,15 +133,32 @@ def document_problems(app: Litestar) -> None:
     for route in app.routes:
         for handler in getattr(route, "route_handlers", ()):
             handler.responses = {**refusals, **(handler.responses or {})}
-            handler.operation_class = _addressed(handler.operation_class)
+            keyed = any(idempotency.applies(method, route.path) for method in handler.http_methods)
+            handler.operation_class = _addressed(handler.operation_class, keyed=keyed)
+
+
+#: Every POST of the API takes one (``careshare.core.idempotency``, host/idempotency.py).
+IDEMPOTENCY_KEY = Parameter(
+    name="Idempotency-Key",
+    param_in=ParamType.HEADER,
+    schema=Schema(
+        type=OpenAPIType.STRING, min_length=1, max_length=idempotency.MAX_KEY_CHARS, pattern=idempotency.KEY_PATTERN
+    ),
+    description="A key of the client's (a UUID): a retry with the same key and request gets the first 2xx answer"
+    " again (Idempotent-Replayed: true) instead of acting twice; kept 24 hours, per organisation and caller."
+    " The key with another request is 422 idempotency-key-reused; while the first still runs, 409"
+    " idempotency-key-in-use (Retry-After).",
+)
 
 
 @functools.cache  # one subclass per operation class, not one per handler of every app made
-def _addressed(base: type[Operation]) -> type[Operation]:
+def _addressed(base: type[Operation], *, keyed: bool = False) -> type[Operation]:
     @dataclass
     class AddressedOperation(base):  # type: ignore[valid-type,misc]
         def __post_init__(self) -> None:
             getattr(super(), "__post_init__", lambda: None)()
+            if keyed and not any(getattr(p, "name", "") == IDEMPOTENCY_KEY.name for p in self.parameters or []):
+                self.parameters = [*(self.parameters or []), IDEMPOTENCY_KEY]
             for parameter in self.parameters or []:
                 if (
                     isinstance(parameter, Parameter)

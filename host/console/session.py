@@ -25,7 +25,15 @@ if TYPE_CHECKING:
     from careshare.core.models import Principal
     from careshare.core.runtime import Careshare
 
-__all__ = ["CONSOLE_ON", "CROSS_SITE_FORM", "DEV_LOGIN", "SESSION_COOKIE", "console_caller", "end_session", "start_session"]
+__all__ = [
+    "CONSOLE_ON",
+    "CROSS_SITE_FORM",
+    "DEV_LOGIN",
+    "SESSION_COOKIE",
+    "console_caller",
+    "end_session",
+    "start_session",
+]
 
 SESSION_COOKIE = "careshare_session"
 #: A working day: the clinician signs in again the next morning (the token's own expiry still applies).

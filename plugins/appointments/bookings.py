@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from careshare.core import db
 from careshare.core.ids import new_id
 from careshare.core.patients import get_patient
+from careshare.core.sharing import patient_attachments, visible_to_patient
 from careshare.core.targets import Attachment, attachments_of
 from careshare.plugins.appointments import APPOINTMENT_TARGET, APPOINTMENT_TYPES, CHANNEL
 from careshare.plugins.appointments.tables import appointments
@@ -85,8 +86,10 @@ async def book(
     return (await _load(conn, [row]))[0]
 
 
-async def _load(conn: AsyncConnection, rows: list[Any]) -> list[Appointment]:
-    attached = await attachments_of(conn, APPOINTMENT_TARGET, [row.id for row in rows])
+async def _load(conn: AsyncConnection, rows: list[Any], *, for_patient: bool = False) -> list[Appointment]:
+    # The patient's view leaves out what was withdrawn (core.sharing.revoke).
+    load = patient_attachments if for_patient else attachments_of
+    attached = await load(conn, APPOINTMENT_TARGET, [row.id for row in rows])
     return [
         Appointment(
             id=row.id,
@@ -112,5 +115,8 @@ async def list_appointments(
     query = sa.select(appointments).where(
         appointments.c.org_id == principal.org, appointments.c.patient_id == patient_id
     )
+    for_patient = not principal.is_clinician
+    if for_patient:
+        query = query.where(visible_to_patient(APPOINTMENT_TARGET, appointments.c.id))
     rows, next_cursor = await db.newest_first(conn, query, appointments.c.id, cursor=cursor, limit=limit)
-    return await _load(conn, rows), next_cursor
+    return await _load(conn, rows, for_patient=for_patient), next_cursor

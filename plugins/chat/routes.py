@@ -19,9 +19,10 @@ from multipart import parse_options_header
 from careshare.core import db
 from careshare.core.files import discard_new_files, ingest
 from careshare.core.ids import new_id
+from careshare.core.notifications import notify_clinic
 from careshare.core.patients import get_patient
 from careshare.core.problems import Problem
-from careshare.core.sharing import share
+from careshare.core.sharing import patient_attachments, revocations, share, visible_to_patient
 from careshare.core.targets import TOO_MANY_ATTACHMENTS, Attachment, Item, attach, attachments_of
 from careshare.plugins.chat import CHANNEL, MAX_FILES, TARGET
 from careshare.plugins.chat.tables import chat_messages
@@ -206,6 +207,17 @@ async def deliver_message(cs: Careshare, principal: Principal, patient_id: str, 
             title=CLINIC_MESSAGE_TITLE if from_clinic else PATIENT_MESSAGE_TITLE,
             notification_kind=NOTIFICATION_KIND if from_clinic else None,
         )
+        if not from_clinic:  # the clinic hears of the message once, however many files it carries
+            await notify_clinic(
+                conn,
+                cs.plugins,
+                org=principal.org,
+                patient_id=patient_id,
+                kind="patient.message",
+                target=TARGET.name,
+                item_id=message_id,
+                dedupe_key=f"patient.message:{message_id}",
+            )
         row = (await conn.execute(sa.select(chat_messages).where(chat_messages.c.id == message_id))).one()
         attached = (await attachments_of(conn, TARGET.name, [message_id]))[message_id]
     return message_json(row, attached, for_clinician=from_clinic)
@@ -216,10 +228,26 @@ async def conversation(
 ) -> dict[str, Any]:
     """A page of the patient's conversation, newest first, each message with its attachments."""
     query = sa.select(chat_messages).where(chat_messages.c.org_id == org, chat_messages.c.patient_id == patient_id)
+    if not for_clinician:  # a withdrawn message (core.sharing.revoke) leaves the patient's view
+        query = query.where(visible_to_patient(TARGET.name, chat_messages.c.id))
     async with cs.reader.connect() as conn:
         page, next_cursor = await db.newest_first(conn, query, chat_messages.c.id, cursor=cursor, limit=limit)
-        attached = await attachments_of(conn, TARGET.name, [row.id for row in page])
-    return page_json([message_json(row, attached[row.id], for_clinician=for_clinician) for row in page], next_cursor)
+        ids = [row.id for row in page]
+        if not for_clinician:
+            attached = await patient_attachments(conn, TARGET.name, ids)
+            return page_json([message_json(row, attached[row.id], for_clinician=False) for row in page], next_cursor)
+        attached = await attachments_of(conn, TARGET.name, ids)
+        withdrawn, withdrawn_files = await revocations(conn, org, TARGET.name, ids)
+    items = []
+    for row in page:
+        shown = message_json(row, attached[row.id], for_clinician=True)
+        revoked = withdrawn.get(row.id)
+        shown["revoked"] = revoked.to_json() if revoked else None
+        for attachment in shown["attachments"]:
+            found = withdrawn_files.get(attachment["id"])
+            attachment["revoked"] = found.to_json() if found else None
+        items.append(shown)
+    return page_json(items, next_cursor)
 
 
 class ClinicianMessages(Controller):

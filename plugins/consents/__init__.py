@@ -9,11 +9,14 @@ Tables in :mod:`.tables` (migrations in ``migrations/``), rules in :mod:`.consen
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from careshare import hookimpl
 from careshare.core.targets import Target
 from careshare.plugins.consents import tables as tables  # loading the plugin puts its tables on the metadata
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 __all__ = [
     "CHANNEL",
@@ -50,6 +53,21 @@ PACK_COPY_TARGET = "consent-pack"
 @hookimpl
 def careshare_targets() -> list[Target]:
     return [TARGET]
+
+
+@hookimpl
+async def careshare_withdrawn_with(conn: AsyncConnection, target: str, item_id: str) -> list[tuple[str, str]]:
+    """A withdrawn consent request takes the copies of its packs with it."""
+    if target != CONSENT_TARGET:
+        return []
+    import sqlalchemy as sa
+
+    from careshare.plugins.consents.tables import consent_request_packs
+
+    rows = await conn.execute(
+        sa.select(consent_request_packs.c.id).where(consent_request_packs.c.consent_id == item_id)
+    )
+    return [(PACK_COPY_TARGET, pack_id) for pack_id in rows.scalars()]
 
 
 @hookimpl

@@ -18,7 +18,7 @@ from careshare.core.audit import record_event
 from careshare.core.ids import new_id
 from careshare.core.patients import get_patient
 from careshare.core.problems import NOT_FOUND, Problem, ProblemType
-from careshare.core.sharing import share
+from careshare.core.sharing import patient_attachments, share, visible_to_patient
 from careshare.core.targets import attachments_of
 from careshare.core.templates import Template, Templates
 from careshare.plugins.consents import CHANNEL, CONSENT_TARGET, PACK_COPY_TARGET, TARGET
@@ -232,18 +232,23 @@ def _visible(principal: Principal) -> list[sa.ColumnElement[bool]]:
     where = [consent_requests.c.org_id == principal.org]
     if not principal.is_clinician:
         where.append(consent_requests.c.patient_id == principal.patient)
+        where.append(visible_to_patient(CONSENT_TARGET, consent_requests.c.id))  # withdrawn: gone
     return where
 
 
-async def _consents(conn: AsyncConnection, rows: list[sa.Row[object]]) -> list[ConsentRequest]:
-    pack_rows = list(
-        await conn.execute(
-            sa.select(consent_request_packs)
-            .where(consent_request_packs.c.consent_id.in_([row.id for row in rows]))
-            .order_by(consent_request_packs.c.consent_id, consent_request_packs.c.position)
-        )
+async def _consents(
+    conn: AsyncConnection, rows: list[sa.Row[object]], *, for_patient: bool = False
+) -> list[ConsentRequest]:
+    query = (
+        sa.select(consent_request_packs)
+        .where(consent_request_packs.c.consent_id.in_([row.id for row in rows]))
+        .order_by(consent_request_packs.c.consent_id, consent_request_packs.c.position)
     )
-    attached = await attachments_of(conn, PACK_COPY_TARGET, [p.id for p in pack_rows])
+    if for_patient:  # a pack copy withdrawn on its own (core.sharing.revoke) leaves the patient's view
+        query = query.where(visible_to_patient(PACK_COPY_TARGET, consent_request_packs.c.id))
+    pack_rows = list(await conn.execute(query))
+    load = patient_attachments if for_patient else attachments_of
+    attached = await load(conn, PACK_COPY_TARGET, [p.id for p in pack_rows])
     return [
         ConsentRequest(
             id=r.id,
@@ -282,7 +287,7 @@ async def get_consent(
     row = (await conn.execute(query)).first()
     if row is None:
         raise Problem(NOT_FOUND)
-    return (await _consents(conn, [row]))[0]
+    return (await _consents(conn, [row], for_patient=not principal.is_clinician))[0]
 
 
 async def list_consents(
@@ -292,7 +297,7 @@ async def list_consents(
     await get_patient(conn, principal, patient_id)
     where = [*_visible(principal), consent_requests.c.patient_id == patient_id]
     rows, next_cursor = await _page(conn, consent_requests, where, cursor, limit)
-    return await _consents(conn, rows), next_cursor
+    return await _consents(conn, rows, for_patient=not principal.is_clinician), next_cursor
 
 
 async def request_consent(

@@ -66,6 +66,8 @@ def careshare_console() -> list[Any]:
 
 @hookimpl
 async def careshare_deliver(notification: Notification, cs: Careshare | None) -> bool | None:
+    if notification.audience != "patient":
+        return None  # the clinic's notifications are never emailed to the patient
     return await deliver_email(cs, TARGET, notification)
 
 

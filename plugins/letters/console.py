@@ -228,7 +228,7 @@ async def send(
     lid: FromPath[str],
 ) -> Redirect:
     email = form_text(await form_data(request), "email") == "yes"
-    await send_letter(cs, principal, TARGET, lid, email=email, key=None)
+    await send_letter(cs, principal, TARGET, lid, email=email)
     return see_other(f"/letters/{lid}", "Letter sent." + (" The email is on its way." if email else ""))
 
 

@@ -9,8 +9,6 @@ one transaction) and, when asked, leaves the email to the delivery outbox: this 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import smtplib
 from datetime import timedelta
@@ -24,12 +22,13 @@ from sqlalchemy.exc import IntegrityError
 from careshare.core import db
 from careshare.core.audit import record_event
 from careshare.core.files import insert_blobs
+from careshare.core.idempotency import IDEMPOTENCY_KEY_REUSED  # sends are keyed by the host (host/idempotency.py)
 from careshare.core.ids import new_id
 from careshare.core.links import MAX_LINK_SECONDS, attachment_link, find_links, link_url
 from careshare.core.models import Principal, RenditionRecord
 from careshare.core.patients import get_patient
 from careshare.core.problems import NOT_FOUND, Problem, ProblemType
-from careshare.core.sharing import share
+from careshare.core.sharing import patient_attachments, share, visible_to_patient
 from careshare.core.targets import (
     ATTACHMENTS_TOO_LARGE,
     DRAFT_REQUIRED,
@@ -47,6 +46,8 @@ from careshare.plugins.letters.templating import check_template, render_text, te
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from datetime import datetime
+    from email.message import EmailMessage
 
     import pluggy
     from sqlalchemy.ext.asyncio import AsyncConnection
@@ -129,12 +130,6 @@ EMAIL_NOT_CONFIGURED = ProblemType(
     "Email is not set up",
     "This server sends no email (CARESHARE_SMTP_URL is not set). Send the letter to the app only"
     " ('email': false), or ask your administrator to set up email. Nothing was sent.",
-)
-IDEMPOTENCY_KEY_REUSED = ProblemType(
-    "idempotency-key-reused",
-    422,
-    "Idempotency key already used",
-    "This Idempotency-Key was already used for a different request. Use a new key for a new request.",
 )
 LETTER_CHANGED = ProblemType(
     "letter-changed",
@@ -300,7 +295,11 @@ async def get_letter(conn: AsyncConnection, principal: Principal, letter_id: str
     """The letter if ``principal`` may read it: clinicians of its organisation, its patient once sent."""
     query = sa.select(letters).where(letters.c.id == letter_id, letters.c.org_id == principal.org)
     if not principal.is_clinician:
-        query = query.where(letters.c.patient_id == principal.patient, letters.c.status == "sent")
+        query = query.where(
+            letters.c.patient_id == principal.patient,
+            letters.c.status == "sent",
+            visible_to_patient(TARGET.name, letters.c.id),
+        )
     row = (await conn.execute(query)).first()
     if row is None:
         raise Problem(NOT_FOUND)
@@ -319,6 +318,7 @@ async def list_letters(
     query = sa.select(letters).where(letters.c.org_id == principal.org, letters.c.patient_id == patient_id)
     if not principal.is_clinician:
         status = "sent"  # drafts are the clinic's working copies
+        query = query.where(visible_to_patient(TARGET.name, letters.c.id))  # withdrawn ones are gone
     if status is not None:
         query = query.where(letters.c.status == status)
     return await db.newest_first(conn, query, letters.c.id, cursor=cursor, limit=limit)
@@ -375,18 +375,6 @@ class _Raced(Exception):
     """Another request changed the draft between reading and sending it."""
 
 
-def _fingerprint(letter_id: str, email: bool) -> str:
-    return hashlib.sha256(json.dumps({"letter": letter_id, "email": email}, sort_keys=True).encode()).hexdigest()
-
-
-async def _earlier_send(conn: AsyncConnection, org: str, key: str, fingerprint: str) -> sa.Row[Any] | None:
-    """The letter a send with this key already sent, or None; the key for another request is refused."""
-    row = (await conn.execute(sa.select(letters).where(letters.c.org_id == org, letters.c.send_key == key))).first()
-    if row is not None and row.send_fingerprint != fingerprint:
-        raise Problem(IDEMPOTENCY_KEY_REUSED)
-    return row
-
-
 async def _render_and_store(cs: Careshare, layout: LetterLayout) -> tuple[str, int]:
     with cs.store.workdir() as workdir:
         path = Path(workdir) / "letter.pdf"
@@ -395,19 +383,17 @@ async def _render_and_store(cs: Careshare, layout: LetterLayout) -> tuple[str, i
 
 
 async def send_letter(
-    cs: Careshare, principal: Principal, target: Target, letter_id: str, *, email: bool, key: str | None
+    cs: Careshare, principal: Principal, target: Target, letter_id: str, *, email: bool
 ) -> sa.Row[Any]:
     """Send a draft: PDF, share (inbox, archive, notification), email left to the outbox.
 
-    With ``key`` (the Idempotency-Key), a repeat of the same request returns the letter as the
-    first one left it, and the key used for any other request is ``idempotency-key-reused``.
+    A retried send with an ``Idempotency-Key`` never gets here twice: the host answers it with the
+    first answer (``careshare.core.idempotency``), the one mechanism for every POST. The letters'
+    ``send_key`` and ``send_fingerprint`` columns are no longer written (docs/decisions.md).
     """
-    fingerprint = _fingerprint(letter_id, email)
     for _ in range(SEND_ATTEMPTS):
         async with cs.reader.connect() as conn:
             row = await get_letter(conn, principal, letter_id)
-            if key is not None and (earlier := await _earlier_send(conn, principal.org, key, fingerprint)):
-                return earlier
             if row.status != "draft":
                 raise Problem(DRAFT_REQUIRED, SENT_AGAIN_DETAIL)
             patient = await get_patient(conn, principal, row.patient_id)
@@ -454,8 +440,6 @@ async def send_letter(
                         pdf_size=size,
                         email_requested=email,
                         email_to=patient.email if email else None,
-                        send_key=key,
-                        send_fingerprint=fingerprint if key is not None else None,
                     )
                 )
                 if sent.rowcount != 1:
@@ -477,7 +461,7 @@ async def send_letter(
                 )
                 return await _letter_row(conn, letter_id)
         except (_Raced, IntegrityError):
-            pass  # the next round sees why: sent with this key, edited, or the key taken by another letter
+            pass  # the next round sees why: sent or edited meanwhile
     raise Problem(LETTER_CHANGED)
 
 
@@ -495,7 +479,7 @@ def _delivery_channel(pm: pluggy.PluginManager) -> str | None:
 
 
 async def email_state(conn: AsyncConnection, pm: pluggy.PluginManager, row: sa.Row[Any]) -> tuple[str, str | None]:
-    """``not-requested``, ``pending``, ``sent`` or ``failed`` (every retry used), and the last refusal."""
+    """``not-requested``, ``pending``, ``sent`` or ``failed`` (every retry used, or refused for good), and the last refusal."""
     if not row.email_requested:
         return "not-requested", None
     if row.email_sent_at is not None:
@@ -510,7 +494,8 @@ async def email_state(conn: AsyncConnection, pm: pluggy.PluginManager, row: sa.R
                 )
             )
         ).scalar()
-    return ("failed" if state == "failed" else "pending"), row.email_error
+    # "delivered" without email_sent_at: the delivery settled with no email (too large for the server).
+    return ("failed" if state in ("failed", "delivered") else "pending"), row.email_error
 
 
 def _too_large_to_attach(cs: Careshare, row: sa.Row[Any], attached: list[Attachment]) -> bool:
@@ -571,7 +556,8 @@ async def deliver_email(cs: Careshare | None, target: Target, notification: Noti
         if row.email_sent_at is not None:
             return True  # accepted before: at least once must not mean twice
         settings = await get_settings(conn, row.org_id)
-        attached = (await attachments_of(conn, notification.target, [row.id]))[row.id]
+        # What was withdrawn from the patient (core.sharing.revoke) is not emailed either.
+        attached = (await patient_attachments(conn, notification.target, [row.id]))[row.id]
     if not cs.settings.get(mail.SMTP_URL) or not row.email_to:
         await _note_email(cs, row.id, email_error="email is not set up on this server")
         return False
@@ -602,21 +588,18 @@ async def _hold_email(cs: Careshare, letter_id: str) -> bool:
     return bool(taken.rowcount == 1)
 
 
-async def _send_email(cs: Careshare, row: sa.Row[Any], settings: LetterSettings, attached: list[Attachment]) -> bool:
+async def _send_email(
+    cs: Careshare, row: sa.Row[Any], settings: LetterSettings, attached: list[Attachment]
+) -> bool | None:
+    """Send the email in the largest version the server takes; None when none fits (settled: no retry helps)."""
     pdf = await cs.store.read_all(row.pdf_sha256)
-    files: list[mail.MailAttachment] = []
-    links: list[mail.MailLink] = []
-    if _too_large_to_attach(cs, row, attached):
-        for attachment, link in zip(attached, await _email_links(cs, row, attached), strict=True):
-            url = link_url(cs.settings, link.id)
-            links.append(
-                mail.MailLink(attachment.filename, attachment.media_type, attachment.size, url, link.expires_at)
-            )
-    else:
+    files: list[mail.MailAttachment] | None = None  # None: the files go as links (or there are none)
+    if attached and not _too_large_to_attach(cs, row, attached):
         files = [mail.MailAttachment(a.filename, a.media_type, await cs.store.read_all(a.sha256)) for a in attached]
+    loop = asyncio.get_running_loop()
 
-    def compose_and_send() -> None:
-        message = mail.build_message(
+    def compose(files: list[mail.MailAttachment], links: list[mail.MailLink]) -> EmailMessage:
+        return mail.build_message(
             letter_id=row.id,
             mail_from=cs.settings.get(mail.MAIL_FROM),
             to=row.email_to,
@@ -626,15 +609,43 @@ async def _send_email(cs: Careshare, row: sa.Row[Any], settings: LetterSettings,
             files=files,
             links=links,
         )
-        mail.send(mail.SmtpServer.from_url(cs.settings.get(mail.SMTP_URL) or ""), message)
+
+    def mail_links(made: list[tuple[str, datetime]]) -> list[mail.MailLink]:
+        return [
+            mail.MailLink(a.filename, a.media_type, a.size, link_url(cs.settings, link_id), expires_at)
+            for a, (link_id, expires_at) in zip(attached, made, strict=True)
+        ]
+
+    def with_links() -> EmailMessage:
+        # Called from the SMTP thread, only once the links version fits: the links are made on the loop.
+        made = asyncio.run_coroutine_threadsafe(_email_links(cs, row, attached), loop).result(
+            timeout=mail.TIMEOUT_SECONDS
+        )
+        return compose([], mail_links([(link.id, link.expires_at) for link in made]))
+
+    def compose_and_send() -> str:
+        server = mail.SmtpServer.from_url(cs.settings.get(mail.SMTP_URL) or "")
+        if not attached:
+            return mail.send(server, compose([], []))
+        # Stand-ins as long as the real links (a fresh id, the same expiry): measured before any link is made.
+        until = db.utcnow() + timedelta(seconds=EMAIL_LINK_SECONDS)
+        probe = compose([], mail_links([(new_id(), until) for _ in attached]))
+        fallback = mail.Fallback(probe=probe, make=with_links)
+        return mail.send(server, compose(files, []) if files is not None else None, fallback=fallback)
 
     try:
-        await asyncio.to_thread(compose_and_send)
+        how = await asyncio.to_thread(compose_and_send)
+    except mail.MessageTooLarge as exc:
+        reason = mail.refusal_reason(exc)
+        logger.warning("letter email not sent for good letter=%s reason=%s", row.id, reason)
+        await _note_email(cs, row.id, email_error=reason)
+        return None  # the delivery is settled: a retry cannot make it fit; the letter shows "failed"
     except (smtplib.SMTPException, OSError, ValueError) as exc:
         reason = mail.refusal_reason(exc)
         logger.warning("letter email not sent letter=%s reason=%s", row.id, reason)
         await _note_email(cs, row.id, email_error=reason)
         return False
+    logger.info("letter email sent letter=%s files=%s", row.id, how)
     # Recorded at once: a later round finds it sent and sends nothing again.
     await _note_email(cs, row.id, email_sent_at=db.utcnow(), email_error=None)
     return True

@@ -5,14 +5,24 @@ upgrade), ``smtp+starttls://host:port`` (upgraded), ``smtps://host:port`` (TLS f
 each with an optional ``user:password@`` to log in. The subject and the text say only who wrote;
 the letter itself travels as the PDF attachment, with every file the letter carries, or, when the
 files are too large to attach, with an expiring download link for each.
+
+"Too large" is ours (``CARESHARE_MAIL_MAX_ATTACHMENT_BYTES``) and the server's: :func:`send` reads
+the ``SIZE`` the server states in its EHLO reply (RFC 1870), measures the message as it goes on
+the wire, and sends the links version instead when the attached one does not fit (or the server
+refuses it with ``552``); when even that is over the server's ``SIZE`` nothing is sent and
+:class:`MessageTooLarge` says by how much. smtplib names the size in ``MAIL FROM`` (``SIZE=``)
+whenever the server supports the extension, so a server may also refuse before any byte of it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import mimetypes
 import re
 import smtplib
 import ssl
+from email.generator import BytesGenerator
 from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import TYPE_CHECKING
@@ -23,7 +33,7 @@ import attrs
 from careshare.core.settings import Setting
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from datetime import datetime
 
 __all__ = [
@@ -32,13 +42,17 @@ __all__ = [
     "SETTINGS",
     "SMTP_SCHEMES",
     "SMTP_URL",
+    "Fallback",
     "MailAttachment",
     "MailLink",
+    "MessageTooLarge",
     "SmtpServer",
     "build_message",
     "message_id",
     "refusal_reason",
     "send",
+    "server_size_limit",
+    "wire_size",
 ]
 
 #: A slow server is simply retried: this runs in a worker thread of the delivery round.
@@ -51,6 +65,11 @@ DEFAULT_MAIL_FROM = "careshare@localhost"
 #: The most an email carries attached (letter PDF and files, before encoding): base64 adds a
 #: third, so 15 MB travel as about 20 MB, under what common mail providers accept.
 DEFAULT_MAIL_MAX_ATTACHMENT_BYTES = 15_000_000
+#: Room kept under the server's ``SIZE`` for what it adds or counts besides our bytes (its Received
+#: header, the envelope, dot-stuffing): a message must fit in ``SIZE`` less this.
+SIZE_MARGIN_BYTES = 1_000
+#: The SMTP reply to mail over what the server takes (RFC 1870, RFC 5321: exceeded storage allocation).
+TOO_LARGE_REPLY = 552
 _ADDRESS = re.compile(r"<?[^\s<>@]+@[^\s<>@]+>?")
 
 
@@ -212,8 +231,58 @@ def _megabytes(size: int) -> str:
     return f"{size / 1_000_000:.1f} MB" if size >= 100_000 else f"{max(size // 1000, 1)} kB"
 
 
-def send(server: SmtpServer, message: EmailMessage) -> None:
-    """Hand the message to the server once; raises on any refusal (blocking: run it in a thread)."""
+class MessageTooLarge(Exception):
+    """Even the smallest version of the email is over what the SMTP server takes: it is not sent, for good."""
+
+    def __init__(self, size: int, limit: int, *, linked: bool) -> None:
+        super().__init__(size, limit, linked)
+        self.size = size
+        self.limit = limit
+        self.linked = linked
+
+    def __str__(self) -> str:
+        # Sizes only: what the clinic needs to act (a larger limit, or the app alone), no patient data.
+        how = "with its files as links" if self.linked else "with the letter PDF"
+        return (
+            f"not sent: the email is {self.size:,} bytes {how}, over the mail server's SIZE limit of"
+            f" {self.limit:,} bytes ({SIZE_MARGIN_BYTES:,} kept for its own headers)"
+        )
+
+
+@attrs.frozen
+class Fallback:
+    """The smaller version of the email: files as links instead of attached.
+
+    ``probe`` is that version with stand-in links (URLs as long as the real ones): it is measured
+    first, so a server too small for it too leaves no link made. ``make`` makes the real links and
+    the message carrying them (called at most once, only when the probe fits).
+    """
+
+    probe: EmailMessage = attrs.field(repr=False)
+    make: Callable[[], EmailMessage] = attrs.field(repr=False)
+
+
+def wire_size(message: EmailMessage) -> int:
+    """The message's bytes as smtplib sends them (CRLF line ends) and RFC 1870's ``SIZE`` counts them."""
+    with io.BytesIO() as out:
+        BytesGenerator(out).flatten(message, linesep="\r\n")
+        return len(out.getvalue())
+
+
+def server_size_limit(smtp: smtplib.SMTP) -> int | None:
+    """The largest message the server takes, from its EHLO ``SIZE`` keyword; None: no stated limit (absent or 0)."""
+    stated = smtp.esmtp_features.get("size", "").strip() if smtp.does_esmtp else ""
+    return int(stated) if stated.isdigit() and int(stated) > 0 else None
+
+
+def _over(size: int, limit: int | None) -> int | None:
+    """The server's limit when ``size`` (with the margin) passes it, else None."""
+    return limit if limit is not None and size + SIZE_MARGIN_BYTES > limit else None
+
+
+@contextlib.contextmanager
+def _session(server: SmtpServer) -> Iterator[smtplib.SMTP]:
+    """One SMTP session, greeted (EHLO), upgraded and logged in as the URL says."""
     context = ssl.create_default_context()
     smtp: smtplib.SMTP
     if server.tls:
@@ -224,14 +293,54 @@ def send(server: SmtpServer, message: EmailMessage) -> None:
         smtp.ehlo()
         if server.starttls:
             smtp.starttls(context=context)
-            smtp.ehlo()
+            smtp.ehlo()  # what the server states after the upgrade is what holds
         if server.user:
             smtp.login(server.user, server.password or "")
-        smtp.send_message(message)
+        yield smtp
+
+
+def send(server: SmtpServer, message: EmailMessage | None, *, fallback: Fallback | None = None) -> str:
+    """Hand the email to the server once, in the largest version it takes; ``attached`` or ``linked``.
+
+    ``message`` goes first (None: there is only the fallback), unless it is over the server's
+    ``SIZE`` or the server refuses it with 552; then ``fallback``, all in one session. Raises
+    :class:`MessageTooLarge` when the last version left is over ``SIZE`` (before any mail is
+    sent), smtplib's errors on any other refusal. Blocking: run it in a thread.
+    """
+    with _session(server) as smtp:
+        limit = server_size_limit(smtp)
+        if message is not None:
+            size = wire_size(message)
+            over = _over(size, limit)
+            if over is None:
+                try:
+                    smtp.send_message(message)  # names SIZE= in MAIL FROM when the server has the extension
+                except smtplib.SMTPResponseException as exc:
+                    if exc.smtp_code != TOO_LARGE_REPLY or fallback is None:
+                        raise
+                    # Too large for a server that did not say so in EHLO (smtplib has reset the transaction).
+                else:
+                    return "attached"
+            elif fallback is None:
+                raise MessageTooLarge(size, over, linked=False)
+        if fallback is None:
+            raise ValueError("nothing to send")
+        size = wire_size(fallback.probe)
+        over = _over(size, limit)
+        if over is None:  # the links are made only now; measured again (they should be as long as the stand-ins)
+            linked = fallback.make()
+            size = wire_size(linked)
+            over = _over(size, limit)
+        if over is not None:
+            raise MessageTooLarge(size, over, linked=True)
+        smtp.send_message(linked)
+        return "linked"
 
 
 def refusal_reason(exc: BaseException) -> str:
     """What went wrong, for the clinic: the SMTP code and text (addresses removed), or the error's type."""
+    if isinstance(exc, MessageTooLarge):
+        return str(exc)[:200]
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         replies = list(exc.recipients.values())
         code, text = replies[0] if replies else (0, b"")

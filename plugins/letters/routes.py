@@ -14,6 +14,7 @@ from careshare.core.audit import record_event
 from careshare.core.files import discard_new_files, ingest
 from careshare.core.patients import get_patient
 from careshare.core.problems import NOT_FOUND, Problem
+from careshare.core.sharing import patient_attachments, revocations
 from careshare.core.targets import attachments_of
 from careshare.plugins.letters import TARGET
 from careshare.plugins.letters.letters import (
@@ -69,8 +70,6 @@ __all__ = ["routes"]
 MAX_NAME_CHARS = 200
 MAX_SUBJECT_CHARS = 300
 MAX_BODY_CHARS = MAX_OUTPUT_CHARS
-MAX_KEY_CHARS = 200
-IDEMPOTENCY_HEADER = "idempotency-key"
 
 
 @attrs.frozen
@@ -164,7 +163,10 @@ def _pdf_json(row: sa.Row[Any]) -> dict[str, Any] | None:
 
 
 async def letter_json(conn: AsyncConnection, cs: Careshare, row: sa.Row[Any], *, for_clinician: bool) -> dict[str, Any]:
-    attached = (await attachments_of(conn, TARGET.name, [row.id]))[row.id]
+    if not for_clinician:  # withdrawn files (core.sharing.revoke) leave the patient's view
+        attached = (await patient_attachments(conn, TARGET.name, [row.id]))[row.id]
+    else:
+        attached = (await attachments_of(conn, TARGET.name, [row.id]))[row.id]
     shown: dict[str, Any] = {
         "id": row.id,
         "subject": row.subject,
@@ -175,6 +177,12 @@ async def letter_json(conn: AsyncConnection, cs: Careshare, row: sa.Row[Any], *,
     }
     if not for_clinician:
         return shown
+    withdrawn, withdrawn_files = await revocations(conn, row.org_id, TARGET.name, [row.id])
+    for attachment in shown["attachments"]:
+        found = withdrawn_files.get(attachment["id"])
+        attachment["revoked"] = found.to_json() if found else None
+    revoked = withdrawn.get(row.id)
+    shown["revoked"] = revoked.to_json() if revoked else None
     settings = await get_settings(conn, row.org_id)
     status, reason = await email_state(conn, cs.plugins, row)
     shown.update(
@@ -390,12 +398,12 @@ class LetterController(Controller):
         principal: NamedDependency[Principal],
         lid: FromPath[str],
     ) -> dict[str, Any]:
-        """Send ``{"email": bool}``: the letter reaches the app inbox; with email, also the patient's address."""
-        key = request.headers.get(IDEMPOTENCY_HEADER)
-        if key is not None and not (0 < len(key) <= MAX_KEY_CHARS and key.isprintable()):
-            raise invalid(f"Idempotency-Key: 1 to {MAX_KEY_CHARS} printable characters")
+        """Send ``{"email": bool}``: the letter reaches the app inbox; with email, also the patient's address.
+
+        An ``Idempotency-Key`` is the host's, as on every POST (``careshare.host.idempotency``).
+        """
         body = await parse_body(request, Send) if (await request.body()).strip() else Send()
-        row = await send_letter(cs, principal, TARGET, lid, email=body.email, key=key)
+        row = await send_letter(cs, principal, TARGET, lid, email=body.email)
         async with cs.reader.connect() as conn:
             return await letter_json(conn, cs, row, for_clinician=True)
 

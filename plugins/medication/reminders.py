@@ -22,6 +22,7 @@ from careshare.core.ids import new_id
 from careshare.core.models import Principal
 from careshare.core.patients import get_patient
 from careshare.core.problems import NOT_FOUND, Problem
+from careshare.core.sharing import patient_attachments, visible_to_patient
 from careshare.core.targets import Attachment, attachments_of
 from careshare.plugins.medication import CHANNEL, MEDICATION_TYPES, REMINDER_TARGET
 from careshare.plugins.medication.schedule import Schedule, due_instants
@@ -164,12 +165,16 @@ async def list_reminders(
     """A page of the medication's reminders, newest first, each with the files it carries."""
     await get_medication(conn, principal, medication_id)
     query = sa.select(medication_reminders).where(medication_reminders.c.medication_id == medication_id)
+    for_patient = not principal.is_clinician
+    if for_patient:  # a withdrawn reminder (core.sharing.revoke) leaves the patient's view
+        query = query.where(visible_to_patient(REMINDER_TARGET, medication_reminders.c.id))
     rows, next_cursor = await db.newest_first(conn, query, medication_reminders.c.id, cursor=cursor, limit=limit)
-    return await _reminders(conn, rows), next_cursor
+    return await _reminders(conn, rows, for_patient=for_patient), next_cursor
 
 
-async def _reminders(conn: AsyncConnection, rows: list[Any]) -> list[Reminder]:
-    attached = await attachments_of(conn, REMINDER_TARGET, [row.id for row in rows])
+async def _reminders(conn: AsyncConnection, rows: list[Any], *, for_patient: bool = False) -> list[Reminder]:
+    load = patient_attachments if for_patient else attachments_of
+    attached = await load(conn, REMINDER_TARGET, [row.id for row in rows])
     return [
         Reminder(
             id=row.id,

@@ -17,10 +17,10 @@ from careshare.core.audit import record_event
 from careshare.core.files import discard_new_files, ingest
 from careshare.core.ids import new_id
 from careshare.core.kinds import kinds
-from careshare.core.notifications import enqueue
+from careshare.core.notifications import enqueue, notify_clinic
 from careshare.core.patients import get_patient
 from careshare.core.problems import NOT_FOUND, Problem, ProblemType
-from careshare.core.sharing import share
+from careshare.core.sharing import share, visible_to_patient
 from careshare.plugins.requests.tables import file_request_answers, file_requests
 
 if TYPE_CHECKING:
@@ -201,6 +201,7 @@ def _visible(principal: Principal) -> list[sa.ColumnElement[bool]]:
     where = [file_requests.c.org_id == principal.org]
     if not principal.is_clinician:
         where.append(file_requests.c.patient_id == principal.patient)
+        where.append(visible_to_patient(TARGET, file_requests.c.id))  # withdrawn (core.sharing.revoke): gone
     return where
 
 
@@ -347,6 +348,17 @@ async def answer_with_upload(
                 file_id=stored.id,
                 target=TARGET,
                 item_id=request.id,
+            )
+            # One per file sent in answer: each is a file for a clinician to review.
+            await notify_clinic(
+                conn,
+                cs.plugins,
+                org=request.org,
+                patient_id=request.patient_id,
+                kind="file-request.answered",
+                target=TARGET,
+                item_id=request.id,
+                dedupe_key=f"file-request.answered:{request.id}:{stored.id}",
             )
             request = await get_request(conn, principal, request_id)
     except BaseException:

@@ -16,6 +16,14 @@ Each request carries the JSON body (never file contents, never clinical text bey
   timestamp's ASCII digits, a dot, then the exact body bytes;
 - ``Careshare-Delivery``: the notification's ``dedupe_key``. Delivery is at least once, so a
   receiver keeps the keys it has seen and ignores repeats.
+- ``Careshare-Audience``: ``patient`` or ``clinic``, who the notification is for (as in the body).
+
+Notifications for the clinic (``audience`` ``clinic``: a patient's message, upload or file-request
+answer, see :mod:`careshare.core.notifications`) are posted the same way, signed and retried alike;
+their body carries ``"audience": "clinic"`` and a ``kind`` of ``patient.message``,
+``patient.upload`` or ``file-request.answered``. A patient's notification has no ``audience`` key
+(its body is as it always was). A push gateway that sends to patients' phones must look at
+``Careshare-Audience`` (or the body's ``audience``) and never push a ``clinic`` one to the patient.
 
 A receiver recomputes the HMAC over the raw body bytes (before any JSON parsing), compares in
 constant time and refuses timestamps far from its clock (:func:`verify` does all three). A 2xx
@@ -78,6 +86,7 @@ SECRET: Setting[str | None] = Setting(
 SIGNATURE_HEADER = "Careshare-Signature"
 TIMESTAMP_HEADER = "Careshare-Timestamp"
 DELIVERY_HEADER = "Careshare-Delivery"
+AUDIENCE_HEADER = "Careshare-Audience"
 #: Short: this runs in a worker thread of the delivery loop, and a slow receiver is simply retried.
 TIMEOUT = httpx.Timeout(5.0, connect=3.0)
 #: How far a receiver should accept a timestamp from its own clock (replay window).
@@ -87,7 +96,7 @@ TOLERANCE_SECONDS = 300
 def payload(notification: Any) -> bytes:
     """The exact body bytes sent for ``notification``: what happened, never what was shared."""
     created_at = notification.created_at
-    body = {
+    body: dict[str, Any] = {
         "id": notification.id,
         "dedupe_key": notification.dedupe_key,
         "kind": notification.kind,
@@ -98,6 +107,9 @@ def payload(notification: Any) -> bytes:
         "item_id": notification.item_id,
         "created_at": created_at.isoformat() if hasattr(created_at, "isoformat") else str(created_at),
     }
+    audience = getattr(notification, "audience", "patient")
+    if audience != "patient":  # the clinic's: told apart; the patient's body stays as receivers know it
+        body["audience"] = audience
     return json.dumps(body, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
 
 
@@ -156,6 +168,7 @@ def careshare_deliver(notification: Notification, cs: Careshare | None) -> bool 
         TIMESTAMP_HEADER: timestamp,
         SIGNATURE_HEADER: sign(secret, timestamp, body),
         DELIVERY_HEADER: notification.dedupe_key,
+        AUDIENCE_HEADER: getattr(notification, "audience", "patient"),
     }
     try:
         with httpx.Client(timeout=TIMEOUT, follow_redirects=False) as client:
