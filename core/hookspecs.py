@@ -223,6 +223,9 @@ def careshare_deliver(notification: Notification, cs: Careshare | None) -> bool 
         database), for a plugin that needs more than the notification (an email with the item's
         files); None when the caller has none to give.
     :return: True when delivered, False to be retried later, None when this plugin does not deliver it.
+    :raises careshare.core.notifications.Undeliverable: it can never be delivered over this channel
+        (an email larger than the server takes): ``failed`` at once, no retries; the message,
+        naming the cause and never the patient, is kept as the delivery's ``last_error``.
     """
 
 

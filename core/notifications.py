@@ -2,7 +2,8 @@
 
 Every ``careshare_deliver`` plugin gets its own delivery row per notification, retried with
 exponential backoff until it answers True (delivered) or None (not for it), or until the attempts
-run out (``failed``, with the error's type). Receivers de-duplicate by ``dedupe_key``.
+run out (``failed``, with the error's type); a plugin that raises :class:`Undeliverable` ends it
+``failed`` at once. Receivers de-duplicate by ``dedupe_key``.
 
 A notification's ``audience`` says who it is for: ``patient`` (the patient's inbox, their phone)
 or ``clinic`` (the organisation's clinicians: one shared inbox, :func:`clinic_inbox`, telling them
@@ -21,7 +22,7 @@ import asyncio
 import inspect
 import logging
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import sqlalchemy as sa
@@ -42,6 +43,7 @@ __all__ = [
     "PATIENT",
     "Delivery",
     "Notification",
+    "Undeliverable",
     "backoff",
     "clinic_inbox",
     "deliver_due",
@@ -67,6 +69,18 @@ CLAIM_SECONDS = 300.0
 #: Plugin calls in flight at once per round (each runs in a worker thread).
 CONCURRENT_DELIVERIES = 8
 
+
+class Undeliverable(Exception):
+    """Raised by a ``careshare_deliver`` plugin: this notification can never go over this channel.
+
+    The delivery ends ``failed`` at once, without the retries a ``False`` gets (an email larger
+    than the mail server takes at all, an address the server refuses for good). The message is kept
+    as the delivery's ``last_error`` and logged, so it must name the cause, never the patient.
+    """
+
+
+#: What ``_try`` answers for an :class:`Undeliverable`: ``failed`` now, no retry.
+GIVE_UP: Literal["give-up"] = "give-up"
 PATIENT = "patient"
 CLINIC = "clinic"
 AUDIENCES = (PATIENT, CLINIC)
@@ -423,13 +437,17 @@ async def _claim(engine: AsyncEngine, channels: list[str], now: datetime, batch:
 
 
 async def _record(
-    engine: AsyncEngine, row: sa.Row[Any], outcome: bool | None, error: str | None, now: datetime | None
+    engine: AsyncEngine,
+    row: sa.Row[Any],
+    outcome: bool | Literal["give-up"] | None,
+    error: str | None,
+    now: datetime | None,
 ) -> None:
     attempts = row.attempts + 1
     values: dict[str, object] = {"last_error": error}
     if outcome is None or outcome is True:
         values.update(state="delivered", delivered_at=db.utcnow())
-    elif attempts >= MAX_ATTEMPTS:
+    elif outcome == GIVE_UP or attempts >= MAX_ATTEMPTS:
         values.update(state="failed")
         logger.warning(
             "delivery failed for good channel=%s notification=%s attempts=%d error=%s",
@@ -454,8 +472,8 @@ async def _record(
 
 async def _try(
     channel: str, impl: pluggy.HookImpl, notification: Notification, cs: Careshare | None
-) -> tuple[bool | None, str | None]:
-    """Call one plugin: True delivered, None not for it, False retry (with the reason to keep)."""
+) -> tuple[bool | Literal["give-up"] | None, str | None]:
+    """Call one plugin: True delivered, None not for it, False retry, ``GIVE_UP`` failed for good (with the reason to keep)."""
     offered = {"notification": notification, "cs": cs}
     kwargs = {name: value for name, value in offered.items() if name in impl.argnames}
     try:
@@ -463,6 +481,8 @@ async def _try(
             result = await impl.function(**kwargs)
         else:
             result = await asyncio.to_thread(impl.function, **kwargs)
+    except Undeliverable as exc:  # the plugin's own sentence, written to hold no patient data
+        return GIVE_UP, f"undeliverable: {exc}"[:200]
     except Exception as exc:  # a receiver that is down must not stop the others; its message may hold secrets
         logger.warning(
             "delivery error channel=%s notification=%s error=%s", channel, notification.id, type(exc).__name__

@@ -32,6 +32,7 @@ from careshare.core.models import Principal
 from careshare.core.notifications import (
     LONGEST_RETRY_SECONDS,
     MAX_ATTEMPTS,
+    Undeliverable,
     backoff,
     deliver_due,
     deliveries_of,
@@ -351,6 +352,36 @@ async def test_exceptions_are_recorded_by_type_only(settings: Settings, caplog: 
         delivery = await state(system, notification)
         assert (delivery.state, delivery.attempts, delivery.last_error) == ("delivered", 2, None)
         assert exploding.calls == 2
+    finally:
+        await system.close()
+
+
+class Refusing:
+    """A delivery channel that can never deliver (an email larger than its server takes)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @hookimpl
+    def careshare_deliver(self, notification: Any) -> bool:
+        self.calls += 1
+        raise Undeliverable("larger than the server takes")
+
+
+async def test_an_undeliverable_notification_fails_at_once_and_is_never_tried_again(settings: Settings) -> None:
+    refusing = Refusing()
+    system = Careshare.build(settings, get_plugin_manager(load_entrypoints=False, plugins=[refusing]))
+    await system.start()
+    try:
+        notification = await notify(system, await new_patient(system))
+        assert await deliver_due(system.engine, system.plugins) == 1
+        delivery = await state(system, notification)
+        assert (delivery.state, delivery.attempts) == ("failed", 1)
+        assert delivery.last_error == "undeliverable: larger than the server takes"
+        assert delivery.delivered_at is None
+        for days in (1, 30, 365):  # far past every backoff: never claimed again
+            assert await deliver_due(system.engine, system.plugins, now=db.utcnow() + timedelta(days=days)) == 0
+        assert refusing.calls == 1
     finally:
         await system.close()
 

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import pikepdf
 import pytest
+import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
 from hypothesis import HealthCheck, given
@@ -33,9 +34,11 @@ from hypothesis import strategies as st
 from litestar.testing import TestClient
 
 from careshare.core import db
-from careshare.core.notifications import deliver_due
+from careshare.core.notifications import deliver_due, deliveries_of
 from careshare.host import create_app
+from careshare.plugins import letters as letters_plugin
 from careshare.plugins.letters import mail
+from careshare.plugins.letters.tables import letters
 from careshare.testing import bearer, free_port, make_settings
 from careshare.testing.api import sha256
 
@@ -176,6 +179,18 @@ class App:
         assert sent.status_code == 200, sent.text
         return dict(sent.json())
 
+    def email_deliveries(self, lid: str) -> list[tuple[str, int, str | None]]:
+        """State, attempts and last error of the letter's email delivery (the letters plugin's)."""
+
+        async def read() -> list[tuple[str, int, str | None]]:
+            async with self.cs.engine.connect() as conn:
+                nid = (await conn.execute(sa.select(letters.c.notification_id).where(letters.c.id == lid))).scalar()
+                found = await deliveries_of(conn, nid)
+            channel = self.cs.plugins.get_name(letters_plugin)
+            return [(d.state, d.attempts, d.last_error) for d in found if d.channel == channel]
+
+        return list(self.http.blocking_portal.call(read))
+
     def letter(self, lid: str) -> dict[str, Any]:
         return dict(self.http.get(f"/v1/letters/{lid}", headers=self.clinician).json())
 
@@ -304,6 +319,10 @@ def test_a_server_too_small_even_for_links_gets_nothing_and_the_letter_says_why(
         app.deliver(round_)
     assert (mailbox.sessions, mailbox.mails) == (1, 0)
     assert app.letter(sent["id"])["email_status"] == "failed"
+    # The delivery itself ended failed on its first try (Undeliverable), not "delivered".
+    [(state, attempts, last_error)] = app.email_deliveries(sent["id"])
+    assert (state, attempts) == ("failed", 1), last_error
+    assert last_error is not None and last_error.startswith("undeliverable: ") and ADDRESS not in last_error
     # The letter itself reached the app: the patient reads it there.
     patient = bearer(app.cs.settings, "patient", "org-a", patient=pid)
     assert app.http.get(f"/v1/letters/{sent['id']}/pdf", headers=patient).status_code == 200

@@ -26,6 +26,7 @@ from careshare.core.idempotency import IDEMPOTENCY_KEY_REUSED  # sends are keyed
 from careshare.core.ids import new_id
 from careshare.core.links import MAX_LINK_SECONDS, attachment_link, find_links, link_url
 from careshare.core.models import Principal, RenditionRecord
+from careshare.core.notifications import Undeliverable
 from careshare.core.patients import get_patient
 from careshare.core.problems import NOT_FOUND, Problem, ProblemType
 from careshare.core.sharing import patient_attachments, share, visible_to_patient
@@ -494,7 +495,8 @@ async def email_state(conn: AsyncConnection, pm: pluggy.PluginManager, row: sa.R
                 )
             )
         ).scalar()
-    # "delivered" without email_sent_at: the delivery settled with no email (too large for the server).
+    # "failed": every retry used, or Undeliverable (too large for the server); "delivered" without
+    # email_sent_at: settled with no email (rows written before Undeliverable existed).
     return ("failed" if state in ("failed", "delivered") else "pending"), row.email_error
 
 
@@ -639,7 +641,7 @@ async def _send_email(
         reason = mail.refusal_reason(exc)
         logger.warning("letter email not sent for good letter=%s reason=%s", row.id, reason)
         await _note_email(cs, row.id, email_error=reason)
-        return None  # the delivery is settled: a retry cannot make it fit; the letter shows "failed"
+        raise Undeliverable(reason) from None  # a retry cannot make it fit: failed now; the letter shows "failed"
     except (smtplib.SMTPException, OSError, ValueError) as exc:
         reason = mail.refusal_reason(exc)
         logger.warning("letter email not sent letter=%s reason=%s", row.id, reason)
