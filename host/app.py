@@ -109,7 +109,13 @@ class CareshareInit(InitPlugin):
             console = console_setup(cs)  # its pages; its script reaches the API under /console/api (CareshareApp)
             app_config.route_handlers.extend(console.routers)
             app_config.template_config = console.templates
-            app_config.state.update({"console_nav": console.nav, "console_item_pages": console.item_pages})
+            app_config.state.update(
+                {
+                    "console_nav": console.nav,
+                    "console_item_pages": console.item_pages,
+                    "console_clinic_pages": console.clinic_pages,
+                }
+            )
         app_config.dependencies.update(
             {"cs": Provide(lambda: cs, use_cache=True, sync_to_thread=False), "caller": Provide(principal)}
         )

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from axe_playwright_python.sync_playwright import Axe
 
-from careshare.testing import make_pdf
+from careshare.testing import bearer, make_pdf, make_settings
 from careshare.testing.browser import register_patient, sign_in
 
 if TYPE_CHECKING:
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 WCAG_AA = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}}
 #: Pages of one patient or item: ``{pid}`` and the ids made below fill them.
 CLINICIAN_PAGES = (
+    "/console/inbox",
     "/console/patients",
     "/console/patients/new",
     "/console/patients/{pid}",
@@ -80,6 +81,10 @@ def test_every_page_meets_wcag_aa(page: Any, chromium: Any, console_server: str,
     kind = page.request.post(f"{api}/appointment-types", data={"name": "Knee clinic"}, headers=same_site)
     assert letter.status == 201 and kind.status == 201, (letter.text(), kind.text())
     ids = {"pid": pid, "fid": leaflet.json()["id"], "lid": letter.json()["id"], "tid": kind.json()["id"]}
+    # Something in the clinic's inbox: a message from the patient (the server's secret, through the API).
+    me = bearer(make_settings(tmp_path / "console-data"), "patient", "org-a", patient=pid)
+    message = page.request.post(f"{base}/v1/me/messages", data={"body": "Hello"}, headers=me)
+    assert message.status == 201, message.text()
 
     axe = Axe()
     problems = [v for path in CLINICIAN_PAGES for v in _violations(page, axe, base + path.format(**ids))]

@@ -1,8 +1,10 @@
-"""The console's everyday patient work: edit details, delete a file, erase a patient on request."""
+"""The console's everyday patient work: edit details, delete a file, erase a patient on request, the clinic's inbox."""
 
 from __future__ import annotations
 
-from careshare.testing import make_pdf
+import re
+
+from careshare.testing import bearer, make_pdf
 from careshare.testing.console import ConsoleClient, notice_text, register
 
 
@@ -62,3 +64,32 @@ def test_erasure_asks_for_the_clinic_number_then_erases(clinic: ConsoleClient) -
     assert notice_text(done.text) == ("ok", "", "Patient erased.")
     assert "Ann Smith" not in done.text
     assert clinic.page(f"/console/patients/{pid}").status_code == 404
+
+
+def test_the_clinic_inbox_lists_what_patients_sent_and_is_read_once(clinic: ConsoleClient) -> None:
+    pid = register(clinic, "Ann Smith", "MRN-5")
+    me = bearer(clinic.settings, "patient", "org-a", patient=pid)
+    sent = clinic.client.post("/v1/me/messages", json={"body": "My knee hurts again."}, headers=me)
+    assert sent.status_code == 201, sent.text
+    uploaded = clinic.client.post(
+        "/v1/me/files", params={"filename": "knee.pdf"}, content=make_pdf(), headers={**me, "Prefer": "wait=30"}
+    )
+    assert uploaded.status_code == 201, uploaded.text
+
+    page = clinic.page("/console/inbox").text
+    assert 'aria-current="page"' in page and ">Inbox<" in page
+    # Each entry names the patient for the clinician and opens where the item is read.
+    assert f'href="/console/patients/{pid}/chat">A patient sent a message</a>: Ann Smith' in page
+    assert f'href="/console/files/{uploaded.json()["id"]}">A patient sent a file</a>: Ann Smith' in page
+    assert "My knee hurts again." not in page  # the text is on the chat page, not in the inbox
+    [first, second] = re.findall(r'action="/console/inbox/([0-9a-z]+)/read"', page)
+
+    done = clinic.form(f"/console/inbox/{second}/read", {}, sent_from="/console/inbox", follow=True)
+    assert notice_text(done.text) == ("ok", "", "Marked as read.")
+    assert re.findall(r'action="/console/inbox/([0-9a-z]+)/read"', done.text) == [first]
+    unread = clinic.page("/console/inbox?unread=true").text
+    assert unread.count("Ann Smith") == 1 and "A patient sent a file" in unread
+    assert clinic.client.get("/console/api/v1/notifications?unread=true").json()["items"][0]["id"] == first
+    # Another's (or no) notification: the refusal goes back to the inbox, as every console form's does.
+    missing = clinic.form("/console/inbox/01hzzzzzzzzzzzzzzzzzzzzzzz/read", {}, sent_from="/console/inbox", follow=True)
+    assert (notice_text(missing.text) or ("",))[:2] == ("error", "not-found")

@@ -88,6 +88,9 @@ class ConsolePages:
     #: Where the patient reads an item of each of the plugin's targets: ``{"chat-message": "/me/chat"}``
     #: (``{item_id}`` is filled in). The inbox links each notification there.
     item_pages: Mapping[str, str] = attrs.field(factory=dict)
+    #: Where a clinician reads an item of each target, for the clinic's inbox (what a patient sent):
+    #: ``{"chat-message": "/patients/{patient_id}/chat"}`` (``{patient_id}``, ``{item_id}`` filled in).
+    clinic_pages: Mapping[str, str] = attrs.field(factory=dict)
 
 
 def console_page(template: str, *, title: str, status_code: int = 200, **context: Any) -> Template:

@@ -58,6 +58,7 @@ HERE = Path(__file__).parent
 CORE_NAV = (
     NavEntry("Patients", "/patients", order=10),
     NavEntry("Library", "/library", order=20),
+    NavEntry("Inbox", "/inbox", order=5),
     NavEntry("Files", "/patients/{pid}/files", place="patient", quick_action="Share a file", order=90),
     NavEntry("Inbox", "/me", audience="patient", order=10),
     NavEntry("My files", "/me/files", audience="patient", order=90),
@@ -87,6 +88,7 @@ def template_config(pages: list[ConsolePages]) -> TemplateConfig[JinjaTemplateEn
         nav_for=_nav_for,
         notice_of=_notice_of,
         item_page=_item_page,
+        clinic_page=_clinic_page,
         CONSOLE=CONSOLE,
         file_size=file_size,
         when=when,
@@ -150,6 +152,16 @@ def _item_page(request: Request[Any, Any, Any], notification: Any) -> str | None
     if path is None or not notification.item_id:
         return None
     return CONSOLE + path.format(item_id=notification.item_id)
+
+
+def _clinic_page(request: Request[Any, Any, Any], notification: Any) -> str:
+    """Where a clinician reads what a clinic notification is about: its plugin's page, a file, else the patient."""
+    if notification.target is None and notification.item_id:  # a patient's own upload: the file itself
+        return f"{CONSOLE}/files/{notification.item_id}"
+    path = request.app.state.console_clinic_pages.get(notification.target)
+    if path is None:
+        return f"{CONSOLE}/patients/{notification.patient_id}"
+    return CONSOLE + path.format(patient_id=notification.patient_id, item_id=notification.item_id or "")
 
 
 def _notice_of(request: Request[Any, Any, Any]) -> dict[str, Any] | None:
@@ -287,10 +299,13 @@ class ConsoleSetup:
     nav: tuple[NavEntry, ...]
     #: target -> the patient's page of such an item (``{item_id}`` in it), from every plugin.
     item_pages: dict[str, str]
+    #: target -> the clinician's page of such an item (``{patient_id}``, ``{item_id}``), from every plugin.
+    clinic_pages: dict[str, str]
 
 
 def console_setup(cs: Careshare) -> ConsoleSetup:
     cs.settings.get(DEV_LOGIN)  # a wrong value stops the server at start-up, not at the first sign-in
     pages = console_pages(cs)
     item_pages = {target: path for p in pages for target, path in p.item_pages.items()}
-    return ConsoleSetup(console_routers(cs), template_config(pages), navigation(pages), item_pages)
+    clinic_pages = {target: path for p in pages for target, path in p.clinic_pages.items()}
+    return ConsoleSetup(console_routers(cs), template_config(pages), navigation(pages), item_pages, clinic_pages)

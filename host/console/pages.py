@@ -1,4 +1,4 @@
-"""The console's own pages: signing in and out, patients, a patient's profile and files, the library, the patient's inbox.
+"""The console's own pages: signing in and out, patients, a patient's profile and files, the library, the inboxes.
 
 Each channel's pages come from its plugin (``careshare_console``); these name none of them.
 """
@@ -23,7 +23,7 @@ from careshare.core.patients import (
     register_patient,
     update_patient,
 )
-from careshare.core.problems import INVALID_TOKEN, Problem
+from careshare.core.problems import INVALID_TOKEN, NOT_FOUND, Problem
 from careshare.host.auth import known_organisation, mint_token, verify_token
 from careshare.host.console.session import CROSS_SITE_FORM, DEV_LOGIN, end_session, same_origin, start_session
 from careshare.web import clinician, patient, signed_in
@@ -298,6 +298,40 @@ async def library(
     )
 
 
+# -- the clinic's inbox ----------------------------------------------------------------------------
+
+
+@get("/inbox", dependencies={"principal": Provide(clinician)})
+async def clinic_inbox(
+    cs: NamedDependency[Careshare],
+    principal: NamedDependency[Principal],
+    cursor: FromQuery[str | None] = None,
+    unread: FromQuery[bool] = False,
+) -> Template:
+    """What the organisation's patients sent, newest first, read once for every clinician."""
+    async with cs.reader.connect() as conn:
+        items, next_cursor = await inbox.clinic_inbox(
+            conn, principal.org, cursor=cursor, limit=PAGE, unread_only=unread
+        )
+        names = {}
+        for pid in {n.patient_id for n in items}:
+            names[pid] = (await get_patient(conn, principal, pid)).name
+    return console_page(
+        "console/clinic_inbox.html", title="Inbox", items=items, names=names, next_cursor=next_cursor, unread=unread
+    )
+
+
+@post("/inbox/{nid:str}/read", status_code=303, dependencies={"principal": Provide(clinician)})
+async def clinic_read(
+    cs: NamedDependency[Careshare], principal: NamedDependency[Principal], nid: FromPath[str]
+) -> Redirect:
+    async with cs.engine.begin() as conn:
+        found = await inbox.mark_clinic_read(conn, principal.org, principal.subject, nid)
+    if found is None:
+        raise Problem(NOT_FOUND)
+    return see_other("/inbox", "Marked as read.")
+
+
 # -- the patient's view ----------------------------------------------------------------------------
 
 
@@ -348,6 +382,8 @@ CORE_PAGES = [
     delete,
     file_page,
     library,
+    clinic_inbox,
+    clinic_read,
     my_inbox,
     my_files,
 ]

@@ -186,4 +186,5 @@ CHAT_PAGES = ConsolePages(
         NavEntry("Chat", "/me/chat", audience="patient", order=30),
     ],
     item_pages={TARGET.name: "/me/chat"},
+    clinic_pages={TARGET.name: "/patients/{patient_id}/chat"},
 )

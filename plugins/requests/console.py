@@ -315,4 +315,6 @@ def pages() -> ConsolePages:
         ],
         # A notification of a request (asked, or a file turned down) carries the request's id.
         item_pages={TARGET: "/me/file-requests/{item_id}"},
+        # The clinic's inbox: an answer to a request opens the request, its files to review.
+        clinic_pages={TARGET: "/file-requests/{item_id}"},
     )
