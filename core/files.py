@@ -745,13 +745,19 @@ async def list_files(
     cursor: str | None = None,
     limit: int = 50,
 ) -> tuple[list[StoredFile], str | None]:
-    """A page of the files ``search`` matches, newest first, and the cursor of the next page (None at the end)."""
+    """A page of the files ``search`` matches, newest first, and the cursor of the next page (None at the end).
+
+    A patient's list holds only what they sent themselves (``source`` ``patient``): the clinic's
+    files for them reach them shared, as attachments, never through their file list.
+    """
     query = sa.select(db.files).where(
         db.files.c.org_id == principal.org,
         db.files.c.owner_type == owner_type,
         db.files.c.patient_id.is_(None) if patient_id is None else db.files.c.patient_id == patient_id,
         db.files.c.deleted_at.is_(None),
     )
+    if not principal.is_clinician:
+        query = query.where(db.files.c.source == "patient", db.files.c.patient_id == principal.patient)
     wanted = fold(search.name.strip())
     if wanted:
         query = query.where(db.files.c.name_key.like(like_pattern(wanted), escape="\\"))

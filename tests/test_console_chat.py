@@ -146,6 +146,46 @@ def test_a_patient_or_clinician_of_another_organisation_cannot_see_the_thread(cl
     assert _messages(thread) == [" mine"] and "From org-b." not in thread and "hello?" not in thread
 
 
+def test_a_message_sent_by_mistake_is_withdrawn_from_the_thread(clinic: ConsoleClient) -> None:
+    pid = register(clinic, "Ann Smith", "MRN-W")
+    thread = f"/console/patients/{pid}/chat"
+    fid = _upload(clinic, pid, "not-for-ann.pdf")
+    sent = clinic.form(thread, {"body": "Results for someone else.", "file_id": fid}, follow=True)
+    [mid] = re.findall(r'data-message-id="([0-9a-z]+)"', sent.text)
+    action = f'action="/console/shares/chat-message/{mid}/revoke"'
+    assert action in sent.text
+    with _as_patient(clinic, "org-a", pid) as patient:
+        assert "Results for someone else." in patient.page("/console/me/chat").text
+        # The clinic's file reached the patient as the message's attachment, never as one of "My files".
+        assert "not-for-ann.pdf" not in patient.page("/console/me/files").text
+
+    # No reason: refused with the field named, nothing withdrawn.
+    refused = clinic.form(
+        f"/console/shares/chat-message/{mid}/revoke", {"reason": " ", "back": thread}, sent_from=thread, follow=True
+    )
+    kind, code, text = notice_text(refused.text) or ("", "", "")
+    assert (kind, code) == ("error", "invalid-request") and "reason: say why" in text
+    assert action in clinic.page(thread).text
+
+    # A "back" to another site is not followed: the console's own page list instead.
+    done = clinic.form(
+        f"/console/shares/chat-message/{mid}/revoke",
+        {"reason": "Sent to the wrong patient", "back": "https://evil.example/"},
+        sent_from=thread,
+        follow=True,
+    )
+    assert done.url.path == "/console/patients"
+    assert notice_text(done.text) == ("ok", "", "Withdrawn: the patient no longer sees it.")
+    page = clinic.page(thread).text
+    assert action not in page and "Sent to the wrong patient" in page and "by dr-a" in page
+    with _as_patient(clinic, "org-a", pid) as patient:
+        mine = patient.page("/console/me/chat").text
+        assert "Results for someone else." not in mine and "not-for-ann.pdf" not in mine
+        assert patient.form(f"/console/shares/chat-message/{mid}/revoke", {"reason": "x"}).status_code in (303, 403)
+    shown = clinic.client.get(f"/console/api/v1/shares/chat-message/{mid}").json()
+    assert [s["reason"] for s in shown["shares"]] == ["Sent to the wrong patient"]
+
+
 def test_the_chat_page_finds_patients_by_a_posted_search(clinic: ConsoleClient) -> None:
     ann, bob = register(clinic), register(clinic, "Bob Jones", "MRN-2")
     page = clinic.page("/console/chat").text

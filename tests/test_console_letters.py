@@ -174,6 +174,31 @@ def test_from_a_template_to_a_sent_letter_the_patient_reads(clinic: ConsoleClien
         client.__exit__(None, None, None)
 
 
+def test_a_sent_letter_is_withdrawn_from_its_page(clinic: ConsoleClient) -> None:
+    pid = register(clinic)
+    lid = _new_letter(clinic, pid, title="Results for another patient", body="Wrong letter.")
+    page = f"/console/letters/{lid}"
+    assert "/revoke" not in clinic.page(page).text  # a draft has not reached anyone: nothing to withdraw
+    sent = clinic.form(f"{page}/send", {}, sent_from=page, follow=True)
+    assert f'action="/console/shares/letter/{lid}/revoke"' in sent.text
+    client, me = _as_patient(clinic, pid)
+    try:
+        assert me.page(f"/console/me/letters/{lid}").status_code == 200
+        done = clinic.form(
+            f"/console/shares/letter/{lid}/revoke",
+            {"reason": "Wrong patient", "back": page},
+            sent_from=page,
+            follow=True,
+        )
+        assert done.url.path == page
+        assert notice_text(done.text) == ("ok", "", "Withdrawn: the patient no longer sees it.")
+        assert "/revoke" not in done.text and "Wrong patient" in done.text
+        assert me.page(f"/console/me/letters/{lid}").status_code == 404
+        assert "Results for another patient" not in me.page("/console/me/letters").text
+    finally:
+        client.__exit__(None, None, None)
+
+
 def test_without_an_email_server_the_toggle_is_off_and_an_email_is_refused(clinic: ConsoleClient) -> None:
     pid = register(clinic, email=ADDRESS)
     lid = _new_letter(clinic, pid)

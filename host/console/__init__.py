@@ -31,6 +31,7 @@ from litestar.template.config import TemplateConfig
 from markupsafe import Markup
 
 from careshare.core.problems import INVALID_TOKEN, NOT_FOUND, Problem
+from careshare.core.sharing import MAX_REASON_CHARS
 from careshare.host.console.session import DEV_LOGIN, console_caller, end_session, session_problem
 from careshare.host.problems import INTERNAL_ERROR, exception_handlers
 from careshare.web.console import CONSOLE, NOTICE_COOKIE, ConsolePages, NavEntry, leave_notice, read_notice
@@ -89,6 +90,7 @@ def template_config(pages: list[ConsolePages]) -> TemplateConfig[JinjaTemplateEn
         notice_of=_notice_of,
         item_page=_item_page,
         clinic_page=_clinic_page,
+        max_reason=MAX_REASON_CHARS,
         CONSOLE=CONSOLE,
         file_size=file_size,
         when=when,

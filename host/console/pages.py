@@ -24,6 +24,7 @@ from careshare.core.patients import (
     update_patient,
 )
 from careshare.core.problems import INVALID_TOKEN, NOT_FOUND, Problem
+from careshare.core.sharing import MAX_REASON_CHARS, revoke
 from careshare.host.auth import known_organisation, mint_token, verify_token
 from careshare.host.console.session import CROSS_SITE_FORM, DEV_LOGIN, end_session, same_origin, start_session
 from careshare.web import clinician, patient, signed_in
@@ -298,6 +299,40 @@ async def library(
     )
 
 
+# -- taking back a share --------------------------------------------------------------------------
+
+WITHDRAWN = "Withdrawn: the patient no longer sees it."
+
+
+def _back(fields: dict[str, Any]) -> str:
+    """The console page the form came from (``back``), else the patient list: never another site."""
+    back = form_text(fields, "back")
+    rest = back[len(CONSOLE) :]
+    if not back.startswith(CONSOLE + "/") or rest.startswith("//") or "\\" in rest:
+        return "/patients"
+    return back
+
+
+@post("/shares/{target:str}/{item_id:str}/revoke", status_code=303, dependencies={"principal": Provide(clinician)})
+async def withdraw(
+    request: Request[Any, Any, Any],
+    cs: NamedDependency[Careshare],
+    principal: NamedDependency[Principal],
+    target: FromPath[str],
+    item_id: FromPath[str],
+) -> Redirect:
+    """Withdraw a shared item from its patient (``POST /v1/shares/.../revoke``), from any channel's page."""
+    fields = await form_data(request)
+    reason = form_text(fields, "reason")
+    if not reason:
+        raise invalid("reason: say why the item is withdrawn (the patient never sees it)")
+    if len(reason) > MAX_REASON_CHARS:
+        raise invalid(f"reason: at most {MAX_REASON_CHARS} characters")
+    async with cs.engine.begin() as conn:
+        await revoke(conn, cs.plugins, principal, target, item_id, reason)
+    return see_other(_back(fields), WITHDRAWN)
+
+
 # -- the clinic's inbox ----------------------------------------------------------------------------
 
 
@@ -382,6 +417,7 @@ CORE_PAGES = [
     delete,
     file_page,
     library,
+    withdraw,
     clinic_inbox,
     clinic_read,
     my_inbox,

@@ -95,6 +95,7 @@ async def _thread_page(
         tus_url=f"{CONSOLE}/api/v1/{upload}/uploads",
         upload_label="Upload a file to attach",
         max_body=MAX_BODY_CHARS,
+        chat_target=TARGET.name,
     )
 
 

@@ -16,6 +16,7 @@ from litestar.response import Redirect, Template
 
 from careshare.core.files import list_files
 from careshare.core.patients import get_patient
+from careshare.core.sharing import revocations
 from careshare.plugins.letters import TARGET, mail
 from careshare.plugins.letters.letters import (
     add_attachment,
@@ -163,6 +164,7 @@ async def letter_page(
             choices = [f for f in own if f.status != "rejected" and f.id not in attached]
             library = [f for f in shared if f.status != "rejected" and f.id not in attached]
         limit = (await get_settings(conn, principal.org)).limit()
+        withdrawn, _ = await revocations(conn, principal.org, TARGET.name, [row.id])
     return console_page(
         "letters/letter.html",
         title=row.subject,
@@ -172,6 +174,8 @@ async def letter_page(
         library=library,
         limit=limit,
         email_refusal=_email_refusal(cs, who),
+        letter_target=TARGET.name,
+        revoked=withdrawn[row.id].to_json() if row.id in withdrawn else None,
         upload_url=f"{CONSOLE}/api/v1/patients/{who.id}/files",
         tus_url=f"{CONSOLE}/api/v1/patients/{who.id}/uploads",
     )
