@@ -46,11 +46,13 @@ __all__ = [
     "FILE_STILL_CHECKING",
     "ORIGINAL",
     "FileSearch",
+    "RenditionsGone",
     "accept",
     "answer_later",
     "check_file",
     "check_key",
     "check_record",
+    "confirm_stored",
     "discard_new_files",
     "get_file",
     "ingest",
@@ -456,6 +458,15 @@ async def _settle(
                     for r in renditions
                 ],
             )
+            # The same bytes may be another file's too (one leaflet uploaded for two patients): when
+            # this check found a rendition already stored, an erasure or deletion of that other file
+            # may have removed it before these rows held it. Now that they do, nothing can remove it:
+            # look once more, and run the check again (it writes them anew) if any went.
+            try:
+                await confirm_stored(cs, renditions)
+            except RenditionsGone:
+                logger.warning("renditions removed while the check ran, checking again file=%s", file_id)
+                raise RetryLater(0.5) from None
         if notify:
             await _notify_uploader(conn, cs, stored, "file.ready" if ready is not None else "file.rejected")
         if ready is not None and stored.check.get(NOTIFY_CLINIC) and stored.patient_id is not None:
@@ -475,6 +486,23 @@ async def _settle(
         # After the commit: the row says rejected, so nothing refused is kept (a crash here leaves
         # a held copy that no processing file owns, for the sweep).
         await cs.store.discard(held_key(file_id))
+
+
+class RenditionsGone(Exception):
+    """A rendition a run found already stored was removed (another file's erasure) before its rows held it."""
+
+
+async def confirm_stored(cs: Careshare, renditions: list[RenditionRecord]) -> None:
+    """Inside the transaction that writes rows naming ``renditions``: their bytes are still stored.
+
+    Content is shared by hash: a run that found a rendition already stored (another file's, the
+    same bytes) did not write it, and deleting that other file in between may have removed it.
+    Once this transaction's rows name it nothing removes it, so one look here settles it; raises
+    :class:`RenditionsGone` (roll back, run again) when one went.
+    """
+    for sha256 in {r.sha256 for r in renditions}:
+        if not await cs.store.exists(sha256):
+            raise RenditionsGone
 
 
 async def _notify_uploader(conn: AsyncConnection, cs: Careshare, stored: StoredFile, kind: str) -> None:
@@ -564,10 +592,13 @@ def check_record(
     }
 
 
-async def replace_renditions(conn: AsyncConnection, file_id: str, renditions: list[RenditionRecord]) -> None:
+async def replace_renditions(
+    conn: AsyncConnection, cs: Careshare, file_id: str, renditions: list[RenditionRecord]
+) -> None:
     """Put ``renditions`` in place of a file's renditions; its original stays (rechecks, re-renders).
 
-    Old rendition blobs stay in the store: attachments already sent pin them by hash.
+    Old rendition blobs stay in the store: attachments already sent pin them by hash. Raises
+    :class:`RenditionsGone` (from :func:`confirm_stored`) when the caller must run the handler again.
     """
     await insert_blobs(conn, renditions, db.utcnow())
     await conn.execute(
@@ -581,6 +612,7 @@ async def replace_renditions(conn: AsyncConnection, file_id: str, renditions: li
             if r.role != ORIGINAL
         ],
     )
+    await confirm_stored(cs, renditions)
 
 
 async def insert_blobs(conn: AsyncConnection, renditions: list[RenditionRecord], now: Any) -> None:

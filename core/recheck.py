@@ -16,8 +16,16 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from careshare.core import db
-from careshare.core.files import ORIGINAL, _load, check_record, refusal_record, replace_renditions, run_handler
-from careshare.core.jobs import task
+from careshare.core.files import (
+    ORIGINAL,
+    RenditionsGone,
+    _load,
+    check_record,
+    refusal_record,
+    replace_renditions,
+    run_handler,
+)
+from careshare.core.jobs import RetryLater, task
 from careshare.core.problems import Problem
 from careshare.core.storage import content_key
 
@@ -93,10 +101,13 @@ async def recheck_file(cs: Careshare, *, file_id: str, attempts: int = 1) -> Non
     else:
         check = {**check_record(processed, original, renditions, started, handler_seconds), "rechecked": True}
         values = {"metadata": dict(processed.metadata), "check": check}
-    async with cs.engine.begin() as conn:
-        current = await _load(conn, file_id, for_update=True)
-        if current is None or current.status != "ready":
-            return
-        if renditions:
-            await replace_renditions(conn, file_id, renditions)
-        await conn.execute(sa.update(db.files).where(db.files.c.id == file_id).values(**values))
+    try:
+        async with cs.engine.begin() as conn:
+            current = await _load(conn, file_id, for_update=True)
+            if current is None or current.status != "ready":
+                return
+            if renditions:
+                await replace_renditions(conn, cs, file_id, renditions)
+            await conn.execute(sa.update(db.files).where(db.files.c.id == file_id).values(**values))
+    except RenditionsGone:  # another file's deletion took bytes this run found stored: run again
+        raise RetryLater(0.5) from None

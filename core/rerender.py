@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from careshare.core import db
 from careshare.core.audit import record_event
-from careshare.core.files import ORIGINAL, check_record, get_file, replace_renditions, run_handler
+from careshare.core.files import ORIGINAL, RenditionsGone, check_record, get_file, replace_renditions, run_handler
 from careshare.core.kinds import kinds
 from careshare.core.problems import Problem, ProblemType
 from careshare.core.storage import content_key
@@ -67,6 +67,15 @@ async def rerender(cs: Careshare, principal: Principal, file_id: str, options: o
     its policy section. Old rendition blobs stay in the store: attachments already sent pin them
     by hash. Refusals (a frame out of range, ...) come from the handler and leave the file as it was.
     """
+    for _ in range(2):
+        try:
+            return await _rerender_once(cs, principal, file_id, options)
+        except RenditionsGone:  # another file's deletion took bytes this run found stored: run again
+            continue
+    return await _rerender_once(cs, principal, file_id, options)
+
+
+async def _rerender_once(cs: Careshare, principal: Principal, file_id: str, options: object) -> StoredFile:
     async with cs.reader.connect() as conn:
         stored = await get_file(conn, principal, file_id)
     original = stored.rendition(ORIGINAL)
@@ -86,7 +95,7 @@ async def rerender(cs: Careshare, principal: Principal, file_id: str, options: o
     async with cs.engine.begin() as conn:
         # Again inside the transaction: the file may have been deleted while it was rendering.
         await get_file(conn, principal, file_id)
-        await replace_renditions(conn, file_id, renditions)
+        await replace_renditions(conn, cs, file_id, renditions)
         await conn.execute(
             sa.update(db.files).where(db.files.c.id == file_id).values(metadata=dict(processed.metadata), check=check)
         )

@@ -20,7 +20,9 @@ from litestar.testing import AsyncTestClient
 from typer.testing import CliRunner
 
 from careshare.core import db
-from careshare.core.erasure import ERASED_ACTOR
+from careshare.core import files as files_module
+from careshare.core.erasure import ERASED_ACTOR, erase_patient
+from careshare.core.models import Principal
 from careshare.host import create_app
 from careshare.host.cli import app as cli
 from careshare.testing import bearer, make_pdf, make_settings, running_server
@@ -30,6 +32,8 @@ from careshare.testing.targets import World
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    import pytest
 
     from careshare.core.settings import Settings
     from careshare.testing.targets import Adapter
@@ -349,3 +353,47 @@ def test_erasure_racing_a_download(tmp_path: Path, migrated_database: Path) -> N
         after = http.get(f"/v1/files/{fid}/content", headers=dr)
         assert after.status_code == 404
         assert _sha(body) not in {_sha(p.read_bytes()) for p in stored_objects(settings)["sha256"]}
+
+
+async def test_an_erasure_during_the_check_of_the_same_bytes_for_another_patient_loses_none_of_them(
+    api: AsyncTestClient[Any], any_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One leaflet uploaded for two patients: the first is erased while the second's check runs.
+
+    The erasure comes at the worst moment, after the second check found every rendition already
+    stored (the first file's) and before its rows hold them; the second file still ends ready with
+    every byte it names.
+    """
+    dr = bearer(any_settings, "clinician", "org-a", sub="dr-a")
+    first = await _register(api, dr, "Ann Erased", "SAME-1", "ann@example.org")
+    second = await _register(api, dr, "Bea Kept", "SAME-2", "bea@example.org")
+    leaflet = make_pdf(pages=3, text="the same leaflet for both")
+    sent = await upload(api, dr, first, leaflet, "leaflet.pdf")
+    assert sent.status_code == 201 and sent.json()["status"] == "ready", sent.text
+
+    real_settle = files_module._settle
+    erased: list[int] = []
+
+    async def settle_after_an_erasure(cs: Any, file_id: str, **outcome: Any) -> None:
+        if outcome.get("ready") is not None and not erased:
+            clinician = Principal(subject="dr-a", role="clinician", org="org-a")
+            erased.append(sum((await erase_patient(cs, clinician, first)).rows.values()))
+        await real_settle(cs, file_id, **outcome)
+
+    monkeypatch.setattr(files_module, "_settle", settle_after_an_erasure)
+    answer = await upload(api, dr, second, leaflet, "leaflet.pdf")
+    assert answer.status_code in (201, 202), answer.text
+    kept = answer.json()
+    assert erased and erased[0] > 0  # the first patient went, mid-check
+    assert_problem(await api.get(f"/v1/patients/{first}", headers=dr), 404, "not-found")
+    deadline = asyncio.get_running_loop().time() + 60
+    while kept["status"] == "processing" and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
+        kept = (await api.get(f"/v1/files/{kept['id']}", headers=dr)).json()
+    assert kept["status"] == "ready", kept
+    roles = [r["role"] for r in kept["renditions"]]
+    assert len(roles) > 1, roles  # renditions besides the original: the bytes the erasure could take
+    for role in roles:
+        got = await api.get(f"/v1/files/{kept['id']}/content", params={"rendition": role}, headers=dr)
+        assert got.status_code == 200, (role, got.text)
+        assert _sha(got.content) == next(r["sha256"] for r in kept["renditions"] if r["role"] == role)
