@@ -141,10 +141,19 @@ async def accept(
         await cs.store.discard(staged.key)
         raise
     try:
-        async with cs.engine.begin() as conn:
-            await insert_blobs(conn, [RenditionRecord(ORIGINAL, ident.media_type, staged.size, staged.sha256)], now)
-            await _insert_file(conn, stored)
-            await record_event(conn, principal, "file.uploaded", patient_id=patient_id, file_id=stored.id)
+        for attempt in range(1, 4):
+            try:
+                async with cs.engine.begin() as conn:
+                    original = RenditionRecord(ORIGINAL, ident.media_type, staged.size, staged.sha256)
+                    await insert_blobs(conn, [original], now)
+                    await _insert_file(conn, stored)
+                    await record_event(conn, principal, "file.uploaded", patient_id=patient_id, file_id=stored.id)
+                break
+            except sa.exc.IntegrityError:
+                # PostgreSQL: the blob row found here went with another file of the same bytes
+                # (deleted, or its patient erased) before this row named it; the next run inserts it.
+                if attempt == 3:
+                    raise
     except BaseException:
         await cs.store.discard(held_key(stored.id))
         raise
@@ -632,6 +641,18 @@ async def discard_new_files(cs: Careshare, file_ids: list[str]) -> None:
     """
     if not file_ids:
         return
+    for attempt in range(1, 4):
+        try:
+            await _discard(cs, file_ids)
+            return
+        except sa.exc.IntegrityError:
+            # PostgreSQL: an upload of the same bytes named a blob between the look and the delete;
+            # nothing was removed (objects go after the rows), and the next run keeps that blob.
+            if attempt == 3:
+                raise
+
+
+async def _discard(cs: Careshare, file_ids: list[str]) -> None:
     async with cs.engine.begin() as conn:
         attached = sa.select(db.attachments.c.file_id).where(db.attachments.c.file_id.in_(file_ids))
         doomed = list(

@@ -11,17 +11,20 @@ import asyncio
 import hashlib
 import shutil
 import threading
+import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
 from typer.testing import CliRunner
 
 from careshare.core import db
+from careshare.core import erasure as erasure_module
 from careshare.core import files as files_module
-from careshare.core.erasure import ERASED_ACTOR, erase_patient
+from careshare.core.erasure import ERASED_ACTOR, delete_file, erase_patient
 from careshare.core.models import Principal
 from careshare.host import create_app
 from careshare.host.cli import app as cli
@@ -31,11 +34,11 @@ from careshare.testing.api import post_file as upload
 from careshare.testing.targets import World
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
-    import pytest
-
     from careshare.core.settings import Settings
+    from careshare.testing import PostgresCluster
     from careshare.testing.targets import Adapter
 
 NAME = "Zelda Quillfeather"
@@ -397,3 +400,100 @@ async def test_an_erasure_during_the_check_of_the_same_bytes_for_another_patient
         got = await api.get(f"/v1/files/{kept['id']}/content", params={"rendition": role}, headers=dr)
         assert got.status_code == 200, (role, got.text)
         assert _sha(got.content) == next(r["sha256"] for r in kept["renditions"] if r["role"] == role)
+
+
+@pytest.fixture
+def pg_settings(postgres: PostgresCluster, tmp_path: Path) -> Settings:
+    # PostgreSQL only: on SQLite every writing transaction holds the one write lock from its start,
+    # so neither interleaving below can happen there (the inner call would wait for the outer).
+    url = postgres.create_database(f"race_{uuid.uuid4().hex}")
+    return make_settings(tmp_path / "data", CARESHARE_DATABASE_URL=url)
+
+
+@pytest.fixture
+async def pg_api(pg_settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
+    async with AsyncTestClient(app=create_app(pg_settings)) as client:
+        yield client
+
+
+async def _readable(api: AsyncTestClient[Any], dr: dict[str, str], fid: str, body: bytes) -> None:
+    got = await api.get(f"/v1/files/{fid}/content", headers=dr)
+    assert got.status_code == 200 and got.content == body, got.text
+
+
+async def test_an_upload_whose_blob_goes_with_another_file_meanwhile_is_accepted(
+    pg_api: AsyncTestClient[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload found the blob row (the other file's) and, before its own row names it, that file is deleted."""
+    cs = pg_api.app.state.careshare
+    dr = bearer(cs.settings, "clinician", "org-a", sub="dr-a")
+    first = await _register(pg_api, dr, "Ann Race", "RACE-1", "ann@example.org")
+    second = await _register(pg_api, dr, "Bea Race", "RACE-2", "bea@example.org")
+    leaflet = make_pdf(pages=2, text="one leaflet, two patients")
+    old = (await upload(pg_api, dr, first, leaflet, "leaflet.pdf")).json()
+    real_insert_blobs = files_module.insert_blobs
+    deleted: list[str] = []
+
+    async def insert_blobs_then_lose_them(conn: Any, renditions: Any, now: Any) -> None:
+        await real_insert_blobs(conn, renditions, now)  # the row is there: nothing inserted
+        if not deleted:
+            deleted.append(old["id"])
+            await delete_file(cs, Principal(subject="dr-a", role="clinician", org="org-a"), old["id"])
+
+    monkeypatch.setattr(files_module, "insert_blobs", insert_blobs_then_lose_them)
+    answer = await upload(pg_api, dr, second, leaflet, "leaflet.pdf")
+    assert deleted == [old["id"]]
+    assert answer.status_code == 201 and answer.json()["status"] == "ready", answer.text
+    assert (await pg_api.get(f"/v1/files/{old['id']}", headers=dr)).status_code == 404
+    await _readable(pg_api, dr, answer.json()["id"], leaflet)
+
+
+async def test_an_erasure_racing_an_upload_of_the_same_bytes_keeps_them(
+    pg_api: AsyncTestClient[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The erasure decided a blob was unused; an upload of the same bytes names it before the erasure deletes it."""
+    cs = pg_api.app.state.careshare
+    dr = bearer(cs.settings, "clinician", "org-a", sub="dr-a")
+    first = await _register(pg_api, dr, "Ann Race", "RACE-3", "ann@example.org")
+    second = await _register(pg_api, dr, "Bea Race", "RACE-4", "bea@example.org")
+    leaflet = make_pdf(pages=2, text="erased for one, kept for the other")
+    assert (await upload(pg_api, dr, first, leaflet, "leaflet.pdf")).status_code == 201
+    real_unreferenced = erasure_module._unreferenced
+    uploaded: list[Any] = []
+
+    async def unreferenced_then_an_upload(conn: Any, hashes: set[str]) -> set[str]:
+        unused = await real_unreferenced(conn, hashes)
+        if not uploaded:  # another request, its own transaction, committed before this one deletes
+            principal = Principal(subject="dr-a", role="clinician", org="org-a")
+            uploaded.append(await accept_bytes(cs, principal, second, leaflet))
+        return unused
+
+    monkeypatch.setattr(erasure_module, "_unreferenced", unreferenced_then_an_upload)
+    erased = await pg_api.post(f"/v1/patients/{first}/erase", json={"external_id": "RACE-3"}, headers=dr)
+    assert erased.status_code == 200, erased.text
+    assert len(uploaded) == 1
+    assert_problem(await pg_api.get(f"/v1/patients/{first}", headers=dr), 404, "not-found")
+    shown = (await pg_api.get(f"/v1/files/{uploaded[0].id}", headers=dr)).json()
+    deadline = asyncio.get_running_loop().time() + 60
+    while shown["status"] == "processing" and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
+        shown = (await pg_api.get(f"/v1/files/{uploaded[0].id}", headers=dr)).json()
+    assert shown["status"] == "ready", shown
+    await _readable(pg_api, dr, uploaded[0].id, leaflet)
+
+
+async def accept_bytes(cs: Any, principal: Principal, patient_id: str, body: bytes) -> Any:
+    """``body`` accepted for the patient as an upload request does (its check queued)."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body
+
+    return await files_module.accept(
+        cs,
+        chunks(),
+        principal=principal,
+        owner_type="patient",
+        patient_id=patient_id,
+        source="clinic",
+        filename="leaflet.pdf",
+    )
