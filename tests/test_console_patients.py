@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
+from careshare.host.console import pages as console_pages
 from careshare.testing import bearer, make_pdf
 from careshare.testing.console import ConsoleClient, notice_text, register
+
+if TYPE_CHECKING:
+    import pytest
 
 
 def test_the_profile_edits_name_and_email(clinic: ConsoleClient) -> None:
@@ -93,3 +98,20 @@ def test_the_clinic_inbox_lists_what_patients_sent_and_is_read_once(clinic: Cons
     # Another's (or no) notification: the refusal goes back to the inbox, as every console form's does.
     missing = clinic.form("/console/inbox/01hzzzzzzzzzzzzzzzzzzzzzzz/read", {}, sent_from="/console/inbox", follow=True)
     assert (notice_text(missing.text) or ("",))[:2] == ("error", "not-found")
+
+
+def test_the_clinic_inbox_pages_keep_the_unread_filter(clinic: ConsoleClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(console_pages, "PAGE", 1)
+    pid = register(clinic, "Ann Smith", "MRN-6")
+    me = bearer(clinic.settings, "patient", "org-a", patient=pid)
+    for text in ("one", "two", "three"):
+        assert clinic.client.post("/v1/me/messages", json={"body": text}, headers=me).status_code == 201
+    newest = clinic.page("/console/inbox").text
+    [read] = re.findall(r'action="/console/inbox/([0-9a-z]+)/read"', newest)
+    clinic.form(f"/console/inbox/{read}/read", {}, sent_from="/console/inbox")
+    first = clinic.page("/console/inbox?unread=true").text
+    [older] = re.findall(r'<p class="older"><a href="(\?cursor=[^"]+)">', first)
+    assert older.endswith("&amp;unread=true")
+    second = clinic.page("/console/inbox" + older.replace("&amp;", "&")).text
+    shown = re.findall(r'action="/console/inbox/([0-9a-z]+)/read"', first + second)
+    assert len(shown) == 2 and read not in shown  # the two unread ones, one per page, never the read one
