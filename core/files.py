@@ -479,14 +479,15 @@ async def _settle(
         if notify:
             await _notify_uploader(conn, cs, stored, "file.ready" if ready is not None else "file.rejected")
         if ready is not None and stored.check.get(NOTIFY_CLINIC) and stored.patient_id is not None:
-            from careshare.core.notifications import notify_clinic
+            from careshare.core.notifications import PATIENT_UPLOAD, PATIENT_UPLOAD_TITLE, notify_clinic
 
             await notify_clinic(
                 conn,
                 cs.plugins,
                 org=stored.org,
                 patient_id=stored.patient_id,
-                kind="patient.upload",
+                kind=PATIENT_UPLOAD,
+                title=PATIENT_UPLOAD_TITLE,
                 target=None,
                 item_id=stored.id,
                 dedupe_key=f"patient.upload:{stored.id}",

@@ -39,8 +39,9 @@ if TYPE_CHECKING:
 __all__ = [
     "AUDIENCES",
     "CLINIC",
-    "CLINIC_KINDS",
     "PATIENT",
+    "PATIENT_UPLOAD",
+    "PATIENT_UPLOAD_TITLE",
     "Delivery",
     "Notification",
     "Undeliverable",
@@ -84,12 +85,10 @@ GIVE_UP: Literal["give-up"] = "give-up"
 PATIENT = "patient"
 CLINIC = "clinic"
 AUDIENCES = (PATIENT, CLINIC)
-#: What the clinic hears of, each with the neutral title its inbox and webhooks carry (no patient data).
-CLINIC_KINDS = {
-    "patient.message": "A patient sent a message",
-    "patient.upload": "A patient sent a file",
-    "file-request.answered": "A patient answered a file request",
-}
+#: Core's own clinic notification: a file the patient sent has passed its check. Channels bring
+#: theirs (a message, an answer), each a kind and a fixed title naming no patient data.
+PATIENT_UPLOAD = "patient.upload"
+PATIENT_UPLOAD_TITLE = "A patient sent a file"
 
 
 @attrs.frozen
@@ -288,12 +287,15 @@ async def notify_clinic(
     org: str,
     patient_id: str,
     kind: str,
+    title: str,
     target: str | None,
     item_id: str,
     dedupe_key: str,
 ) -> Notification:
     """Tell ``org``'s clinicians that the patient sent something, in the caller's transaction.
 
+    ``kind`` names the event (``patient.message``), ``title`` is one fixed sentence for it that
+    names no patient data ("A patient sent a message"): never the text, a file name or a name.
     One notification per event (``dedupe_key``): a message with five files is one ``patient.message``;
     the same event written twice (a retried job, a replayed request) is still one.
     """
@@ -303,7 +305,7 @@ async def notify_clinic(
         org=org,
         patient_id=patient_id,
         kind=kind,
-        title=CLINIC_KINDS[kind],
+        title=title,
         target=target,
         item_id=item_id,
         dedupe_key=f"clinic:{dedupe_key}",

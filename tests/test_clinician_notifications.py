@@ -20,9 +20,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from litestar.testing import AsyncTestClient
 
-from careshare.core.notifications import CLINIC_KINDS, deliver_due
+from careshare.core.notifications import PATIENT_UPLOAD, PATIENT_UPLOAD_TITLE, deliver_due
 from careshare.host import create_app
 from careshare.plugins import webhook
+from careshare.plugins.chat import routes as chat
+from careshare.plugins.consents import consents
+from careshare.plugins.requests import file_requests
 from careshare.testing import bearer, make_pdf, make_settings
 from careshare.testing.api import assert_problem
 
@@ -32,6 +35,13 @@ if TYPE_CHECKING:
 
     from careshare.core.settings import Settings
 
+#: Every clinic notification's kind and its one title (the plugins bring theirs; the upload is core's).
+CLINIC_TITLES = {
+    chat.CLINIC_KIND: chat.CLINIC_TITLE,
+    PATIENT_UPLOAD: PATIENT_UPLOAD_TITLE,
+    file_requests.CLINIC_KIND: file_requests.CLINIC_TITLE,
+    consents.CLINIC_KIND: consents.CLINIC_TITLE,
+}
 NAME = "Ottoline Brackenridge"
 MESSAGE = "Brackenridge private words 5e1d"
 FILE_NAME = "brackenridge-rash.pdf"
@@ -82,7 +92,7 @@ async def test_each_patient_event_reaches_the_clinic_once_and_never_the_patient(
     [message] = await _clinic_inbox(api, dr)
     assert message["kind"] == "patient.message"
     assert (message["target"], message["item_id"], message["patient_id"]) == ("chat-message", sent.json()["id"], pid)
-    assert message["title"] == CLINIC_KINDS["patient.message"]
+    assert message["title"] == chat.CLINIC_TITLE == "A patient sent a message"
 
     # A file of the patient's own: once its check has passed.
     uploaded = await api.post(
@@ -108,21 +118,37 @@ async def test_each_patient_event_reaches_the_clinic_once_and_never_the_patient(
     )
     assert answered.status_code == 201, answered.text
 
+    # A consent answered: one notice (the same answer again changes nothing, and tells no one again).
+    pack = await api.post("/v1/information-packs", json={"name": "About the operation"}, headers=dr)
+    assert pack.status_code == 201, pack.text
+    chosen = {"name": "Knee surgery", "information_pack_ids": [pack.json()["id"]]}
+    form = await api.post("/v1/consent-forms", json=chosen, headers=dr)
+    assert form.status_code == 201, form.text
+    consent = await api.post(f"/v1/patients/{pid}/consents", json={"form_id": form.json()["id"]}, headers=dr)
+    assert consent.status_code == 201, consent.text
+    cid = consent.json()["id"]
+    for _ in range(2):
+        decided = await api.post(f"/v1/me/consents/{cid}/decision", json={"decision": "declined"}, headers=me)
+        assert decided.status_code == 200, decided.text
+
     inbox = await _clinic_inbox(api, dr)
-    assert _kinds(inbox) == ["file-request.answered", "patient.message", "patient.upload"]
+    assert _kinds(inbox) == ["consent.decided", "file-request.answered", "patient.message", "patient.upload"]
+    assert {item["kind"]: item["title"] for item in inbox} == CLINIC_TITLES
     by_kind = {item["kind"]: item for item in inbox}
     assert by_kind["patient.upload"]["item_id"] == uploaded.json()["id"]
     assert (by_kind["file-request.answered"]["target"], by_kind["file-request.answered"]["item_id"]) == (
         "file-request",
         rid,
     )
+    assert (by_kind["consent.decided"]["target"], by_kind["consent.decided"]["item_id"]) == ("consent-request", cid)
+    assert "declined" not in json.dumps(by_kind["consent.decided"])  # the answer itself is on the consent's page
     text = json.dumps(inbox)
     for secret in (NAME, MESSAGE, FILE_NAME, "ottoline@example.org", "MRN-CLINIC-1"):
         assert secret not in text
 
     # The patient's own inbox holds what the clinic sent them, never what the clinic was told.
     mine = (await api.get("/v1/me/notifications", headers=me)).json()["items"]
-    assert mine and not set(_kinds(mine)) & set(CLINIC_KINDS)
+    assert mine and not set(_kinds(mine)) & set(CLINIC_TITLES)
     # Another organisation's clinicians see none of it; a patient may not ask.
     other = bearer(any_settings, "clinician", "org-b", sub="dr-b")
     assert await _clinic_inbox(api, other) == []

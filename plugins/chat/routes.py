@@ -58,6 +58,9 @@ MAX_JSON_BYTES = 1024 * 1024
 CLINIC_MESSAGE_TITLE = "New message from your care team"
 PATIENT_MESSAGE_TITLE = "Your message to your care team"
 NOTIFICATION_KIND = "message"
+#: The clinic's notification of a patient's message (careshare.core.notifications.notify_clinic).
+CLINIC_KIND = "patient.message"
+CLINIC_TITLE = "A patient sent a message"
 BODY_FIELD = "body"
 FILE_ID_FIELDS = ("file_id", "file_ids")
 
@@ -213,10 +216,11 @@ async def deliver_message(cs: Careshare, principal: Principal, patient_id: str, 
                 cs.plugins,
                 org=principal.org,
                 patient_id=patient_id,
-                kind="patient.message",
+                kind=CLINIC_KIND,
+                title=CLINIC_TITLE,
                 target=TARGET.name,
                 item_id=message_id,
-                dedupe_key=f"patient.message:{message_id}",
+                dedupe_key=f"{CLINIC_KIND}:{message_id}",
             )
         row = (await conn.execute(sa.select(chat_messages).where(chat_messages.c.id == message_id))).one()
         attached = (await attachments_of(conn, TARGET.name, [message_id]))[message_id]

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from careshare.core import db
 from careshare.core.audit import record_event
 from careshare.core.ids import new_id
+from careshare.core.notifications import notify_clinic
 from careshare.core.patients import get_patient
 from careshare.core.problems import NOT_FOUND, Problem, ProblemType
 from careshare.core.sharing import patient_attachments, share, visible_to_patient
@@ -64,6 +65,9 @@ __all__ = [
 CONSENT_TITLE = "Your care team asks for your consent"
 PACK_TITLE = "Information for your consent"
 NOTIFICATION_KIND = "consent"
+#: The clinic's notification of the patient's answer (careshare.core.notifications.notify_clinic).
+CLINIC_KIND = "consent.decided"
+CLINIC_TITLE = "A patient answered a consent request"
 
 Decision = Literal["given", "declined"]
 
@@ -362,8 +366,10 @@ async def request_consent(
     return await get_consent(conn, principal, consent_id)
 
 
-async def decide(conn: AsyncConnection, principal: Principal, consent_id: str, decision: Decision) -> ConsentRequest:
-    """Record the patient's answer once (audited); the same answer again is a no-op, another is refused."""
+async def decide(
+    conn: AsyncConnection, pm: pluggy.PluginManager, principal: Principal, consent_id: str, decision: Decision
+) -> ConsentRequest:
+    """Record the patient's answer once (audited, the clinic told); the same answer again is a no-op, another is refused."""
     consent = await get_consent(conn, principal, consent_id, for_update=True)
     if consent.status == decision:
         return consent
@@ -376,5 +382,17 @@ async def decide(conn: AsyncConnection, principal: Principal, consent_id: str, d
     )
     await record_event(
         conn, principal, f"consent.{decision}", patient_id=consent.patient_id, target=CONSENT_TARGET, item_id=consent_id
+    )
+    # The clinic hears that an answer came, not which: the consent's page says (decided once, so one notice).
+    await notify_clinic(
+        conn,
+        pm,
+        org=consent.org,
+        patient_id=consent.patient_id,
+        kind=CLINIC_KIND,
+        title=CLINIC_TITLE,
+        target=CONSENT_TARGET,
+        item_id=consent_id,
+        dedupe_key=f"{CLINIC_KIND}:{consent_id}",
     )
     return await get_consent(conn, principal, consent_id)

@@ -198,7 +198,7 @@ async def my_decision(
     if decision is None:
         raise invalid("$.decision: choose Give consent or Decline")
     async with cs.engine.begin() as conn:
-        await decide(conn, principal, cid, decision)
+        await decide(conn, cs.plugins, principal, cid, decision)
     return see_other(
         f"/me/consents/{cid}",
         "Thank you: your consent is recorded." if decision == "given" else "Your answer is recorded.",
@@ -237,5 +237,6 @@ def console_pages() -> list[ConsolePages]:
                 NavEntry("Consents", "/me/consents", audience="patient", order=60),
             ],
             item_pages={CONSENT_TARGET: "/me/consents/{item_id}", PACK_COPY_TARGET: "/me/consents"},
+            clinic_pages={CONSENT_TARGET: "/patients/{patient_id}/consents"},
         )
     ]

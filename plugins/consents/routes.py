@@ -207,7 +207,7 @@ class MyConsentController(Controller):
         """Answer ``{"decision": "given" | "declined"}``, once (the same answer again changes nothing)."""
         body = await parse_body(request, Answer)
         async with cs.engine.begin() as conn:
-            return consent_json(await decide(conn, principal, cid, body.decision), for_clinician=False)
+            return consent_json(await decide(conn, cs.plugins, principal, cid, body.decision), for_clinician=False)
 
 
 def routes() -> list[type[Controller]]:

@@ -61,6 +61,9 @@ OPEN_STATUSES = frozenset({"open", "answered"})
 #: What the patient's inbox shows: never the clinician's message (it may hold clinical text).
 REQUEST_TITLE = "Your care team asked you for files"
 REJECTED_TITLE = "Your care team could not use a file you sent"
+#: The clinic's notification of a file sent in answer (careshare.core.notifications.notify_clinic).
+CLINIC_KIND = "file-request.answered"
+CLINIC_TITLE = "A patient answered a file request"
 
 Decision = Literal["accepted", "rejected"]
 
@@ -355,10 +358,11 @@ async def answer_with_upload(
                 cs.plugins,
                 org=request.org,
                 patient_id=request.patient_id,
-                kind="file-request.answered",
+                kind=CLINIC_KIND,
+                title=CLINIC_TITLE,
                 target=TARGET,
                 item_id=request.id,
-                dedupe_key=f"file-request.answered:{request.id}:{stored.id}",
+                dedupe_key=f"{CLINIC_KIND}:{request.id}:{stored.id}",
             )
             request = await get_request(conn, principal, request_id)
     except BaseException:

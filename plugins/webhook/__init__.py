@@ -18,10 +18,10 @@ Each request carries the JSON body (never file contents, never clinical text bey
   receiver keeps the keys it has seen and ignores repeats.
 - ``Careshare-Audience``: ``patient`` or ``clinic``, who the notification is for (as in the body).
 
-Notifications for the clinic (``audience`` ``clinic``: a patient's message, upload or file-request
-answer, see :mod:`careshare.core.notifications`) are posted the same way, signed and retried alike;
-their body carries ``"audience": "clinic"`` and a ``kind`` of ``patient.message``,
-``patient.upload`` or ``file-request.answered``. A patient's notification has no ``audience`` key
+Notifications for the clinic (``audience`` ``clinic``: a patient's message, upload, file-request
+answer or consent answer, see :mod:`careshare.core.notifications`) are posted the same way, signed
+and retried alike; their body carries ``"audience": "clinic"`` and a ``kind`` such as
+``patient.message``, ``patient.upload``, ``file-request.answered`` or ``consent.decided``. A patient's notification has no ``audience`` key
 (its body is as it always was). A push gateway that sends to patients' phones must look at
 ``Careshare-Audience`` (or the body's ``audience``) and never push a ``clinic`` one to the patient.
 
