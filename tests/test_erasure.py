@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
@@ -24,6 +25,7 @@ from typer.testing import CliRunner
 from careshare.core import db
 from careshare.core import erasure as erasure_module
 from careshare.core import files as files_module
+from careshare.core import rerender as rerender_module
 from careshare.core.erasure import ERASED_ACTOR, delete_file, erase_patient
 from careshare.core.models import Principal
 from careshare.host import create_app
@@ -31,6 +33,7 @@ from careshare.host.cli import app as cli
 from careshare.testing import bearer, make_pdf, make_settings, running_server
 from careshare.testing.api import assert_problem, count_rows, stored_objects
 from careshare.testing.api import post_file as upload
+from careshare.testing.strategies.dicom import build_dataset, to_bytes
 from careshare.testing.targets import World
 
 if TYPE_CHECKING:
@@ -497,3 +500,38 @@ async def accept_bytes(cs: Any, principal: Principal, patient_id: str, body: byt
         source="clinic",
         filename="leaflet.pdf",
     )
+
+
+async def test_a_re_render_while_another_file_of_the_same_bytes_is_deleted_keeps_its_renditions(
+    api: AsyncTestClient[Any], any_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two copies of one study rendered alike: the first copy is deleted after the second's handler found its renditions stored."""
+    dr = bearer(any_settings, "clinician", "org-a", sub="dr-a")
+    pid = await _register(api, dr, "Ann Render", "RENDER-1", "ann@example.org")
+    frames = np.stack([np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * (k + 1) for k in range(3)])
+    study = to_bytes(build_dataset(frames, bits_stored=16))
+    options = {"frame": 1, "window_center": 300.0, "window_width": 600}
+    first, second = [(await upload(api, dr, pid, study, "study.dcm")).json() for _ in range(2)]
+    rendered = await api.post(f"/v1/files/{first['id']}/render", json=options, headers=dr)
+    assert rendered.status_code == 200, rendered.text
+    real_run_handler = rerender_module.run_handler
+    deleted: list[str] = []
+
+    async def run_handler_then_delete_the_first(*args: Any, **kwargs: Any) -> Any:
+        outcome = await real_run_handler(*args, **kwargs)  # the renditions: the first copy's, found stored
+        if not deleted:
+            deleted.append(first["id"])
+            cs = args[0]
+            await delete_file(cs, Principal(subject="dr-a", role="clinician", org="org-a"), first["id"])
+        return outcome
+
+    monkeypatch.setattr(rerender_module, "run_handler", run_handler_then_delete_the_first)
+    again = await api.post(f"/v1/files/{second['id']}/render", json=options, headers=dr)
+    assert deleted == [first["id"]]
+    assert again.status_code == 200, again.text
+    wanted = {r["role"]: r["sha256"] for r in rendered.json()["renditions"]}
+    got = {r["role"]: r["sha256"] for r in again.json()["renditions"]}
+    assert got == {**wanted, "original": got["original"]}  # the same renditions as the first copy's
+    for role, sha256 in got.items():
+        content = await api.get(f"/v1/files/{second['id']}/content", params={"rendition": role}, headers=dr)
+        assert content.status_code == 200 and _sha(content.content) == sha256, role
