@@ -8,18 +8,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Awaitable, Callable, Iterable
 
     from sqlalchemy.ext.asyncio import AsyncConnection
 
 __all__ = [
+    "again_if_raced",
     "attachments",
     "audit_events",
     "blobs",
@@ -276,6 +277,29 @@ async def newest_first(
     rows = list(await conn.execute(query.order_by(id_column.desc()).limit(limit + 1)))
     page = rows[:limit]
     return page, (page[-1]._mapping[id_column] if len(rows) > limit else None)
+
+
+T = TypeVar("T")
+#: Runs of a transaction that raced another on a shared blob row (each race needs another request
+#: in the same instant, so a third run is as far as it goes in practice).
+RACE_ATTEMPTS = 3
+
+
+async def again_if_raced(run: Callable[[], Awaitable[T]]) -> T:
+    """Run a transaction (``run`` begins and commits its own), again if it lost a race on a foreign key.
+
+    Blobs are shared by hash: on PostgreSQL an upload may find a blob row that another file's
+    deletion removes before the upload's own row names it, and a deletion may find a blob unused
+    that an upload names before the delete. Either transaction then fails on the foreign key having
+    changed nothing for good (rolled back; objects go only after the rows), and its next run sees
+    the other's outcome. SQLite never gets here: its writers hold the one write lock throughout.
+    """
+    for _ in range(RACE_ATTEMPTS - 1):
+        try:
+            return await run()
+        except sa.exc.IntegrityError:
+            continue
+    return await run()
 
 
 def insert_ignore(conn: AsyncConnection, table: sa.Table) -> Any:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import sqlalchemy as sa
@@ -33,7 +33,7 @@ from careshare.core.storage import content_key, held_key
 from careshare.core.tus import parts_prefix
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable
+    from collections.abc import Iterable
     from datetime import datetime
 
     from sqlalchemy.ext.asyncio import AsyncConnection
@@ -53,10 +53,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
-#: Runs of a deletion that raced an upload of the same bytes (each race needs a new upload in the
-#: same instant, so a third run is as far as it goes in practice).
-ATTEMPTS = 3
 
 
 def _days(value: str) -> int:
@@ -204,21 +200,6 @@ async def _last_record(conn: AsyncConnection, patient_id: str) -> datetime | Non
     return max(known) if known else None
 
 
-async def _again_if_raced(run: Callable[[], Awaitable[T]]) -> T:
-    """Run a deletion's transaction, once more if another upload came to name one of its blobs.
-
-    On PostgreSQL an upload of the same bytes may insert its row naming a blob between this
-    transaction's look at what refers to the blob and its delete of it: the delete then fails on the
-    foreign key (nothing was removed yet, objects go after the rows) and the next run keeps the blob.
-    """
-    for _ in range(ATTEMPTS - 1):
-        try:
-            return await run()
-        except sa.exc.IntegrityError:
-            logger.info("deletion raced an upload of the same bytes; running it again")
-    return await run()
-
-
 async def erase_patient(cs: Careshare, principal: Principal, patient_id: str, *, dry_run: bool = False) -> Erasure:
     """Erase a patient of ``principal``'s organisation: every row of theirs, and the blobs only they used.
 
@@ -227,7 +208,7 @@ async def erase_patient(cs: Careshare, principal: Principal, patient_id: str, *,
     removes the rows; blob objects are removed inside it (as :func:`~careshare.core.files.discard_new_files`
     does), and unfinished resumable uploads' parts after it.
     """
-    return await _again_if_raced(lambda: _erase(cs, principal, patient_id, dry_run=dry_run))
+    return await db.again_if_raced(lambda: _erase(cs, principal, patient_id, dry_run=dry_run))
 
 
 async def _erase(cs: Careshare, principal: Principal, patient_id: str, *, dry_run: bool) -> Erasure:
@@ -333,7 +314,7 @@ async def delete_file(cs: Careshare, principal: Principal, file_id: str) -> None
     and the blobs nothing else uses; a file something still refers to (an attachment, a file
     request's answer) is marked deleted: it leaves every list and read, and its links stop.
     """
-    await _again_if_raced(lambda: _delete_file(cs, principal, file_id))
+    await db.again_if_raced(lambda: _delete_file(cs, principal, file_id))
 
 
 async def _delete_file(cs: Careshare, principal: Principal, file_id: str) -> None:

@@ -140,20 +140,16 @@ async def accept(
     except BaseException:
         await cs.store.discard(staged.key)
         raise
+    original = RenditionRecord(ORIGINAL, ident.media_type, staged.size, staged.sha256)
+
+    async def record() -> None:
+        async with cs.engine.begin() as conn:
+            await insert_blobs(conn, [original], now)
+            await _insert_file(conn, stored)
+            await record_event(conn, principal, "file.uploaded", patient_id=patient_id, file_id=stored.id)
+
     try:
-        for attempt in range(1, 4):
-            try:
-                async with cs.engine.begin() as conn:
-                    original = RenditionRecord(ORIGINAL, ident.media_type, staged.size, staged.sha256)
-                    await insert_blobs(conn, [original], now)
-                    await _insert_file(conn, stored)
-                    await record_event(conn, principal, "file.uploaded", patient_id=patient_id, file_id=stored.id)
-                break
-            except sa.exc.IntegrityError:
-                # PostgreSQL: the blob row found here went with another file of the same bytes
-                # (deleted, or its patient erased) before this row named it; the next run inserts it.
-                if attempt == 3:
-                    raise
+        await db.again_if_raced(record)  # the blob row may go with another file of the same bytes
     except BaseException:
         await cs.store.discard(held_key(stored.id))
         raise
@@ -642,15 +638,7 @@ async def discard_new_files(cs: Careshare, file_ids: list[str]) -> None:
     """
     if not file_ids:
         return
-    for attempt in range(1, 4):
-        try:
-            await _discard(cs, file_ids)
-            return
-        except sa.exc.IntegrityError:
-            # PostgreSQL: an upload of the same bytes named a blob between the look and the delete;
-            # nothing was removed (objects go after the rows), and the next run keeps that blob.
-            if attempt == 3:
-                raise
+    await db.again_if_raced(lambda: _discard(cs, file_ids))  # an upload may name a blob meanwhile
 
 
 async def _discard(cs: Careshare, file_ids: list[str]) -> None:
